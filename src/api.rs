@@ -1,0 +1,159 @@
+//! The TraceJob API (`observe.tracejob.dev/v1alpha1`). This contract is fixed: other tools read it.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// Largest program the API server accepts, in bytes.
+pub const MAX_PROGRAM_BYTES: u32 = 64 * 1024;
+
+/// A bpftrace program to run on one node until it is stopped, ends itself, or reaches its deadline.
+#[derive(CustomResource, Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[kube(
+    group = "observe.tracejob.dev",
+    version = "v1alpha1",
+    kind = "TraceJob",
+    plural = "tracejobs",
+    shortname = "tj",
+    namespaced,
+    status = "TraceJobStatus",
+    doc = "TraceJob runs a bpftrace program on one node; when it stops, the maps bpftrace printed are written to a ConfigMap named by status.outputRef.",
+    printcolumn(name = "Node", type_ = "string", json_path = ".spec.nodeName"),
+    printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
+    printcolumn(name = "Probes", type_ = "integer", json_path = ".status.probes"),
+    printcolumn(name = "Output", type_ = "string", json_path = ".status.outputRef.name"),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+)]
+#[serde(rename_all = "camelCase")]
+pub struct TraceJobSpec {
+    /// The node whose agent runs the trace.
+    pub node_name: String,
+
+    /// The bpftrace program text, at most 64 KiB. It runs as root on the node, without --unsafe.
+    #[schemars(length(min = 1, max = 65536))]
+    pub program: String,
+
+    /// Positional parameters for the program: $1, $2, ...
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub args: Vec<String>,
+
+    /// Set to true to end the trace: bpftrace gets SIGINT, prints its maps, and they are collected.
+    #[serde(default)]
+    #[schemars(default = "default_false")]
+    pub stop: bool,
+
+    /// Seconds the trace may run; once reached it is stopped as if stop were set.
+    #[serde(default = "default_deadline")]
+    #[schemars(range(min = 1))]
+    pub deadline: i64,
+
+    /// Seconds bpftrace gets after SIGINT to print its maps before it is killed.
+    #[serde(default = "default_grace")]
+    #[schemars(range(min = 1))]
+    pub deadline_grace_period: i64,
+}
+
+fn default_false() -> bool {
+    false
+}
+fn default_deadline() -> i64 {
+    3600
+}
+fn default_grace() -> i64 {
+    30
+}
+
+/// Where the run is: Pending, Running, Stopping, Completed or Failed (the last two are final).
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum Phase {
+    /// Seen by the agent on its node; bpftrace is starting.
+    Pending,
+    /// bpftrace has attached its probes and is tracing.
+    Running,
+    /// bpftrace was sent SIGINT and is printing its maps.
+    Stopping,
+    /// bpftrace exited 0 and its output is in the ConfigMap.
+    Completed,
+    /// bpftrace could not run, exited non-zero or was killed; see message.
+    Failed,
+}
+
+impl Phase {
+    pub fn is_final(self) -> bool {
+        matches!(self, Phase::Completed | Phase::Failed)
+    }
+}
+
+impl std::fmt::Display for Phase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(self, f)
+    }
+}
+
+/// Names the ConfigMap, in the TraceJob's namespace, that holds the output.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+pub struct OutputRef {
+    /// Name of the ConfigMap.
+    pub name: String,
+}
+
+/// What the agent on the node has observed of this TraceJob.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TraceJobStatus {
+    /// Pending, Running, Stopping, Completed or Failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<Phase>,
+
+    /// A UUID naming this run of the program.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+
+    /// Host PID of the bpftrace process.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid: Option<i64>,
+
+    /// Number of probes bpftrace attached.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub probes: Option<i64>,
+
+    /// When bpftrace had attached its probes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_time: Option<Time>,
+
+    /// When the run ended and its output was stored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completion_time: Option<Time>,
+
+    /// bpftrace's exit status; absent when it was killed by a signal or its status is unknown.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i64>,
+
+    /// Human-readable detail; on failure, bpftrace's own error text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+
+    /// The ConfigMap holding the output.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output_ref: Option<OutputRef>,
+
+    /// The metadata.generation of the spec this status reflects.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+
+    /// Standard conditions: Running, Completed and Failed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
+    pub conditions: Vec<Condition>,
+}
+
+impl TraceJob {
+    pub fn phase(&self) -> Option<Phase> {
+        self.status.as_ref().and_then(|s| s.phase)
+    }
+
+    pub fn run_id(&self) -> Option<&str> {
+        self.status.as_ref().and_then(|s| s.id.as_deref())
+    }
+}

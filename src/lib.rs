@@ -1,0 +1,4 @@
+//! tracejob-agent: runs the bpftrace programs of TraceJobs that name this node.
+
+pub mod api;
+pub mod crd;

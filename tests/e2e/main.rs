@@ -1,0 +1,18 @@
+//! End-to-end tests: the agent binary against a real kube-apiserver and real bpftrace, driven
+//! through kubectl as a user would.
+
+mod api;
+mod support;
+
+use support::{ControlPlane, Env, Test};
+
+fn main() -> std::process::ExitCode {
+    support::require_bpftrace_environment();
+    let cp = ControlPlane::start();
+    let env = Env::new(cp);
+    api::install_crd(&env);
+    let mut tests: Vec<Test> = Vec::new();
+    tests.extend(api::tests());
+    let parallel = std::env::var("E2E_PARALLEL").ok().and_then(|v| v.parse().ok()).unwrap_or(4);
+    support::run(tests, env, parallel)
+}

@@ -1,0 +1,83 @@
+//! The agent binary, run against the test control plane as one node.
+
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use super::{bpftrace_pids, must, Env, Proc};
+
+pub struct Agent {
+    pub node: String,
+    pub state_dir: PathBuf,
+    pub log: PathBuf,
+    pub proc: Option<Proc>,
+    kubeconfig: PathBuf,
+    _tmp: tempfile::TempDir,
+}
+
+impl Agent {
+    /// Starts an agent for `node`, authenticating with the administrator's kubeconfig.
+    pub fn start(env: &Env, node: &str) -> Agent {
+        Agent::start_with(env, node, &env.cp.kubeconfig, &[])
+    }
+
+    pub fn start_with(_env: &Env, node: &str, kubeconfig: &std::path::Path, extra: &[&str]) -> Agent {
+        let tmp = must(tempfile::Builder::new().prefix("tracejob-agent-").tempdir(), "tempdir");
+        let mut agent = Agent {
+            node: node.to_string(),
+            state_dir: tmp.path().join("state"),
+            log: tmp.path().join("agent.log"),
+            proc: None,
+            kubeconfig: kubeconfig.to_path_buf(),
+            _tmp: tmp,
+        };
+        agent.restart(extra);
+        agent
+    }
+
+    /// Starts the agent process again on the same state directory (after a kill, say).
+    pub fn restart(&mut self, extra: &[&str]) {
+        let log = must(
+            std::fs::OpenOptions::new().create(true).append(true).open(&self.log),
+            "open agent log",
+        );
+        let err = must(log.try_clone(), "clone log");
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_tracejob-agent"));
+        cmd.arg("run")
+            .arg("--node-name")
+            .arg(&self.node)
+            .arg("--state-dir")
+            .arg(&self.state_dir)
+            .args(extra)
+            .env("KUBECONFIG", &self.kubeconfig)
+            .env("RUST_LOG", "tracejob_agent=debug,info")
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(err);
+        self.proc = Some(Proc::spawn(&format!("agent-{}", self.node), &mut cmd));
+    }
+
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Live bpftrace processes started by this agent.
+    pub fn bpftraces(&self) -> Vec<i32> {
+        bpftrace_pids(&self.state_dir)
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("---- agent {} log ----\n{}", self.node, self.logs());
+        }
+        self.proc = None;
+        // An agent that exits leaves its traces running for the next agent by design; a test's
+        // agent has no successor, so end what it left.
+        for pid in self.bpftraces() {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

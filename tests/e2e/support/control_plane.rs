@@ -1,0 +1,218 @@
+//! A real Kubernetes control plane on loopback: etcd, kube-apiserver and kube-controller-manager,
+//! each run in its own data directory on free ports, all ended when the value is dropped.
+
+use std::fs;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use super::{must, repo_root, Proc};
+
+/// The admin credential of the test API server, in its static token file.
+const ADMIN_TOKEN: &str = "tracejob-test-admin-token";
+
+pub struct ControlPlane {
+    pub dir: PathBuf,
+    pub bin: PathBuf,
+    pub port: u16,
+    etcd_port: u16,
+    /// The kubeconfig with the administrator's token.
+    pub kubeconfig: PathBuf,
+    etcd: Option<Proc>,
+    apiserver: Option<Proc>,
+    controller_manager: Option<Proc>,
+    _tmp: tempfile::TempDir,
+}
+
+/// Builds the binaries once (cached outside the repository) and returns their directory.
+pub fn binaries() -> PathBuf {
+    let script = repo_root().join("tests/harness/build-control-plane.sh");
+    let out = must(
+        Command::new("bash").arg(&script).stderr(Stdio::inherit()).output(),
+        "run build-control-plane.sh",
+    );
+    assert!(out.status.success(), "building the control plane failed");
+    PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
+}
+
+pub fn free_port() -> u16 {
+    let l = must(TcpListener::bind("127.0.0.1:0"), "bind a free port");
+    must(l.local_addr(), "local addr").port()
+}
+
+impl ControlPlane {
+    pub fn start() -> ControlPlane {
+        let bin = binaries();
+        let tmp = must(tempfile::Builder::new().prefix("tracejob-cp-").tempdir(), "tempdir");
+        let dir = tmp.path().to_path_buf();
+        for sub in ["etcd", "certs", "logs"] {
+            must(fs::create_dir_all(dir.join(sub)), "mkdir");
+        }
+        let key = dir.join("sa.key");
+        let status = must(
+            Command::new("openssl")
+                .args(["genrsa", "-out"])
+                .arg(&key)
+                .arg("2048")
+                .stderr(Stdio::null())
+                .status(),
+            "run openssl",
+        );
+        assert!(status.success(), "openssl genrsa failed");
+        must(
+            fs::write(
+                dir.join("tokens.csv"),
+                format!("{ADMIN_TOKEN},admin,admin-uid,system:masters\n"),
+            ),
+            "write token file",
+        );
+        let mut cp = ControlPlane {
+            bin,
+            port: free_port(),
+            etcd_port: free_port(),
+            kubeconfig: dir.join("admin.kubeconfig"),
+            dir,
+            etcd: None,
+            apiserver: None,
+            controller_manager: None,
+            _tmp: tmp,
+        };
+        cp.start_etcd();
+        cp.start_apiserver();
+        cp.write_kubeconfig(&cp.kubeconfig.clone(), ADMIN_TOKEN);
+        cp.start_controller_manager();
+        cp
+    }
+
+    fn log_file(&self, name: &str) -> fs::File {
+        must(
+            fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(self.dir.join("logs").join(format!("{name}.log"))),
+            "open log",
+        )
+    }
+
+    fn spawn(&self, name: &str, cmd: &mut Command) -> Proc {
+        let log = self.log_file(name);
+        let err = must(log.try_clone(), "clone log");
+        cmd.stdout(log).stderr(err).stdin(Stdio::null());
+        Proc::spawn(name, cmd)
+    }
+
+    fn start_etcd(&mut self) {
+        let url = format!("http://127.0.0.1:{}", self.etcd_port);
+        let peer = format!("http://127.0.0.1:{}", free_port());
+        let etcd = self.spawn(
+            "etcd",
+            Command::new("etcd")
+                .arg("--data-dir")
+                .arg(self.dir.join("etcd"))
+                .args(["--listen-client-urls", &url, "--advertise-client-urls", &url])
+                .args(["--listen-peer-urls", &peer, "--initial-advertise-peer-urls", &peer])
+                .args(["--initial-cluster", &format!("default={peer}")])
+                .args(["--unsafe-no-fsync"]),
+        );
+        self.etcd = Some(etcd);
+    }
+
+    /// Starts kube-apiserver and waits until /readyz answers.
+    pub fn start_apiserver(&mut self) {
+        let d = &self.dir;
+        let mut cmd = Command::new(self.bin.join("kube-apiserver"));
+        cmd.arg(format!("--etcd-servers=http://127.0.0.1:{}", self.etcd_port))
+            .arg("--bind-address=127.0.0.1")
+            .arg(format!("--secure-port={}", self.port))
+            .arg("--insecure-port=0")
+            // Nothing dials the advertised address; it only has to be non-loopback.
+            .arg("--advertise-address=192.0.2.1")
+            .arg(format!("--cert-dir={}", d.join("certs").display()))
+            .arg(format!("--token-auth-file={}", d.join("tokens.csv").display()))
+            .arg("--authorization-mode=RBAC")
+            .arg(format!("--service-account-key-file={}", d.join("sa.key").display()))
+            .arg(format!("--service-account-signing-key-file={}", d.join("sa.key").display()))
+            .arg("--service-account-issuer=https://kubernetes.default.svc")
+            .arg("--service-cluster-ip-range=10.96.0.0/24")
+            .arg("--allow-privileged=true")
+            .arg("--enable-priority-and-fairness=false");
+        let proc = self.spawn("kube-apiserver", &mut cmd);
+        self.apiserver = Some(proc);
+        self.wait_ready();
+    }
+
+    pub fn stop_apiserver(&mut self) {
+        self.apiserver = None;
+    }
+
+    pub fn ca_file(&self) -> PathBuf {
+        self.dir.join("certs/apiserver.crt")
+    }
+
+    pub fn server_url(&self) -> String {
+        format!("https://127.0.0.1:{}", self.port)
+    }
+
+    fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let url = format!("{}/readyz", self.server_url());
+        loop {
+            let ok = Command::new("curl")
+                .args(["-sk", "-o", "/dev/null", "-w", "%{http_code}", "-H"])
+                .arg(format!("Authorization: Bearer {ADMIN_TOKEN}"))
+                .arg(&url)
+                .output()
+                .map(|o| o.stdout == b"200")
+                .unwrap_or(false);
+            if ok {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "kube-apiserver not ready within 60s; see {}",
+                self.dir.join("logs/kube-apiserver.log").display()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// Writes a kubeconfig for this server authenticating with `token`.
+    pub fn write_kubeconfig(&self, path: &Path, token: &str) {
+        let text = format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: test\n  cluster:\n    server: {}\n    certificate-authority: {}\nusers:\n- name: user\n  user:\n    token: {}\ncontexts:\n- name: test\n  context: {{cluster: test, user: user, namespace: default}}\ncurrent-context: test\n",
+            self.server_url(),
+            self.ca_file().display(),
+            token
+        );
+        must(fs::write(path, text), "write kubeconfig");
+    }
+
+    fn start_controller_manager(&mut self) {
+        let d = &self.dir;
+        let mut cmd = Command::new(self.bin.join("kube-controller-manager"));
+        cmd.arg(format!("--kubeconfig={}", self.kubeconfig.display()))
+            .arg("--controllers=garbagecollector,serviceaccount,serviceaccount-token,namespace")
+            .arg(format!("--service-account-private-key-file={}", d.join("sa.key").display()))
+            .arg(format!("--root-ca-file={}", self.ca_file().display()))
+            .arg("--leader-elect=false")
+            .arg("--port=0")
+            .arg("--secure-port=0");
+        let proc = self.spawn("kube-controller-manager", &mut cmd);
+        self.controller_manager = Some(proc);
+    }
+}
+
+impl Drop for ControlPlane {
+    fn drop(&mut self) {
+        // Reverse order of start, so nothing logs a storm of connection errors.
+        self.controller_manager = None;
+        self.apiserver = None;
+        self.etcd = None;
+    }
+}
+
+pub fn kill_child(child: &mut Child) {
+    let _ = child.kill();
+    let _ = child.wait();
+}

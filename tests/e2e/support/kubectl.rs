@@ -1,0 +1,79 @@
+//! kubectl, run the way a user runs it. A recent kubectl is preferred when the machine has one
+//! (users mostly have one); the 1.20.2 build from the control plane's tree is the fallback.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use super::must;
+
+#[derive(Clone)]
+pub struct Kubectl {
+    pub path: PathBuf,
+    pub kubeconfig: PathBuf,
+}
+
+pub struct Run {
+    pub ok: bool,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Kubectl {
+    pub fn new(bin_dir: &Path, kubeconfig: &Path) -> Kubectl {
+        let path = std::env::var_os("TRACEJOB_KUBECTL")
+            .map(PathBuf::from)
+            .or_else(|| Some(PathBuf::from("/usr/bin/kubectl")).filter(|p| p.exists()))
+            .unwrap_or_else(|| bin_dir.join("kubectl"));
+        Kubectl { path, kubeconfig: kubeconfig.to_path_buf() }
+    }
+
+    pub fn with_kubeconfig(&self, kubeconfig: &Path) -> Kubectl {
+        Kubectl { path: self.path.clone(), kubeconfig: kubeconfig.to_path_buf() }
+    }
+
+    pub fn run_with_stdin(&self, args: &[&str], stdin: &str) -> Run {
+        let mut child = must(
+            Command::new(&self.path)
+                .args(args)
+                .env("KUBECONFIG", &self.kubeconfig)
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn(),
+            "spawn kubectl",
+        );
+        if let Some(mut s) = child.stdin.take() {
+            must(s.write_all(stdin.as_bytes()), "write kubectl stdin");
+        }
+        let out: Output = must(child.wait_with_output(), "wait kubectl");
+        Run {
+            ok: out.status.success(),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
+    pub fn run(&self, args: &[&str]) -> Run {
+        self.run_with_stdin(args, "")
+    }
+
+    /// Runs kubectl and panics, with its stderr, unless it succeeds. Returns stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let r = self.run(args);
+        assert!(r.ok, "kubectl {} failed: {}", args.join(" "), r.stderr);
+        r.stdout
+    }
+
+    /// `kubectl apply -f -` with `yaml`; panics unless accepted.
+    pub fn apply(&self, ns: &str, yaml: &str) -> String {
+        let r = self.run_with_stdin(&["apply", "-n", ns, "-f", "-"], yaml);
+        assert!(r.ok, "kubectl apply failed: {}\n{}", r.stderr, yaml.chars().take(400).collect::<String>());
+        r.stdout
+    }
+
+    /// A jsonpath of one object, empty when the field is absent.
+    pub fn jsonpath(&self, ns: &str, what: &str, path: &str) -> String {
+        self.ok(&["get", "-n", ns, what, "-o", &format!("jsonpath={{{path}}}")])
+    }
+}

@@ -1,0 +1,218 @@
+//! Test support: a real control plane, kubectl as a user runs it, the agent binary, and a runner.
+#![allow(dead_code)]
+
+pub mod agent;
+pub mod control_plane;
+pub mod kubectl;
+
+use std::fmt::Debug;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+pub use agent::Agent;
+pub use control_plane::ControlPlane;
+pub use kubectl::Kubectl;
+
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Unwraps a result from the test's own setup with a message saying what failed.
+pub fn must<T, E: Debug>(r: Result<T, E>, what: &str) -> T {
+    match r {
+        Ok(v) => v,
+        Err(e) => panic!("{what}: {e:?}"),
+    }
+}
+
+pub fn ci() -> bool {
+    std::env::var("CI").map(|v| v == "true").unwrap_or(false)
+}
+
+/// A child process that is ended when dropped. It also dies with the test binary's main thread
+/// (PR_SET_PDEATHSIG), so a killed test run leaves no control plane behind.
+pub struct Proc {
+    pub name: String,
+    pub child: Child,
+}
+
+impl Proc {
+    pub fn spawn(name: &str, cmd: &mut Command) -> Proc {
+        // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
+        unsafe {
+            cmd.pre_exec(|| {
+                nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
+                    .map_err(std::io::Error::from)
+            });
+        }
+        let child = must(cmd.spawn(), &format!("spawn {name}"));
+        Proc { name: name.to_string(), child }
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    /// Sends a signal without waiting.
+    pub fn signal(&self, sig: nix::sys::signal::Signal) {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid()), sig);
+    }
+
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(Some(st)) = self.child.try_wait() {
+                return Some(st);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if let Ok(Some(_)) = self.child.try_wait() {
+            return;
+        }
+        self.signal(nix::sys::signal::Signal::SIGTERM);
+        if self.wait_exit(Duration::from_secs(10)).is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Polls `f` until it returns Some, or panics after `timeout` with `what`.
+pub fn wait_for<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// PIDs of live bpftrace processes whose command line mentions `needle` (an agent's state
+/// directory: the program file lives there).
+pub fn bpftrace_pids(needle: &Path) -> Vec<i32> {
+    let needle = needle.to_string_lossy().to_string();
+    let mut pids = Vec::new();
+    let Ok(entries) = std::fs::read_dir("/proc") else { return pids };
+    for e in entries.flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else { continue };
+        let Ok(cmdline) = std::fs::read(e.path().join("cmdline")) else { continue };
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
+        let zombie = stat.rsplit(')').next().map(|s| s.trim_start().starts_with('Z')).unwrap_or(false);
+        if !zombie && cmdline.contains("bpftrace") && cmdline.contains(&needle) {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+/// Makes sure bpftrace can run here: root, tracefs mounted, bpftrace installed. Under CI=true a
+/// missing piece fails the run (callers get a panic); elsewhere too, since these tests are the point.
+pub fn require_bpftrace_environment() {
+    assert!(nix::unistd::geteuid().is_root(), "the end-to-end tests run bpftrace and need root");
+    if !Path::new("/sys/kernel/tracing/events").exists() {
+        let st = Command::new("mount").args(["-t", "tracefs", "nodev", "/sys/kernel/tracing"]).status();
+        assert!(
+            matches!(st, Ok(s) if s.success()),
+            "tracefs is not mounted at /sys/kernel/tracing and mounting it failed"
+        );
+    }
+    let v = Command::new("bpftrace").arg("--version").output();
+    assert!(matches!(v, Ok(ref o) if o.status.success()), "bpftrace is not installed (apt-get install bpftrace)");
+}
+
+/// One end-to-end test: a name and a function that panics on failure.
+pub struct Test {
+    pub name: &'static str,
+    pub run: fn(&Env),
+}
+
+/// What every test gets: the shared control plane and a kubectl bound to it.
+pub struct Env {
+    pub cp: ControlPlane,
+    pub kubectl: Kubectl,
+    counter: AtomicUsize,
+}
+
+impl Env {
+    pub fn new(cp: ControlPlane) -> Env {
+        let kubectl = Kubectl::new(&cp.bin, &cp.kubeconfig);
+        Env { cp, kubectl, counter: AtomicUsize::new(0) }
+    }
+
+    /// A fresh namespace (and a node name of the same stem) for one test.
+    pub fn namespace(&self, stem: &str) -> String {
+        let n = self.counter.fetch_add(1, Ordering::SeqCst);
+        let ns = format!("{stem}-{n}");
+        self.kubectl.ok(&["create", "namespace", &ns]);
+        ns
+    }
+}
+
+/// Runs `tests` (filtered by the command line's free arguments) `parallel` at a time and prints
+/// libtest-style lines and the closing `N passed, N failed`. Returns the process exit code.
+pub fn run(tests: Vec<Test>, env: Env, parallel: usize) -> std::process::ExitCode {
+    let filters: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with('-')).collect();
+    let selected: Vec<Test> = tests
+        .into_iter()
+        .filter(|t| filters.is_empty() || filters.iter().any(|f| t.name.contains(f.as_str())))
+        .collect();
+    println!("\nrunning {} tests", selected.len());
+    let env = Arc::new(env);
+    let queue = Arc::new(Mutex::new(selected));
+    let failed = Arc::new(Mutex::new(Vec::<String>::new()));
+    let passed = Arc::new(AtomicUsize::new(0));
+    let workers: Vec<_> = (0..parallel.max(1))
+        .map(|_| {
+            let (env, queue, failed, passed) = (env.clone(), queue.clone(), failed.clone(), passed.clone());
+            std::thread::spawn(move || loop {
+                let Some(test) = queue.lock().map(|mut q| q.pop()).ok().flatten() else { return };
+                let start = Instant::now();
+                let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| (test.run)(&env)));
+                let secs = start.elapsed().as_secs_f64();
+                match result {
+                    Ok(()) => {
+                        println!("test {} ... ok ({secs:.1}s)", test.name);
+                        passed.fetch_add(1, Ordering::SeqCst);
+                    }
+                    Err(_) => {
+                        println!("test {} ... FAILED ({secs:.1}s)", test.name);
+                        if let Ok(mut f) = failed.lock() {
+                            f.push(test.name.to_string());
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    for w in workers {
+        let _ = w.join();
+    }
+    let failed = failed.lock().map(|f| f.clone()).unwrap_or_default();
+    if !failed.is_empty() {
+        println!("\nfailures:");
+        for f in &failed {
+            println!("    {f}");
+        }
+    }
+    println!("\n{} passed, {} failed", passed.load(Ordering::SeqCst), failed.len());
+    if failed.is_empty() {
+        std::process::ExitCode::SUCCESS
+    } else {
+        std::process::ExitCode::FAILURE
+    }
+}
