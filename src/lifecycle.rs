@@ -1,0 +1,251 @@
+//! The job lifecycle as pure decisions: given what the TraceJob asks and what the bpftrace process
+//! is doing, what the agent does next. No I/O here; `agent` carries the decisions out.
+
+use std::time::{Duration, Instant};
+
+use crate::api::{Phase, TraceJob};
+
+/// What the agent does on first seeing a TraceJob for its node.
+#[derive(Debug, PartialEq, Eq)]
+pub enum FirstSight {
+    /// Never run: claim it (status.id, Pending) and start bpftrace.
+    Start,
+    /// Run by an earlier agent on this node whose record is on disk: take it over.
+    Adopt,
+    /// Claimed, but this node has no record of the run: it cannot be resumed.
+    Lost,
+    /// Completed or Failed: never run again.
+    Ignore,
+}
+
+/// `has_record`: the state directory holds a record for the TraceJob's status.id.
+pub fn first_sight(job: &TraceJob, has_record: bool) -> FirstSight {
+    match (job.phase(), job.run_id()) {
+        (Some(p), _) if p.is_final() => FirstSight::Ignore,
+        (_, None) => FirstSight::Start,
+        (_, Some(_)) if has_record => FirstSight::Adopt,
+        (_, Some(_)) => FirstSight::Lost,
+    }
+}
+
+/// Why a trace is being ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StopReason {
+    Requested,
+    Deadline,
+    Deleted,
+}
+
+impl StopReason {
+    pub fn describe(self) -> &'static str {
+        match self {
+            StopReason::Requested => "spec.stop was set",
+            StopReason::Deadline => "the deadline was reached",
+            StopReason::Deleted => "the TraceJob was deleted",
+        }
+    }
+}
+
+/// The bpftrace process as the agent sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Process {
+    /// Spawned, probes not attached yet.
+    Starting { since: Instant },
+    /// Probes attached: tracing.
+    Tracing { since: Instant },
+    /// SIGINT sent: printing its maps.
+    Interrupted { at: Instant, reason: StopReason },
+    /// SIGKILL sent after the grace period.
+    Killed { reason: StopReason },
+    /// Gone.
+    Exited(Exit),
+}
+
+/// How bpftrace ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    Code(i32),
+    Signal(i32),
+    /// It exited while no agent was its parent, so its status was not seen.
+    Unknown,
+}
+
+/// What the spec asks for right now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Wanted {
+    pub stop: bool,
+    pub deleted: bool,
+    pub deadline: Duration,
+    pub grace: Duration,
+}
+
+impl Wanted {
+    pub fn of(job: &TraceJob) -> Wanted {
+        Wanted {
+            stop: job.spec.stop,
+            deleted: false,
+            deadline: secs(job.spec.deadline),
+            grace: secs(job.spec.deadline_grace_period),
+        }
+    }
+}
+
+fn secs(n: i64) -> Duration {
+    Duration::from_secs(n.max(1).unsigned_abs())
+}
+
+/// The next step for a running job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// Send SIGINT (and report Stopping unless the TraceJob is gone).
+    Interrupt(StopReason),
+    /// Send SIGKILL: the grace period is over.
+    Kill,
+    /// The process is gone: collect its output and report the outcome.
+    Collect,
+    /// Nothing to do until something changes, or until the given instant.
+    Wait(Option<Instant>),
+}
+
+pub fn next(wanted: Wanted, process: Process, now: Instant) -> Step {
+    let reason = if wanted.deleted {
+        Some(StopReason::Deleted)
+    } else if wanted.stop {
+        Some(StopReason::Requested)
+    } else {
+        None
+    };
+    match process {
+        Process::Exited(_) => Step::Collect,
+        Process::Starting { .. } => match reason {
+            Some(r) => Step::Interrupt(r),
+            None => Step::Wait(None),
+        },
+        Process::Tracing { since } => {
+            let deadline = since + wanted.deadline;
+            match reason {
+                Some(r) => Step::Interrupt(r),
+                None if now >= deadline => Step::Interrupt(StopReason::Deadline),
+                None => Step::Wait(Some(deadline)),
+            }
+        }
+        Process::Interrupted { at, .. } => {
+            let kill_at = at + wanted.grace;
+            if now >= kill_at {
+                Step::Kill
+            } else {
+                Step::Wait(Some(kill_at))
+            }
+        }
+        Process::Killed { .. } => Step::Wait(None),
+    }
+}
+
+/// The final phase, exit code and message for a run that ended.
+pub fn outcome(exit: Exit, reason: Option<StopReason>, killed: bool, errors: &str) -> (Phase, Option<i64>, String) {
+    let errors = errors.trim();
+    let with_errors = |msg: String| if errors.is_empty() { msg } else { format!("{msg}: {errors}") };
+    match exit {
+        _ if killed => (
+            Phase::Failed,
+            None,
+            "bpftrace did not exit within deadlineGracePeriod after SIGINT and was killed; its maps may be missing"
+                .to_string(),
+        ),
+        Exit::Code(0) => {
+            let how = match reason {
+                Some(r) => format!("bpftrace exited 0 after SIGINT ({})", r.describe()),
+                None => "bpftrace exited 0 on its own".to_string(),
+            };
+            (Phase::Completed, Some(0), how)
+        }
+        Exit::Code(code) => (Phase::Failed, Some(code.into()), with_errors(format!("bpftrace exited {code}"))),
+        Exit::Signal(sig) => (
+            Phase::Failed,
+            None,
+            with_errors(format!("bpftrace was killed by signal {sig}")),
+        ),
+        Exit::Unknown => (
+            Phase::Failed,
+            None,
+            "bpftrace exited while no agent was watching it; the output it left is kept".to_string(),
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::{TraceJobSpec, TraceJobStatus};
+
+    fn job(phase: Option<Phase>, id: Option<&str>) -> TraceJob {
+        let mut tj = TraceJob::new(
+            "t",
+            TraceJobSpec {
+                node_name: "n".into(),
+                program: "BEGIN {}".into(),
+                args: vec![],
+                stop: false,
+                deadline: 10,
+                deadline_grace_period: 2,
+            },
+        );
+        tj.status = Some(TraceJobStatus { phase, id: id.map(String::from), ..Default::default() });
+        tj
+    }
+
+    #[test]
+    fn first_sight_runs_each_job_at_most_once() {
+        assert_eq!(first_sight(&job(None, None), false), FirstSight::Start);
+        assert_eq!(first_sight(&job(Some(Phase::Pending), Some("a")), true), FirstSight::Adopt);
+        assert_eq!(first_sight(&job(Some(Phase::Running), Some("a")), true), FirstSight::Adopt);
+        assert_eq!(first_sight(&job(Some(Phase::Running), Some("a")), false), FirstSight::Lost);
+        assert_eq!(first_sight(&job(Some(Phase::Completed), Some("a")), true), FirstSight::Ignore);
+        assert_eq!(first_sight(&job(Some(Phase::Failed), None), false), FirstSight::Ignore);
+    }
+
+    fn wanted() -> Wanted {
+        Wanted { stop: false, deleted: false, deadline: Duration::from_secs(10), grace: Duration::from_secs(2) }
+    }
+
+    #[test]
+    fn a_tracing_job_waits_for_its_deadline_then_stops() {
+        let t0 = Instant::now();
+        let p = Process::Tracing { since: t0 };
+        assert_eq!(next(wanted(), p, t0), Step::Wait(Some(t0 + Duration::from_secs(10))));
+        assert_eq!(next(wanted(), p, t0 + Duration::from_secs(10)), Step::Interrupt(StopReason::Deadline));
+    }
+
+    #[test]
+    fn stop_and_delete_interrupt_even_before_attach() {
+        let t0 = Instant::now();
+        let starting = Process::Starting { since: t0 };
+        assert_eq!(next(wanted(), starting, t0), Step::Wait(None));
+        assert_eq!(next(Wanted { stop: true, ..wanted() }, starting, t0), Step::Interrupt(StopReason::Requested));
+        let deleted = Wanted { deleted: true, stop: true, ..wanted() };
+        assert_eq!(next(deleted, Process::Tracing { since: t0 }, t0), Step::Interrupt(StopReason::Deleted));
+    }
+
+    #[test]
+    fn an_interrupted_job_is_killed_after_the_grace_period_only() {
+        let t0 = Instant::now();
+        let p = Process::Interrupted { at: t0, reason: StopReason::Requested };
+        // Unsetting stop cannot take back a SIGINT.
+        assert_eq!(next(wanted(), p, t0), Step::Wait(Some(t0 + Duration::from_secs(2))));
+        assert_eq!(next(wanted(), p, t0 + Duration::from_secs(2)), Step::Kill);
+        assert_eq!(next(wanted(), Process::Exited(Exit::Code(0)), t0), Step::Collect);
+    }
+
+    #[test]
+    fn outcomes() {
+        let (p, code, msg) = outcome(Exit::Code(0), Some(StopReason::Requested), false, "");
+        assert_eq!((p, code), (Phase::Completed, Some(0)));
+        assert!(msg.contains("spec.stop"), "{msg}");
+        let (p, code, msg) = outcome(Exit::Code(1), None, false, "x.bt:1:1: ERROR: syntax error");
+        assert_eq!((p, code), (Phase::Failed, Some(1)));
+        assert!(msg.ends_with("ERROR: syntax error"), "{msg}");
+        assert_eq!(outcome(Exit::Signal(9), None, false, "").0, Phase::Failed);
+        assert_eq!(outcome(Exit::Code(0), Some(StopReason::Requested), true, "").0, Phase::Failed);
+        assert_eq!(outcome(Exit::Unknown, None, false, "").0, Phase::Failed);
+    }
+}
