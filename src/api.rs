@@ -9,6 +9,8 @@ use serde::{Deserialize, Serialize};
 pub const MAX_PROGRAM_BYTES: u32 = 64 * 1024;
 
 /// A bpftrace program to run on one node until it is stopped, ends itself, or reaches its deadline.
+// Several printer columns share `type_ = "string"`; clippy reads that as a duplicated attribute.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
 #[kube(
     group = "observe.tracejob.dev",
@@ -22,8 +24,16 @@ pub const MAX_PROGRAM_BYTES: u32 = 64 * 1024;
     printcolumn(name = "Node", type_ = "string", json_path = ".spec.nodeName"),
     printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
     printcolumn(name = "Probes", type_ = "integer", json_path = ".status.probes"),
-    printcolumn(name = "Output", type_ = "string", json_path = ".status.outputRef.name"),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "Output",
+        type_ = "string",
+        json_path = ".status.outputRef.name"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[serde(rename_all = "camelCase")]
 pub struct TraceJobSpec {

@@ -16,9 +16,15 @@ use crate::lifecycle::Exit;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("cannot start {command}: {source}")]
-    Spawn { command: String, source: std::io::Error },
+    Spawn {
+        command: String,
+        source: std::io::Error,
+    },
     #[error("cannot open {path}: {source}")]
-    Output { path: PathBuf, source: std::io::Error },
+    Output {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 /// A process the agent started, identified beyond its PID so a reused PID is never signalled.
@@ -31,13 +37,20 @@ pub struct Identity {
 
 impl Identity {
     pub fn of(pid: i32) -> Option<Identity> {
-        Some(Identity { pid, start_ticks: start_ticks(pid)? })
+        Some(Identity {
+            pid,
+            start_ticks: start_ticks(pid)?,
+        })
     }
 
     /// True while the PID still names this process and it has not exited (zombies count as gone).
     pub fn is_alive(&self) -> bool {
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{}/stat", self.pid)) else { return false };
-        let Some(after_comm) = stat.rsplit_once(')').map(|(_, rest)| rest) else { return false };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{}/stat", self.pid)) else {
+            return false;
+        };
+        let Some(after_comm) = stat.rsplit_once(')').map(|(_, rest)| rest) else {
+            return false;
+        };
         let fields: Vec<&str> = after_comm.split_whitespace().collect();
         // After the command: state is field 3 overall, start time field 22.
         let state = fields.first().copied().unwrap_or("Z");
@@ -67,7 +80,11 @@ pub struct Files {
 
 impl Files {
     pub fn in_dir(dir: &Path) -> Files {
-        Files { program: dir.join("program.bt"), stdout: dir.join("stdout"), stderr: dir.join("stderr") }
+        Files {
+            program: dir.join("program.bt"),
+            stdout: dir.join("stdout"),
+            stderr: dir.join("stderr"),
+        }
     }
 }
 
@@ -82,7 +99,10 @@ pub struct Running {
 /// runtime's SIGTERM to the agent) do not reach it.
 pub fn spawn(command: &Path, files: &Files, args: &[String]) -> Result<Running, Error> {
     let open = |path: &Path| {
-        File::create(path).map_err(|source| Error::Output { path: path.to_path_buf(), source })
+        File::create(path).map_err(|source| Error::Output {
+            path: path.to_path_buf(),
+            source,
+        })
     };
     let mut cmd = std::process::Command::new(command);
     cmd.arg("--")
@@ -95,18 +115,30 @@ pub fn spawn(command: &Path, files: &Files, args: &[String]) -> Result<Running, 
     let child = tokio::process::Command::from(cmd)
         .kill_on_drop(false)
         .spawn()
-        .map_err(|source| Error::Spawn { command: command.display().to_string(), source })?;
+        .map_err(|source| Error::Spawn {
+            command: command.display().to_string(),
+            source,
+        })?;
     let pid = child.id().map(|p| p as i32).unwrap_or_default();
     // The process exists until reaped by us, so its start time is readable here.
-    let identity = Identity::of(pid).unwrap_or(Identity { pid, start_ticks: 0 });
-    Ok(Running { identity, child: Some(child) })
+    let identity = Identity::of(pid).unwrap_or(Identity {
+        pid,
+        start_ticks: 0,
+    });
+    Ok(Running {
+        identity,
+        child: Some(child),
+    })
 }
 
 impl Running {
     /// Takes over a process started by an earlier agent; it is not our child, so its exit status
     /// cannot be read.
     pub fn adopt(identity: Identity) -> Running {
-        Running { identity, child: None }
+        Running {
+            identity,
+            child: None,
+        }
     }
 
     /// Waits until the process exits.
@@ -160,7 +192,11 @@ pub fn is_polling(pid: i32) -> bool {
     // x86_64 syscall numbers of poll, ppoll, epoll_wait, epoll_pwait, epoll_pwait2.
     const WAITS: [&str; 5] = ["7", "271", "232", "281", "441"];
     std::fs::read_to_string(format!("/proc/{pid}/syscall"))
-        .map(|s| s.split_whitespace().next().is_some_and(|n| WAITS.contains(&n)))
+        .map(|s| {
+            s.split_whitespace()
+                .next()
+                .is_some_and(|n| WAITS.contains(&n))
+        })
         .unwrap_or(false)
 }
 
@@ -168,7 +204,10 @@ pub fn is_polling(pid: i32) -> bool {
 /// start when it lacks CAP_SYS_RESOURCE (it works regardless), and bounded in size.
 pub fn error_text(stderr: &str) -> String {
     const MAX: usize = 4096;
-    let text: Vec<&str> = stderr.lines().filter(|l| !l.contains("couldn't set RLIMIT_MEMLOCK")).collect();
+    let text: Vec<&str> = stderr
+        .lines()
+        .filter(|l| !l.contains("couldn't set RLIMIT_MEMLOCK"))
+        .collect();
     let text = text.join("\n");
     if text.len() <= MAX {
         return text;
@@ -182,7 +221,10 @@ pub fn error_text(stderr: &str) -> String {
 
 /// `bpftrace --version`, e.g. "v0.17.0".
 pub fn version(command: &Path) -> Option<String> {
-    let out = std::process::Command::new(command).arg("--version").output().ok()?;
+    let out = std::process::Command::new(command)
+        .arg("--version")
+        .output()
+        .ok()?;
     let text = String::from_utf8_lossy(&out.stdout);
     text.split_whitespace().last().map(String::from)
 }
@@ -210,7 +252,15 @@ mod tests {
     fn identity_of_a_dead_or_reused_pid_is_not_alive() {
         let me = Identity::of(std::process::id() as i32).expect("own stat readable");
         assert!(me.is_alive());
-        assert!(!Identity { start_ticks: me.start_ticks + 1, ..me }.is_alive());
-        assert!(!Identity { pid: i32::MAX, start_ticks: 1 }.is_alive());
+        assert!(!Identity {
+            start_ticks: me.start_ticks + 1,
+            ..me
+        }
+        .is_alive());
+        assert!(!Identity {
+            pid: i32::MAX,
+            start_ticks: 1
+        }
+        .is_alive());
     }
 }

@@ -4,6 +4,7 @@
 //! `bpftrace` and `state` (the process and its files) -> `report` (status, ConfigMap, Events).
 //! `agent` wires them together, one task per job.
 
+pub mod agent;
 pub mod api;
 pub mod bpftrace;
 pub mod crd;
@@ -11,3 +12,4 @@ pub mod lifecycle;
 pub mod output;
 pub mod report;
 pub mod state;
+pub mod watch;

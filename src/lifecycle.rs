@@ -142,9 +142,20 @@ pub fn next(wanted: Wanted, process: Process, now: Instant) -> Step {
 }
 
 /// The final phase, exit code and message for a run that ended.
-pub fn outcome(exit: Exit, reason: Option<StopReason>, killed: bool, errors: &str) -> (Phase, Option<i64>, String) {
+pub fn outcome(
+    exit: Exit,
+    reason: Option<StopReason>,
+    killed: bool,
+    errors: &str,
+) -> (Phase, Option<i64>, String) {
     let errors = errors.trim();
-    let with_errors = |msg: String| if errors.is_empty() { msg } else { format!("{msg}: {errors}") };
+    let with_errors = |msg: String| {
+        if errors.is_empty() {
+            msg
+        } else {
+            format!("{msg}: {errors}")
+        }
+    };
     match exit {
         _ if killed => (
             Phase::Failed,
@@ -190,30 +201,60 @@ mod tests {
                 deadline_grace_period: 2,
             },
         );
-        tj.status = Some(TraceJobStatus { phase, id: id.map(String::from), ..Default::default() });
+        tj.status = Some(TraceJobStatus {
+            phase,
+            id: id.map(String::from),
+            ..Default::default()
+        });
         tj
     }
 
     #[test]
     fn first_sight_runs_each_job_at_most_once() {
         assert_eq!(first_sight(&job(None, None), false), FirstSight::Start);
-        assert_eq!(first_sight(&job(Some(Phase::Pending), Some("a")), true), FirstSight::Adopt);
-        assert_eq!(first_sight(&job(Some(Phase::Running), Some("a")), true), FirstSight::Adopt);
-        assert_eq!(first_sight(&job(Some(Phase::Running), Some("a")), false), FirstSight::Lost);
-        assert_eq!(first_sight(&job(Some(Phase::Completed), Some("a")), true), FirstSight::Ignore);
-        assert_eq!(first_sight(&job(Some(Phase::Failed), None), false), FirstSight::Ignore);
+        assert_eq!(
+            first_sight(&job(Some(Phase::Pending), Some("a")), true),
+            FirstSight::Adopt
+        );
+        assert_eq!(
+            first_sight(&job(Some(Phase::Running), Some("a")), true),
+            FirstSight::Adopt
+        );
+        assert_eq!(
+            first_sight(&job(Some(Phase::Running), Some("a")), false),
+            FirstSight::Lost
+        );
+        assert_eq!(
+            first_sight(&job(Some(Phase::Completed), Some("a")), true),
+            FirstSight::Ignore
+        );
+        assert_eq!(
+            first_sight(&job(Some(Phase::Failed), None), false),
+            FirstSight::Ignore
+        );
     }
 
     fn wanted() -> Wanted {
-        Wanted { stop: false, deleted: false, deadline: Duration::from_secs(10), grace: Duration::from_secs(2) }
+        Wanted {
+            stop: false,
+            deleted: false,
+            deadline: Duration::from_secs(10),
+            grace: Duration::from_secs(2),
+        }
     }
 
     #[test]
     fn a_tracing_job_waits_for_its_deadline_then_stops() {
         let t0 = Instant::now();
         let p = Process::Tracing { since: t0 };
-        assert_eq!(next(wanted(), p, t0), Step::Wait(Some(t0 + Duration::from_secs(10))));
-        assert_eq!(next(wanted(), p, t0 + Duration::from_secs(10)), Step::Interrupt(StopReason::Deadline));
+        assert_eq!(
+            next(wanted(), p, t0),
+            Step::Wait(Some(t0 + Duration::from_secs(10)))
+        );
+        assert_eq!(
+            next(wanted(), p, t0 + Duration::from_secs(10)),
+            Step::Interrupt(StopReason::Deadline)
+        );
     }
 
     #[test]
@@ -221,19 +262,45 @@ mod tests {
         let t0 = Instant::now();
         let starting = Process::Starting { since: t0 };
         assert_eq!(next(wanted(), starting, t0), Step::Wait(None));
-        assert_eq!(next(Wanted { stop: true, ..wanted() }, starting, t0), Step::Interrupt(StopReason::Requested));
-        let deleted = Wanted { deleted: true, stop: true, ..wanted() };
-        assert_eq!(next(deleted, Process::Tracing { since: t0 }, t0), Step::Interrupt(StopReason::Deleted));
+        assert_eq!(
+            next(
+                Wanted {
+                    stop: true,
+                    ..wanted()
+                },
+                starting,
+                t0
+            ),
+            Step::Interrupt(StopReason::Requested)
+        );
+        let deleted = Wanted {
+            deleted: true,
+            stop: true,
+            ..wanted()
+        };
+        assert_eq!(
+            next(deleted, Process::Tracing { since: t0 }, t0),
+            Step::Interrupt(StopReason::Deleted)
+        );
     }
 
     #[test]
     fn an_interrupted_job_is_killed_after_the_grace_period_only() {
         let t0 = Instant::now();
-        let p = Process::Interrupted { at: t0, reason: StopReason::Requested };
+        let p = Process::Interrupted {
+            at: t0,
+            reason: StopReason::Requested,
+        };
         // Unsetting stop cannot take back a SIGINT.
-        assert_eq!(next(wanted(), p, t0), Step::Wait(Some(t0 + Duration::from_secs(2))));
+        assert_eq!(
+            next(wanted(), p, t0),
+            Step::Wait(Some(t0 + Duration::from_secs(2)))
+        );
         assert_eq!(next(wanted(), p, t0 + Duration::from_secs(2)), Step::Kill);
-        assert_eq!(next(wanted(), Process::Exited(Exit::Code(0)), t0), Step::Collect);
+        assert_eq!(
+            next(wanted(), Process::Exited(Exit::Code(0)), t0),
+            Step::Collect
+        );
     }
 
     #[test]
@@ -245,7 +312,10 @@ mod tests {
         assert_eq!((p, code), (Phase::Failed, Some(1)));
         assert!(msg.ends_with("ERROR: syntax error"), "{msg}");
         assert_eq!(outcome(Exit::Signal(9), None, false, "").0, Phase::Failed);
-        assert_eq!(outcome(Exit::Code(0), Some(StopReason::Requested), true, "").0, Phase::Failed);
+        assert_eq!(
+            outcome(Exit::Code(0), Some(StopReason::Requested), true, "").0,
+            Phase::Failed
+        );
         assert_eq!(outcome(Exit::Unknown, None, false, "").0, Phase::Failed);
     }
 }

@@ -1,7 +1,15 @@
-use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
-#[command(name = "tracejob-agent", version, about = "Runs the bpftrace programs of TraceJobs on this node")]
+#[command(
+    name = "tracejob-agent",
+    version,
+    about = "Runs the bpftrace programs of TraceJobs on this node"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -9,6 +17,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run the agent for one node (the DaemonSet's command).
+    Run(RunArgs),
     /// Print the TraceJob CustomResourceDefinition as YAML.
     Crd {
         /// Declare spec.nodeName a selectable field (Kubernetes 1.31+; older servers reject it).
@@ -17,18 +27,88 @@ enum Command {
     },
 }
 
-fn main() -> std::process::ExitCode {
+#[derive(clap::Args)]
+struct RunArgs {
+    /// The node this agent serves; the DaemonSet sets NODE_NAME from the downward API.
+    #[arg(long, env = "NODE_NAME")]
+    node_name: String,
+    /// Where programs, bpftrace output and job records are kept (a hostPath in the DaemonSet).
+    #[arg(long, default_value = "/var/lib/tracejob-agent")]
+    state_dir: PathBuf,
+    /// The bpftrace command.
+    #[arg(long, default_value = "bpftrace")]
+    bpftrace: PathBuf,
+    /// Log format.
+    #[arg(long, value_enum, default_value = "text")]
+    log_format: LogFormat,
+    /// Log level filter (RUST_LOG syntax); RUST_LOG overrides it.
+    #[arg(long, default_value = "info")]
+    log_level: String,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Crd { selectable_fields } => match tracejob_agent::crd::crd_yaml(selectable_fields) {
-            Ok(yaml) => {
-                print!("{yaml}");
-                std::process::ExitCode::SUCCESS
+        Command::Crd { selectable_fields } => {
+            match tracejob_agent::crd::crd_yaml(selectable_fields) {
+                Ok(yaml) => {
+                    print!("{yaml}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("tracejob-agent: {e}");
+                    ExitCode::FAILURE
+                }
             }
-            Err(e) => {
-                eprintln!("tracejob-agent: {e}");
-                std::process::ExitCode::FAILURE
-            }
-        },
+        }
+        Command::Run(args) => run(args),
+    }
+}
+
+fn run(args: RunArgs) -> ExitCode {
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&args.log_level));
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(ansi);
+    match args.log_format {
+        LogFormat::Text => logs.init(),
+        LogFormat::Json => logs.json().init(),
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("tracejob-agent: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        let client = kube::Client::try_default().await?;
+        let config = tracejob_agent::agent::Config {
+            node: args.node_name,
+            bpftrace: args.bpftrace,
+            state_dir: args.state_dir,
+        };
+        tracejob_agent::agent::run(client, config)
+            .await
+            .map_err(|e| Box::new(e) as Box<dyn std::error::Error>)
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "tracejob-agent failed");
+            ExitCode::FAILURE
+        }
     }
 }

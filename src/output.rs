@@ -35,7 +35,11 @@ pub enum Value {
     /// count(), sum(), min(), max(), avg() or a plain assignment: an integer where it is one.
     Value(Scalar),
     /// stats(): `count N, average N, total N`.
-    Stats { count: i64, average: i64, total: i64 },
+    Stats {
+        count: i64,
+        average: i64,
+        total: i64,
+    },
     /// hist() and lhist(): buckets in printed order.
     Hist(Vec<Bucket>),
 }
@@ -61,7 +65,9 @@ pub fn parse(stdout: &str) -> Maps {
     let mut maps: Vec<Map> = Vec::new();
     let mut lines = stdout.lines().peekable();
     while let Some(line) = lines.next() {
-        let Some((name, rest)) = split_name(line) else { continue };
+        let Some((name, rest)) = split_name(line) else {
+            continue;
+        };
         let (key, value_text) = if rest == "[" {
             // A key printed over several lines (stacks): up to a line starting with `]:`.
             let mut key_lines = Vec::new();
@@ -76,7 +82,9 @@ pub fn parse(stdout: &str) -> Maps {
             let Some(v) = value else { break };
             (Some(key_lines.join("\n")), v)
         } else if let Some(inner) = rest.strip_prefix('[') {
-            let Some(end) = inner.rfind("]:") else { continue };
+            let Some(end) = inner.rfind("]:") else {
+                continue;
+            };
             (Some(inner[..end].to_string()), &inner[end + 2..])
         } else if let Some(v) = rest.strip_prefix(':') {
             (None, v)
@@ -102,7 +110,10 @@ pub fn parse(stdout: &str) -> Maps {
         let entry = Entry { key, value };
         match maps.iter_mut().find(|m| m.name == name) {
             Some(m) => m.entries.push(entry),
-            None => maps.push(Map { name: name.to_string(), entries: vec![entry] }),
+            None => maps.push(Map {
+                name: name.to_string(),
+                entries: vec![entry],
+            }),
         }
     }
     Maps { maps }
@@ -111,7 +122,9 @@ pub fn parse(stdout: &str) -> Maps {
 /// Splits `@name...` into the name and what follows it.
 fn split_name(line: &str) -> Option<(&str, &str)> {
     let rest = line.strip_prefix('@')?;
-    let len = rest.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).unwrap_or(rest.len());
+    let len = rest
+        .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .unwrap_or(rest.len());
     let (name, after) = line.split_at(len + 1);
     (after.starts_with('[') || after.starts_with(':')).then_some((name, after))
 }
@@ -121,7 +134,11 @@ fn parse_stats(text: &str) -> Option<Value> {
     let count = parts.next()?.strip_prefix("count ")?.parse().ok()?;
     let average = parts.next()?.strip_prefix("average ")?.parse().ok()?;
     let total = parts.next()?.strip_prefix("total ")?.parse().ok()?;
-    parts.next().is_none().then_some(Value::Stats { count, average, total })
+    parts.next().is_none().then_some(Value::Stats {
+        count,
+        average,
+        total,
+    })
 }
 
 /// Reads one bucket line: `[2, 4)   404 |@@@@@   |`, `[0]   1 |@|`, `(..., 0)`, `[300, ...)`.
@@ -134,22 +151,38 @@ fn parse_bucket(line: &str) -> Option<Bucket> {
     if !(bar.len() >= 2 && bar.starts_with('|') && bar.ends_with('|')) {
         return None;
     }
-    let (low, high) = if let Some(single) = range.strip_prefix('[').and_then(|r| r.strip_suffix(']')) {
-        let v = parse_bound(single)?;
-        (Some(v), Some(v.checked_add(1)?))
-    } else {
-        let inner = range.get(1..range.len() - 1)?;
-        let (a, b) = inner.split_once(", ")?;
-        let low = if a == "..." { None } else { Some(parse_bound(a)?) };
-        let high = if b == "..." { None } else { Some(parse_bound(b)?) };
-        (low, high)
-    };
+    let (low, high) =
+        if let Some(single) = range.strip_prefix('[').and_then(|r| r.strip_suffix(']')) {
+            let v = parse_bound(single)?;
+            (Some(v), Some(v.checked_add(1)?))
+        } else {
+            let inner = range.get(1..range.len() - 1)?;
+            let (a, b) = inner.split_once(", ")?;
+            let low = if a == "..." {
+                None
+            } else {
+                Some(parse_bound(a)?)
+            };
+            let high = if b == "..." {
+                None
+            } else {
+                Some(parse_bound(b)?)
+            };
+            (low, high)
+        };
     Some(Bucket { low, high, count })
 }
 
 /// `512`, `-10`, `1K`, `2M`, ...: bpftrace's power-of-1024 suffixes.
 fn parse_bound(text: &str) -> Option<i64> {
-    let units = [('K', 10), ('M', 20), ('G', 30), ('T', 40), ('P', 50), ('E', 60)];
+    let units = [
+        ('K', 10),
+        ('M', 20),
+        ('G', 30),
+        ('T', 40),
+        ('P', 50),
+        ('E', 60),
+    ];
     for (suffix, shift) in units {
         if let Some(n) = text.strip_suffix(suffix) {
             return n.parse::<i64>().ok()?.checked_mul(1i64.checked_shl(shift)?);
@@ -163,12 +196,18 @@ mod tests {
     use super::*;
 
     fn fixture(name: &str) -> String {
-        let path = format!("{}/tests/fixtures/bpftrace-0.17/{name}", env!("CARGO_MANIFEST_DIR"));
+        let path = format!(
+            "{}/tests/fixtures/bpftrace-0.17/{name}",
+            env!("CARGO_MANIFEST_DIR")
+        );
         std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
     }
 
     fn map<'a>(maps: &'a Maps, name: &str) -> &'a Map {
-        maps.maps.iter().find(|m| m.name == name).unwrap_or_else(|| panic!("no {name} in {maps:?}"))
+        maps.maps
+            .iter()
+            .find(|m| m.name == name)
+            .unwrap_or_else(|| panic!("no {name} in {maps:?}"))
     }
 
     #[test]
@@ -177,26 +216,77 @@ mod tests {
         let names: Vec<&str> = maps.maps.iter().map(|m| m.name.as_str()).collect();
         assert_eq!(
             names,
-            ["@avg", "@count", "@hist", "@khist", "@lhist", "@max", "@min", "@stats", "@str", "@sum", "@two", "@ustack"]
+            [
+                "@avg", "@count", "@hist", "@khist", "@lhist", "@max", "@min", "@stats", "@str",
+                "@sum", "@two", "@ustack"
+            ]
         );
         let count = map(&maps, "@count");
-        assert_eq!(count.entries[0], Entry { key: Some("bpftrace".into()), value: Value::Value(Scalar::Int(21)) });
-        let Value::Hist(buckets) = &map(&maps, "@hist").entries[0].value else { panic!("not a hist") };
+        assert_eq!(
+            count.entries[0],
+            Entry {
+                key: Some("bpftrace".into()),
+                value: Value::Value(Scalar::Int(21))
+            }
+        );
+        let Value::Hist(buckets) = &map(&maps, "@hist").entries[0].value else {
+            panic!("not a hist")
+        };
         assert_eq!(buckets.len(), 10);
-        assert_eq!(buckets[0], Bucket { low: Some(0), high: Some(1), count: 1220 });
-        assert_eq!(buckets[2], Bucket { low: Some(2), high: Some(4), count: 404 });
-        assert_eq!(buckets[9], Bucket { low: Some(256), high: Some(512), count: 913 });
+        assert_eq!(
+            buckets[0],
+            Bucket {
+                low: Some(0),
+                high: Some(1),
+                count: 1220
+            }
+        );
+        assert_eq!(
+            buckets[2],
+            Bucket {
+                low: Some(2),
+                high: Some(4),
+                count: 404
+            }
+        );
+        assert_eq!(
+            buckets[9],
+            Bucket {
+                low: Some(256),
+                high: Some(512),
+                count: 913
+            }
+        );
         let khist = map(&maps, "@khist");
         assert_eq!(khist.entries.len(), 2);
         assert_eq!(khist.entries[0].key.as_deref(), Some("1"));
-        let Value::Hist(l) = &map(&maps, "@lhist").entries[0].value else { panic!("not a hist") };
-        assert_eq!(l.last(), Some(&Bucket { low: Some(300), high: None, count: 1 }));
+        let Value::Hist(l) = &map(&maps, "@lhist").entries[0].value else {
+            panic!("not a hist")
+        };
+        assert_eq!(
+            l.last(),
+            Some(&Bucket {
+                low: Some(300),
+                high: None,
+                count: 1
+            })
+        );
         assert_eq!(
             map(&maps, "@stats").entries[0].value,
-            Value::Stats { count: 13318, average: 64, total: 858601 }
+            Value::Stats {
+                count: 13318,
+                average: 64,
+                total: 858601
+            }
         );
-        assert_eq!(map(&maps, "@str").entries[0].key.as_deref(), Some("key with ] and : chars"));
-        assert_eq!(map(&maps, "@two").entries[0].key.as_deref(), Some("bpftrace, 0"));
+        assert_eq!(
+            map(&maps, "@str").entries[0].key.as_deref(),
+            Some("key with ] and : chars")
+        );
+        assert_eq!(
+            map(&maps, "@two").entries[0].key.as_deref(),
+            Some("bpftrace, 0")
+        );
         let stack = &map(&maps, "@ustack").entries[0];
         assert_eq!(stack.key.as_deref(), Some("0x46bee9\n0x41f7bd"));
         assert_eq!(stack.value, Value::Value(Scalar::Int(1)));
@@ -205,11 +295,30 @@ mod tests {
     #[test]
     fn reads_suffixed_and_open_bounds() {
         let maps = parse(&fixture("bighist.out"));
-        let Value::Hist(h) = &map(&maps, "@h").entries[0].value else { panic!("not a hist") };
-        assert!(h.contains(&Bucket { low: Some(1024), high: Some(2048), count: 1 }));
-        assert!(h.contains(&Bucket { low: Some(2 << 30), high: Some(4 << 30), count: 1 }));
-        let Value::Hist(neg) = &map(&maps, "@neg").entries[0].value else { panic!("not a hist") };
-        assert_eq!(neg[0], Bucket { low: None, high: Some(0), count: 1 });
+        let Value::Hist(h) = &map(&maps, "@h").entries[0].value else {
+            panic!("not a hist")
+        };
+        assert!(h.contains(&Bucket {
+            low: Some(1024),
+            high: Some(2048),
+            count: 1
+        }));
+        assert!(h.contains(&Bucket {
+            low: Some(2 << 30),
+            high: Some(4 << 30),
+            count: 1
+        }));
+        let Value::Hist(neg) = &map(&maps, "@neg").entries[0].value else {
+            panic!("not a hist")
+        };
+        assert_eq!(
+            neg[0],
+            Bucket {
+                low: None,
+                high: Some(0),
+                count: 1
+            }
+        );
     }
 
     #[test]
@@ -221,7 +330,16 @@ mod tests {
 
     #[test]
     fn never_panics_on_broken_input() {
-        for text in ["@", "@x[", "@x[\n", "@x:\n[", "@x:\n[1, ", "@x:\n(..., 9999999999999999999999) 1 |@|", "@x:\n[9E, 10E) 1 |@|", "@x[\u{0}]: \u{fffd}"] {
+        for text in [
+            "@",
+            "@x[",
+            "@x[\n",
+            "@x:\n[",
+            "@x:\n[1, ",
+            "@x:\n(..., 9999999999999999999999) 1 |@|",
+            "@x:\n[9E, 10E) 1 |@|",
+            "@x[\u{0}]: \u{fffd}",
+        ] {
             let _ = parse(text);
         }
     }

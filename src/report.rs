@@ -29,9 +29,14 @@ pub enum Error {
 }
 
 impl Error {
-    /// A conflict: someone else changed the object since it was read.
-    pub fn is_conflict(&self) -> bool {
-        matches!(self, Error::Kube(kube::Error::Api(s)) if s.code == 409)
+    /// Worth retrying: the API server is unreachable, overloaded or failing. Anything else (the
+    /// object is gone, was changed since it was read, or the write is invalid) will not heal.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Error::Kube(kube::Error::Api(s)) => s.code == 429 || s.code >= 500,
+            Error::Kube(_) => true,
+            Error::NotOurs(_) | Error::Json(_) => false,
+        }
     }
     pub fn is_not_found(&self) -> bool {
         matches!(self, Error::Kube(kube::Error::Api(s)) if s.code == 404)
@@ -47,8 +52,15 @@ pub struct Writer {
 
 impl Writer {
     pub fn new(client: Client, node: &str) -> Writer {
-        let reporter = Reporter { controller: "tracejob-agent".into(), instance: Some(node.to_string()) };
-        Writer { recorder: Recorder::new(client.clone(), reporter), client, node: node.to_string() }
+        let reporter = Reporter {
+            controller: "tracejob-agent".into(),
+            instance: Some(node.to_string()),
+        };
+        Writer {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            node: node.to_string(),
+        }
     }
 
     fn api(&self, job: &TraceJob) -> Api<TraceJob> {
@@ -70,21 +82,46 @@ impl Writer {
             "metadata": { "resourceVersion": job.resource_version() },
             "status": status,
         });
-        Ok(self.api(job).patch_status(&job.name_any(), &PatchParams::default(), &Patch::Merge(patch)).await?)
+        Ok(self
+            .api(job)
+            .patch_status(
+                &job.name_any(),
+                &PatchParams::default(),
+                &Patch::Merge(patch),
+            )
+            .await?)
     }
 
     /// Writes `status` (merged over what is there) and the conditions its phase implies.
-    pub async fn status(&self, job: &TraceJob, mut status: TraceJobStatus, reason: &str) -> Result<TraceJob, Error> {
+    pub async fn status(
+        &self,
+        job: &TraceJob,
+        mut status: TraceJobStatus,
+        reason: &str,
+    ) -> Result<TraceJob, Error> {
         let phase = status.phase.unwrap_or(Phase::Pending);
         let message = status.message.clone().unwrap_or_default();
         status.conditions = conditions(phase, reason, &message, job, now());
         status.observed_generation = job.metadata.generation;
         let patch = json!({ "status": status });
-        Ok(self.api(job).patch_status(&job.name_any(), &PatchParams::default(), &Patch::Merge(patch)).await?)
+        Ok(self
+            .api(job)
+            .patch_status(
+                &job.name_any(),
+                &PatchParams::default(),
+                &Patch::Merge(patch),
+            )
+            .await?)
     }
 
     /// Creates the output ConfigMap, or updates it if it is already ours (a retried write).
-    pub async fn output(&self, job: &TraceJob, run_id: &str, stdout: &str, maps: &Maps) -> Result<OutputRef, Error> {
+    pub async fn output(
+        &self,
+        job: &TraceJob,
+        run_id: &str,
+        stdout: &str,
+        maps: &Maps,
+    ) -> Result<OutputRef, Error> {
         let name = output_name(&job.name_any(), run_id);
         let ns = job.namespace().unwrap_or_default();
         let api: Api<ConfigMap> = Api::namespaced(self.client.clone(), &ns);
@@ -110,7 +147,10 @@ impl Writer {
             Ok(_) => {}
             Err(kube::Error::Api(s)) if s.code == 409 => {
                 let existing = api.get(&name).await?;
-                let ours = existing.owner_references().iter().any(|o| Some(&o.uid) == job.uid().as_ref());
+                let ours = existing
+                    .owner_references()
+                    .iter()
+                    .any(|o| Some(&o.uid) == job.uid().as_ref());
                 if !ours {
                     return Err(Error::NotOurs(name));
                 }
@@ -126,7 +166,11 @@ impl Writer {
     /// Publishes an Event on the TraceJob. Events are best effort: a failure is logged, not fatal.
     pub async fn event(&self, job: &TraceJob, warning: bool, reason: &str, note: String) {
         let event = Event {
-            type_: if warning { EventType::Warning } else { EventType::Normal },
+            type_: if warning {
+                EventType::Warning
+            } else {
+                EventType::Normal
+            },
             reason: reason.to_string(),
             note: Some(note),
             action: reason.to_string(),
@@ -164,8 +208,18 @@ fn owner(job: &TraceJob) -> OwnerReference {
 
 /// The conditions for `phase`: `Running` (True while tracing), `Completed` and `Failed`, keeping
 /// each one's lastTransitionTime while its status does not change.
-pub fn conditions(phase: Phase, reason: &str, message: &str, job: &TraceJob, now: Time) -> Vec<Condition> {
-    let previous = job.status.as_ref().map(|s| s.conditions.as_slice()).unwrap_or_default();
+pub fn conditions(
+    phase: Phase,
+    reason: &str,
+    message: &str,
+    job: &TraceJob,
+    now: Time,
+) -> Vec<Condition> {
+    let previous = job
+        .status
+        .as_ref()
+        .map(|s| s.conditions.as_slice())
+        .unwrap_or_default();
     let wanted = [
         ("Running", phase == Phase::Running),
         ("Completed", phase == Phase::Completed),
@@ -183,8 +237,16 @@ pub fn conditions(phase: Phase, reason: &str, message: &str, job: &TraceJob, now
             Condition {
                 type_: kind.to_string(),
                 status: status.to_string(),
-                reason: if *on { reason.to_string() } else { format!("Phase{phase}") },
-                message: if *on { message.to_string() } else { String::new() },
+                reason: if *on {
+                    reason.to_string()
+                } else {
+                    format!("Phase{phase}")
+                },
+                message: if *on {
+                    message.to_string()
+                } else {
+                    format!("phase is {phase}")
+                },
                 last_transition_time: last,
                 observed_generation: job.metadata.generation,
             }
@@ -216,17 +278,35 @@ mod tests {
         let t0 = Time(Timestamp::from_second(1_000).expect("time"));
         let t1 = Time(Timestamp::from_second(2_000).expect("time"));
         let mut tj = job();
-        let running = conditions(Phase::Running, "ProbesAttached", "3 probes", &tj, t0.clone());
+        let running = conditions(
+            Phase::Running,
+            "ProbesAttached",
+            "3 probes",
+            &tj,
+            t0.clone(),
+        );
         assert_eq!(running.iter().filter(|c| c.status == "True").count(), 1);
         assert_eq!(running[0].type_, "Running");
         assert_eq!(running[0].reason, "ProbesAttached");
-        tj.status = Some(TraceJobStatus { conditions: running, ..Default::default() });
+        tj.status = Some(TraceJobStatus {
+            conditions: running,
+            ..Default::default()
+        });
         let done = conditions(Phase::Completed, "Collected", "", &tj, t1.clone());
-        let by = |t: &str| done.iter().find(|c| c.type_ == t).cloned().expect("condition");
+        let by = |t: &str| {
+            done.iter()
+                .find(|c| c.type_ == t)
+                .cloned()
+                .expect("condition")
+        };
         assert_eq!(by("Completed").status, "True");
         assert_eq!(by("Completed").last_transition_time, t1);
         assert_eq!(by("Running").status, "False");
-        assert_eq!(by("Failed").last_transition_time, t0, "Failed stayed False since t0");
+        assert_eq!(
+            by("Failed").last_transition_time,
+            t0,
+            "Failed stayed False since t0"
+        );
     }
 
     #[test]

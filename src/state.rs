@@ -14,13 +14,21 @@ use crate::bpftrace::{Files, Identity};
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("{what} {path}: {source}")]
-    Io { what: &'static str, path: PathBuf, source: std::io::Error },
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("status.id {0:?} is not a UUID")]
     BadRunId(String),
 }
 
 fn io<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> Error + 'a {
-    move |source| Error::Io { what, path: path.to_path_buf(), source }
+    move |source| Error::Io {
+        what,
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 /// What a restarted agent needs to resume a run.
@@ -47,8 +55,14 @@ pub struct StateDir {
 impl StateDir {
     pub fn open(root: &Path) -> Result<StateDir, Error> {
         let jobs = root.join("jobs");
-        DirBuilder::new().recursive(true).mode(0o700).create(&jobs).map_err(io("create", &jobs))?;
-        Ok(StateDir { root: root.to_path_buf() })
+        DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&jobs)
+            .map_err(io("create", &jobs))?;
+        Ok(StateDir {
+            root: root.to_path_buf(),
+        })
     }
 
     pub fn root(&self) -> &Path {
@@ -69,7 +83,11 @@ impl StateDir {
     /// Creates the run's directory with the program in a private file (0600) and its record.
     pub fn create(&self, record: &Record, program: &str) -> Result<Files, Error> {
         let dir = self.run_dir(&record.run_id)?;
-        DirBuilder::new().recursive(true).mode(0o700).create(&dir).map_err(io("create", &dir))?;
+        DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)
+            .map_err(io("create", &dir))?;
         let files = Files::in_dir(&dir);
         write_private(&files.program, program.as_bytes())?;
         self.save(record)?;
@@ -97,7 +115,9 @@ impl StateDir {
 
     /// Every record on disk, for resuming after a restart.
     pub fn records(&self) -> Vec<Record> {
-        let Ok(entries) = fs::read_dir(self.root.join("jobs")) else { return Vec::new() };
+        let Ok(entries) = fs::read_dir(self.root.join("jobs")) else {
+            return Vec::new();
+        };
         entries
             .flatten()
             .filter_map(|e| self.load(&e.file_name().to_string_lossy()))
@@ -147,7 +167,10 @@ mod tests {
         let state = StateDir::open(tmp.path()).expect("open");
         let id = uuid::Uuid::new_v4().to_string();
         let files = state.create(&record(&id), "BEGIN {}").expect("create");
-        let mode = fs::metadata(&files.program).expect("stat").permissions().mode();
+        let mode = fs::metadata(&files.program)
+            .expect("stat")
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o600);
         assert_eq!(state.load(&id), Some(record(&id)));
         assert_eq!(state.records().len(), 1);

@@ -7,11 +7,26 @@ use crate::support::{must, repo_root, wait_for, Env, Test};
 
 pub fn tests() -> Vec<Test> {
     vec![
-        Test { name: "api_valid_tracejob_is_accepted_with_defaults", run: valid_tracejob_is_accepted_with_defaults },
-        Test { name: "api_invalid_tracejobs_are_rejected_naming_the_field", run: invalid_tracejobs_are_rejected },
-        Test { name: "api_get_shows_printer_columns", run: get_shows_printer_columns },
-        Test { name: "api_explain_describes_fields", run: explain_describes_fields },
-        Test { name: "api_status_subresource", run: status_subresource },
+        Test {
+            name: "api_valid_tracejob_is_accepted_with_defaults",
+            run: valid_tracejob_is_accepted_with_defaults,
+        },
+        Test {
+            name: "api_invalid_tracejobs_are_rejected_naming_the_field",
+            run: invalid_tracejobs_are_rejected,
+        },
+        Test {
+            name: "api_get_shows_printer_columns",
+            run: get_shows_printer_columns,
+        },
+        Test {
+            name: "api_explain_describes_fields",
+            run: explain_describes_fields,
+        },
+        Test {
+            name: "api_status_subresource",
+            run: status_subresource,
+        },
     ]
 }
 
@@ -19,8 +34,15 @@ pub fn tests() -> Vec<Test> {
 pub fn install_crd(env: &Env) {
     let crd = repo_root().join("daemonset/crd.yaml");
     env.kubectl.ok(&["apply", "-f", &crd.to_string_lossy()]);
-    env.kubectl.ok(&["wait", "--for=condition=Established", "--timeout=60s", "crd/tracejobs.observe.tracejob.dev"]);
-    wait_for(Duration::from_secs(30), "tracejobs served", || env.kubectl.run(&["get", "tj", "-A"]).ok.then_some(()));
+    env.kubectl.ok(&[
+        "wait",
+        "--for=condition=Established",
+        "--timeout=60s",
+        "crd/tracejobs.observe.tracejob.dev",
+    ]);
+    wait_for(Duration::from_secs(30), "tracejobs served", || {
+        env.kubectl.run(&["get", "tj", "-A"]).ok.then_some(())
+    });
 }
 
 pub fn tracejob_yaml(name: &str, node: &str, program: &str, extra_spec: &str) -> String {
@@ -32,8 +54,15 @@ pub fn tracejob_yaml(name: &str, node: &str, program: &str, extra_spec: &str) ->
 
 fn valid_tracejob_is_accepted_with_defaults(env: &Env) {
     let ns = env.namespace("api-valid");
-    env.kubectl.apply(&ns, &tracejob_yaml("ok", "nowhere", "BEGIN { exit(); }", "  args: [\"1\"]\n"));
-    let spec = env.kubectl.jsonpath(&ns, "tj/ok", ".spec.deadline} {.spec.deadlineGracePeriod} {.spec.stop");
+    env.kubectl.apply(
+        &ns,
+        &tracejob_yaml("ok", "nowhere", "BEGIN { exit(); }", "  args: [\"1\"]\n"),
+    );
+    let spec = env.kubectl.jsonpath(
+        &ns,
+        "tj/ok",
+        ".spec.deadline} {.spec.deadlineGracePeriod} {.spec.stop",
+    );
     assert_eq!(spec, "3600 30 false", "defaults come from the schema");
 }
 
@@ -49,30 +78,65 @@ fn invalid_tracejobs_are_rejected(env: &Env) {
         ("zero grace period", "apiVersion: observe.tracejob.dev/v1alpha1\nkind: TraceJob\nmetadata: {name: f}\nspec: {nodeName: node-a, program: 'BEGIN {}', deadlineGracePeriod: 0}\n".into(), "spec.deadlineGracePeriod"),
     ];
     for (what, yaml, field) in cases {
-        let r = env.kubectl.run_with_stdin(&["apply", "-n", &ns, "-f", "-"], &yaml);
+        let r = env
+            .kubectl
+            .run_with_stdin(&["apply", "-n", &ns, "-f", "-"], &yaml);
         assert!(!r.ok, "{what}: the server accepted it");
-        assert!(r.stderr.contains(field), "{what}: the error does not name {field}: {}", r.stderr);
+        assert!(
+            r.stderr.contains(field),
+            "{what}: the error does not name {field}: {}",
+            r.stderr
+        );
     }
     // A program of exactly the limit is accepted.
     let exact = format!("apiVersion: observe.tracejob.dev/v1alpha1\nkind: TraceJob\nmetadata: {{name: g}}\nspec: {{nodeName: node-a, program: '{}'}}\n", "x".repeat(64 * 1024));
     env.kubectl.apply(&ns, &exact);
-    assert!(env.kubectl.ok(&["get", "tj", "-n", &ns, "-o", "name"]).trim() == "tracejob.observe.tracejob.dev/g");
+    assert!(
+        env.kubectl
+            .ok(&["get", "tj", "-n", &ns, "-o", "name"])
+            .trim()
+            == "tracejob.observe.tracejob.dev/g"
+    );
 }
 
 fn get_shows_printer_columns(env: &Env) {
     let ns = env.namespace("api-columns");
-    env.kubectl.apply(&ns, &tracejob_yaml("cols", "node-x", "BEGIN { exit(); }", ""));
+    env.kubectl.apply(
+        &ns,
+        &tracejob_yaml("cols", "node-x", "BEGIN { exit(); }", ""),
+    );
     let out = env.kubectl.ok(&["get", "tj", "-n", &ns]);
-    let header: Vec<&str> = out.lines().next().unwrap_or_default().split_whitespace().collect();
-    assert_eq!(header, ["NAME", "NODE", "PHASE", "PROBES", "OUTPUT", "AGE"], "{out}");
-    assert!(out.lines().nth(1).unwrap_or_default().split_whitespace().nth(1) == Some("node-x"), "{out}");
+    let header: Vec<&str> = out
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect();
+    assert_eq!(
+        header,
+        ["NAME", "NODE", "PHASE", "PROBES", "OUTPUT", "AGE"],
+        "{out}"
+    );
+    assert!(
+        out.lines()
+            .nth(1)
+            .unwrap_or_default()
+            .split_whitespace()
+            .nth(1)
+            == Some("node-x"),
+        "{out}"
+    );
 }
 
 fn explain_describes_fields(env: &Env) {
-    let out = wait_for(Duration::from_secs(30), "the CRD schema to be published", || {
-        let r = env.kubectl.run(&["explain", "tracejob.spec.program"]);
-        (r.ok && r.stdout.contains("The bpftrace program text")).then_some(r.stdout)
-    });
+    let out = wait_for(
+        Duration::from_secs(30),
+        "the CRD schema to be published",
+        || {
+            let r = env.kubectl.run(&["explain", "tracejob.spec.program"]);
+            (r.ok && r.stdout.contains("The bpftrace program text")).then_some(r.stdout)
+        },
+    );
     assert!(out.contains("64 KiB"), "{out}");
     let deadline = env.kubectl.ok(&["explain", "tracejob.spec.deadline"]);
     assert!(deadline.contains("Seconds the trace may run"), "{deadline}");
@@ -80,25 +144,71 @@ fn explain_describes_fields(env: &Env) {
 
 fn status_subresource(env: &Env) {
     let ns = env.namespace("api-status");
-    env.kubectl.apply(&ns, &tracejob_yaml("st", "node-x", "BEGIN { exit(); }", ""));
+    env.kubectl
+        .apply(&ns, &tracejob_yaml("st", "node-x", "BEGIN { exit(); }", ""));
     // The status subresource takes the status; a write of the main resource ignores it.
-    let url = format!("{}/apis/observe.tracejob.dev/v1alpha1/namespaces/{ns}/tracejobs/st/status", env.cp.server_url());
+    let url = format!(
+        "{}/apis/observe.tracejob.dev/v1alpha1/namespaces/{ns}/tracejobs/st/status",
+        env.cp.server_url()
+    );
     let out = must(
         Command::new("curl")
             .args(["-sS", "--fail-with-body", "--cacert"])
             .arg(env.cp.ca_file())
-            .args(["-X", "PATCH", "-H", "Content-Type: application/merge-patch+json", "-H"])
-            .arg(format!("Authorization: Bearer {}", "tracejob-test-admin-token"))
+            .args([
+                "-X",
+                "PATCH",
+                "-H",
+                "Content-Type: application/merge-patch+json",
+                "-H",
+            ])
+            .arg(format!(
+                "Authorization: Bearer {}",
+                "tracejob-test-admin-token"
+            ))
             .args(["-d", r#"{"status":{"phase":"Running","probes":3}}"#])
             .arg(&url)
             .output(),
         "curl",
     );
-    assert!(out.status.success(), "status patch failed: {}", String::from_utf8_lossy(&out.stdout));
-    assert_eq!(env.kubectl.jsonpath(&ns, "tj/st", ".status.phase} {.status.probes"), "Running 3");
-    let bad = env.kubectl.run(&["patch", "-n", &ns, "tj/st", "--type=merge", "-p", r#"{"status":{"phase":"Completed"}}"#]);
+    assert!(
+        out.status.success(),
+        "status patch failed: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert_eq!(
+        env.kubectl
+            .jsonpath(&ns, "tj/st", ".status.phase} {.status.probes"),
+        "Running 3"
+    );
+    let bad = env.kubectl.run(&[
+        "patch",
+        "-n",
+        &ns,
+        "tj/st",
+        "--type=merge",
+        "-p",
+        r#"{"status":{"phase":"Completed"}}"#,
+    ]);
     assert!(bad.ok, "{}", bad.stderr);
-    assert_eq!(env.kubectl.jsonpath(&ns, "tj/st", ".status.phase"), "Running", "a main-resource write changed status");
-    let rejected = env.kubectl.run(&["patch", "-n", &ns, "tj/st", "--subresource=status", "--type=merge", "-p", r#"{"status":{"phase":"Exploded"}}"#]);
-    assert!(!rejected.ok && rejected.stderr.contains("status.phase"), "an unknown phase was accepted: {}", rejected.stderr);
+    assert_eq!(
+        env.kubectl.jsonpath(&ns, "tj/st", ".status.phase"),
+        "Running",
+        "a main-resource write changed status"
+    );
+    let rejected = env.kubectl.run(&[
+        "patch",
+        "-n",
+        &ns,
+        "tj/st",
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        r#"{"status":{"phase":"Exploded"}}"#,
+    ]);
+    assert!(
+        !rejected.ok && rejected.stderr.contains("status.phase"),
+        "an unknown phase was accepted: {}",
+        rejected.stderr
+    );
 }

@@ -2,6 +2,7 @@
 //! through kubectl as a user would.
 
 mod api;
+mod lifecycle;
 mod support;
 
 use support::{ControlPlane, Env, Test};
@@ -13,6 +14,10 @@ fn main() -> std::process::ExitCode {
     api::install_crd(&env);
     let mut tests: Vec<Test> = Vec::new();
     tests.extend(api::tests());
-    let parallel = std::env::var("E2E_PARALLEL").ok().and_then(|v| v.parse().ok()).unwrap_or(4);
+    tests.extend(lifecycle::tests());
+    let parallel = std::env::var("E2E_PARALLEL")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(4);
     support::run(tests, env, parallel)
 }

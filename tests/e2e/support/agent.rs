@@ -21,8 +21,16 @@ impl Agent {
         Agent::start_with(env, node, &env.cp.kubeconfig, &[])
     }
 
-    pub fn start_with(_env: &Env, node: &str, kubeconfig: &std::path::Path, extra: &[&str]) -> Agent {
-        let tmp = must(tempfile::Builder::new().prefix("tracejob-agent-").tempdir(), "tempdir");
+    pub fn start_with(
+        _env: &Env,
+        node: &str,
+        kubeconfig: &std::path::Path,
+        extra: &[&str],
+    ) -> Agent {
+        let tmp = must(
+            tempfile::Builder::new().prefix("tracejob-agent-").tempdir(),
+            "tempdir",
+        );
         let mut agent = Agent {
             node: node.to_string(),
             state_dir: tmp.path().join("state"),
@@ -38,7 +46,10 @@ impl Agent {
     /// Starts the agent process again on the same state directory (after a kill, say).
     pub fn restart(&mut self, extra: &[&str]) {
         let log = must(
-            std::fs::OpenOptions::new().create(true).append(true).open(&self.log),
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&self.log),
             "open agent log",
         );
         let err = must(log.try_clone(), "clone log");
@@ -76,7 +87,10 @@ impl Drop for Agent {
         // An agent that exits leaves its traces running for the next agent by design; a test's
         // agent has no successor, so end what it left.
         for pid in self.bpftraces() {
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
         }
         std::thread::sleep(Duration::from_millis(50));
     }

@@ -4,7 +4,8 @@
 use std::fs;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use super::{must, repo_root, Proc};
@@ -20,7 +21,7 @@ pub struct ControlPlane {
     /// The kubeconfig with the administrator's token.
     pub kubeconfig: PathBuf,
     etcd: Option<Proc>,
-    apiserver: Option<Proc>,
+    apiserver: Mutex<Option<Proc>>,
     controller_manager: Option<Proc>,
     _tmp: tempfile::TempDir,
 }
@@ -29,7 +30,10 @@ pub struct ControlPlane {
 pub fn binaries() -> PathBuf {
     let script = repo_root().join("tests/harness/build-control-plane.sh");
     let out = must(
-        Command::new("bash").arg(&script).stderr(Stdio::inherit()).output(),
+        Command::new("bash")
+            .arg(&script)
+            .stderr(Stdio::inherit())
+            .output(),
         "run build-control-plane.sh",
     );
     assert!(out.status.success(), "building the control plane failed");
@@ -44,7 +48,10 @@ pub fn free_port() -> u16 {
 impl ControlPlane {
     pub fn start() -> ControlPlane {
         let bin = binaries();
-        let tmp = must(tempfile::Builder::new().prefix("tracejob-cp-").tempdir(), "tempdir");
+        let tmp = must(
+            tempfile::Builder::new().prefix("tracejob-cp-").tempdir(),
+            "tempdir",
+        );
         let dir = tmp.path().to_path_buf();
         for sub in ["etcd", "certs", "logs"] {
             must(fs::create_dir_all(dir.join(sub)), "mkdir");
@@ -74,7 +81,7 @@ impl ControlPlane {
             kubeconfig: dir.join("admin.kubeconfig"),
             dir,
             etcd: None,
-            apiserver: None,
+            apiserver: Mutex::new(None),
             controller_manager: None,
             _tmp: tmp,
         };
@@ -110,8 +117,18 @@ impl ControlPlane {
             Command::new("etcd")
                 .arg("--data-dir")
                 .arg(self.dir.join("etcd"))
-                .args(["--listen-client-urls", &url, "--advertise-client-urls", &url])
-                .args(["--listen-peer-urls", &peer, "--initial-advertise-peer-urls", &peer])
+                .args([
+                    "--listen-client-urls",
+                    &url,
+                    "--advertise-client-urls",
+                    &url,
+                ])
+                .args([
+                    "--listen-peer-urls",
+                    &peer,
+                    "--initial-advertise-peer-urls",
+                    &peer,
+                ])
                 .args(["--initial-cluster", &format!("default={peer}")])
                 .args(["--unsafe-no-fsync"]),
         );
@@ -119,31 +136,47 @@ impl ControlPlane {
     }
 
     /// Starts kube-apiserver and waits until /readyz answers.
-    pub fn start_apiserver(&mut self) {
+    pub fn start_apiserver(&self) {
         let d = &self.dir;
         let mut cmd = Command::new(self.bin.join("kube-apiserver"));
-        cmd.arg(format!("--etcd-servers=http://127.0.0.1:{}", self.etcd_port))
-            .arg("--bind-address=127.0.0.1")
-            .arg(format!("--secure-port={}", self.port))
-            .arg("--insecure-port=0")
-            // Nothing dials the advertised address; it only has to be non-loopback.
-            .arg("--advertise-address=192.0.2.1")
-            .arg(format!("--cert-dir={}", d.join("certs").display()))
-            .arg(format!("--token-auth-file={}", d.join("tokens.csv").display()))
-            .arg("--authorization-mode=RBAC")
-            .arg(format!("--service-account-key-file={}", d.join("sa.key").display()))
-            .arg(format!("--service-account-signing-key-file={}", d.join("sa.key").display()))
-            .arg("--service-account-issuer=https://kubernetes.default.svc")
-            .arg("--service-cluster-ip-range=10.96.0.0/24")
-            .arg("--allow-privileged=true")
-            .arg("--enable-priority-and-fairness=false");
+        cmd.arg(format!(
+            "--etcd-servers=http://127.0.0.1:{}",
+            self.etcd_port
+        ))
+        .arg("--bind-address=127.0.0.1")
+        .arg(format!("--secure-port={}", self.port))
+        .arg("--insecure-port=0")
+        // Nothing dials the advertised address; it only has to be non-loopback.
+        .arg("--advertise-address=192.0.2.1")
+        .arg(format!("--cert-dir={}", d.join("certs").display()))
+        .arg(format!(
+            "--token-auth-file={}",
+            d.join("tokens.csv").display()
+        ))
+        .arg("--authorization-mode=RBAC")
+        .arg(format!(
+            "--service-account-key-file={}",
+            d.join("sa.key").display()
+        ))
+        .arg(format!(
+            "--service-account-signing-key-file={}",
+            d.join("sa.key").display()
+        ))
+        .arg("--service-account-issuer=https://kubernetes.default.svc")
+        .arg("--service-cluster-ip-range=10.96.0.0/24")
+        .arg("--allow-privileged=true")
+        .arg("--enable-priority-and-fairness=false");
         let proc = self.spawn("kube-apiserver", &mut cmd);
-        self.apiserver = Some(proc);
+        if let Ok(mut a) = self.apiserver.lock() {
+            *a = Some(proc);
+        }
         self.wait_ready();
     }
 
-    pub fn stop_apiserver(&mut self) {
-        self.apiserver = None;
+    pub fn stop_apiserver(&self) {
+        if let Ok(mut a) = self.apiserver.lock() {
+            *a = None;
+        }
     }
 
     pub fn ca_file(&self) -> PathBuf {
@@ -193,7 +226,10 @@ impl ControlPlane {
         let mut cmd = Command::new(self.bin.join("kube-controller-manager"));
         cmd.arg(format!("--kubeconfig={}", self.kubeconfig.display()))
             .arg("--controllers=garbagecollector,serviceaccount,serviceaccount-token,namespace")
-            .arg(format!("--service-account-private-key-file={}", d.join("sa.key").display()))
+            .arg(format!(
+                "--service-account-private-key-file={}",
+                d.join("sa.key").display()
+            ))
             .arg(format!("--root-ca-file={}", self.ca_file().display()))
             .arg("--leader-elect=false")
             .arg("--port=0")
@@ -207,12 +243,7 @@ impl Drop for ControlPlane {
     fn drop(&mut self) {
         // Reverse order of start, so nothing logs a storm of connection errors.
         self.controller_manager = None;
-        self.apiserver = None;
+        self.stop_apiserver();
         self.etcd = None;
     }
-}
-
-pub fn kill_child(child: &mut Child) {
-    let _ = child.kill();
-    let _ = child.wait();
 }

@@ -25,11 +25,17 @@ impl Kubectl {
             .map(PathBuf::from)
             .or_else(|| Some(PathBuf::from("/usr/bin/kubectl")).filter(|p| p.exists()))
             .unwrap_or_else(|| bin_dir.join("kubectl"));
-        Kubectl { path, kubeconfig: kubeconfig.to_path_buf() }
+        Kubectl {
+            path,
+            kubeconfig: kubeconfig.to_path_buf(),
+        }
     }
 
     pub fn with_kubeconfig(&self, kubeconfig: &Path) -> Kubectl {
-        Kubectl { path: self.path.clone(), kubeconfig: kubeconfig.to_path_buf() }
+        Kubectl {
+            path: self.path.clone(),
+            kubeconfig: kubeconfig.to_path_buf(),
+        }
     }
 
     pub fn run_with_stdin(&self, args: &[&str], stdin: &str) -> Run {
@@ -68,7 +74,12 @@ impl Kubectl {
     /// `kubectl apply -f -` with `yaml`; panics unless accepted.
     pub fn apply(&self, ns: &str, yaml: &str) -> String {
         let r = self.run_with_stdin(&["apply", "-n", ns, "-f", "-"], yaml);
-        assert!(r.ok, "kubectl apply failed: {}\n{}", r.stderr, yaml.chars().take(400).collect::<String>());
+        assert!(
+            r.ok,
+            "kubectl apply failed: {}\n{}",
+            r.stderr,
+            yaml.chars().take(400).collect::<String>()
+        );
         r.stdout
     }
 

@@ -50,7 +50,10 @@ impl Proc {
             });
         }
         let child = must(cmd.spawn(), &format!("spawn {name}"));
-        Proc { name: name.to_string(), child }
+        Proc {
+            name: name.to_string(),
+            child,
+        }
     }
 
     pub fn pid(&self) -> i32 {
@@ -96,7 +99,10 @@ pub fn wait_for<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<
         if let Some(v) = f() {
             return v;
         }
-        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
 }
@@ -106,13 +112,23 @@ pub fn wait_for<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<
 pub fn bpftrace_pids(needle: &Path) -> Vec<i32> {
     let needle = needle.to_string_lossy().to_string();
     let mut pids = Vec::new();
-    let Ok(entries) = std::fs::read_dir("/proc") else { return pids };
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return pids;
+    };
     for e in entries.flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else { continue };
-        let Ok(cmdline) = std::fs::read(e.path().join("cmdline")) else { continue };
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(cmdline) = std::fs::read(e.path().join("cmdline")) else {
+            continue;
+        };
         let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
         let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
-        let zombie = stat.rsplit(')').next().map(|s| s.trim_start().starts_with('Z')).unwrap_or(false);
+        let zombie = stat
+            .rsplit(')')
+            .next()
+            .map(|s| s.trim_start().starts_with('Z'))
+            .unwrap_or(false);
         if !zombie && cmdline.contains("bpftrace") && cmdline.contains(&needle) {
             pids.push(pid);
         }
@@ -123,16 +139,24 @@ pub fn bpftrace_pids(needle: &Path) -> Vec<i32> {
 /// Makes sure bpftrace can run here: root, tracefs mounted, bpftrace installed. Under CI=true a
 /// missing piece fails the run (callers get a panic); elsewhere too, since these tests are the point.
 pub fn require_bpftrace_environment() {
-    assert!(nix::unistd::geteuid().is_root(), "the end-to-end tests run bpftrace and need root");
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "the end-to-end tests run bpftrace and need root"
+    );
     if !Path::new("/sys/kernel/tracing/events").exists() {
-        let st = Command::new("mount").args(["-t", "tracefs", "nodev", "/sys/kernel/tracing"]).status();
+        let st = Command::new("mount")
+            .args(["-t", "tracefs", "nodev", "/sys/kernel/tracing"])
+            .status();
         assert!(
             matches!(st, Ok(s) if s.success()),
             "tracefs is not mounted at /sys/kernel/tracing and mounting it failed"
         );
     }
     let v = Command::new("bpftrace").arg("--version").output();
-    assert!(matches!(v, Ok(ref o) if o.status.success()), "bpftrace is not installed (apt-get install bpftrace)");
+    assert!(
+        matches!(v, Ok(ref o) if o.status.success()),
+        "bpftrace is not installed (apt-get install bpftrace)"
+    );
 }
 
 /// One end-to-end test: a name and a function that panics on failure.
@@ -151,7 +175,11 @@ pub struct Env {
 impl Env {
     pub fn new(cp: ControlPlane) -> Env {
         let kubectl = Kubectl::new(&cp.bin, &cp.kubeconfig);
-        Env { cp, kubectl, counter: AtomicUsize::new(0) }
+        Env {
+            cp,
+            kubectl,
+            counter: AtomicUsize::new(0),
+        }
     }
 
     /// A fresh namespace (and a node name of the same stem) for one test.
@@ -166,7 +194,10 @@ impl Env {
 /// Runs `tests` (filtered by the command line's free arguments) `parallel` at a time and prints
 /// libtest-style lines and the closing `N passed, N failed`. Returns the process exit code.
 pub fn run(tests: Vec<Test>, env: Env, parallel: usize) -> std::process::ExitCode {
-    let filters: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with('-')).collect();
+    let filters: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .collect();
     let selected: Vec<Test> = tests
         .into_iter()
         .filter(|t| filters.is_empty() || filters.iter().any(|f| t.name.contains(f.as_str())))
@@ -178,11 +209,15 @@ pub fn run(tests: Vec<Test>, env: Env, parallel: usize) -> std::process::ExitCod
     let passed = Arc::new(AtomicUsize::new(0));
     let workers: Vec<_> = (0..parallel.max(1))
         .map(|_| {
-            let (env, queue, failed, passed) = (env.clone(), queue.clone(), failed.clone(), passed.clone());
+            let (env, queue, failed, passed) =
+                (env.clone(), queue.clone(), failed.clone(), passed.clone());
             std::thread::spawn(move || loop {
-                let Some(test) = queue.lock().map(|mut q| q.pop()).ok().flatten() else { return };
+                let Some(test) = queue.lock().map(|mut q| q.pop()).ok().flatten() else {
+                    return;
+                };
                 let start = Instant::now();
-                let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| (test.run)(&env)));
+                let result =
+                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| (test.run)(&env)));
                 let secs = start.elapsed().as_secs_f64();
                 match result {
                     Ok(()) => {
@@ -209,7 +244,11 @@ pub fn run(tests: Vec<Test>, env: Env, parallel: usize) -> std::process::ExitCod
             println!("    {f}");
         }
     }
-    println!("\n{} passed, {} failed", passed.load(Ordering::SeqCst), failed.len());
+    println!(
+        "\n{} passed, {} failed",
+        passed.load(Ordering::SeqCst),
+        failed.len()
+    );
     if failed.is_empty() {
         std::process::ExitCode::SUCCESS
     } else {

@@ -1,0 +1,626 @@
+//! The agent: routes watch updates to one task per job; each task carries out the lifecycle's
+//! decisions (start, report Running, interrupt, kill, collect) and reports through `report`.
+//!
+//! On SIGTERM the agent exits and leaves running traces running: bpftrace is in its own process
+//! group, writes to files in the state directory, and the next agent on the node takes it over.
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use kube::{Api, Client, ResourceExt};
+use nix::sys::signal::Signal;
+use tokio::sync::{mpsc, watch as channel};
+use tracing::{info, warn, Instrument};
+
+use crate::api::{Phase, TraceJob, TraceJobStatus};
+use crate::bpftrace::{self, Identity, Running};
+use crate::lifecycle::{self, Exit, FirstSight, Process, Step, StopReason, Wanted};
+use crate::output;
+use crate::report::{self, Writer};
+use crate::state::{Record, StateDir};
+use crate::watch::{self, Update};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    State(#[from] crate::state::Error),
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+}
+
+pub struct Config {
+    pub node: String,
+    pub bpftrace: PathBuf,
+    pub state_dir: PathBuf,
+}
+
+struct Ctx {
+    bpftrace: PathBuf,
+    state: StateDir,
+    writer: Writer,
+}
+
+/// Runs until SIGTERM or SIGINT.
+pub async fn run(client: Client, config: Config) -> Result<(), Error> {
+    let state = StateDir::open(&config.state_dir)?;
+    let version = bpftrace::version(&config.bpftrace).unwrap_or_else(|| "unknown".into());
+    info!(node = %config.node, bpftrace = %config.bpftrace.display(), %version, "tracejob-agent starting");
+    let ctx = Arc::new(Ctx {
+        bpftrace: config.bpftrace,
+        writer: Writer::new(client.clone(), &config.node),
+        state,
+    });
+    let api: Api<TraceJob> = Api::all(client);
+    let filter = watch::detect_filter(&api, &config.node).await?;
+    let updates = watch::updates(api, config.node, filter);
+    tokio::pin!(updates);
+
+    let mut dispatcher = Dispatcher {
+        ctx,
+        jobs: HashMap::new(),
+        finished: HashSet::new(),
+        synced_once: false,
+    };
+    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<String>();
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(|e| crate::state::Error::Io {
+            what: "install SIGTERM handler",
+            path: PathBuf::new(),
+            source: e,
+        })?;
+    loop {
+        tokio::select! {
+            Some(update) = updates.next() => dispatcher.handle(update, &done_tx),
+            Some(uid) = done_rx.recv() => {
+                dispatcher.jobs.remove(&uid);
+                dispatcher.finished.insert(uid);
+            }
+            _ = term.recv() => break,
+            _ = tokio::signal::ctrl_c() => break,
+        }
+    }
+    info!(
+        running = dispatcher.jobs.len(),
+        "tracejob-agent exiting; running traces are left for the next agent"
+    );
+    Ok(())
+}
+
+struct Dispatcher {
+    ctx: Arc<Ctx>,
+    /// Live job tasks by TraceJob UID; `None` sent to a task means the TraceJob was deleted.
+    jobs: HashMap<String, channel::Sender<Option<TraceJob>>>,
+    /// Jobs whose task ended, so a stale event never starts or fails them again.
+    finished: HashSet<String>,
+    synced_once: bool,
+}
+
+impl Dispatcher {
+    fn handle(&mut self, update: Update, done: &mpsc::UnboundedSender<String>) {
+        match update {
+            Update::Seen(job) => {
+                let uid = job.uid().unwrap_or_default();
+                if let Some(tx) = self.jobs.get(&uid) {
+                    let _ = tx.send(Some(job));
+                    return;
+                }
+                if self.finished.contains(&uid) {
+                    return;
+                }
+                let record = job.run_id().and_then(|id| self.ctx.state.load(id));
+                let sight = lifecycle::first_sight(&job, record.is_some());
+                if sight == FirstSight::Ignore {
+                    // Landed, but the agent stopped before cleaning up.
+                    if let Some(id) = job.run_id().filter(|_| record.is_some()) {
+                        let _ = self.ctx.state.remove(id);
+                    }
+                    return;
+                }
+                let (tx, rx) = channel::channel(Some(job.clone()));
+                self.jobs.insert(uid.clone(), tx);
+                let span = tracing::info_span!("job", namespace = %job.namespace().unwrap_or_default(), name = %job.name_any(), id = tracing::field::Empty);
+                let ctx = self.ctx.clone();
+                let done = done.clone();
+                tokio::spawn(
+                    async move {
+                        run_job(ctx, job, sight, record, rx).await;
+                        let _ = done.send(uid);
+                    }
+                    .instrument(span),
+                );
+            }
+            Update::Deleted(job) => {
+                let uid = job.uid().unwrap_or_default();
+                if let Some(tx) = self.jobs.get(&uid) {
+                    let _ = tx.send(None);
+                }
+                self.finished.remove(&uid);
+            }
+            Update::Synced(existing) => {
+                for (uid, tx) in &self.jobs {
+                    if !existing.contains(uid) {
+                        let _ = tx.send(None);
+                    }
+                }
+                self.finished.retain(|uid| existing.contains(uid));
+                if !self.synced_once {
+                    self.synced_once = true;
+                    self.end_orphans(&existing);
+                }
+            }
+        }
+    }
+
+    /// Traces left by an earlier agent whose TraceJob was deleted while no agent ran: end them.
+    fn end_orphans(&self, existing: &HashSet<String>) {
+        for record in self.ctx.state.records() {
+            if existing.contains(&record.uid) {
+                continue;
+            }
+            let state = self.ctx.state.clone();
+            tokio::spawn(async move {
+                if let Some(p) = record.process {
+                    info!(namespace = %record.namespace, name = %record.name, id = %record.run_id, "TraceJob was deleted while no agent ran; ending its bpftrace");
+                    interrupt_then_kill(p, Duration::from_secs(30)).await;
+                }
+                let _ = state.remove(&record.run_id);
+            });
+        }
+    }
+}
+
+async fn interrupt_then_kill(p: Identity, grace: Duration) {
+    p.signal(Signal::SIGINT);
+    let until = Instant::now() + grace;
+    while p.is_alive() && Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    p.signal(Signal::SIGKILL);
+}
+
+/// How long a write that failed is retried before the next try, at most.
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+/// Retries `write` with exponential backoff until it succeeds or fails for a reason retrying
+/// cannot fix (the TraceJob is gone, a conflict, an invalid write, a ConfigMap not ours).
+async fn persist<T, F, Fut>(what: &str, mut write: F) -> Result<T, report::Error>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, report::Error>>,
+{
+    let mut delay = Duration::from_millis(200);
+    loop {
+        match write().await {
+            Ok(v) => return Ok(v),
+            Err(e) if !e.is_transient() => return Err(e),
+            Err(e) => {
+                warn!(error = %e, retry_in = ?delay, "{what} failed");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(MAX_BACKOFF);
+            }
+        }
+    }
+}
+
+/// One run of one TraceJob, from first sight to its output landing.
+async fn run_job(
+    ctx: Arc<Ctx>,
+    job: TraceJob,
+    sight: FirstSight,
+    record: Option<Record>,
+    rx: channel::Receiver<Option<TraceJob>>,
+) {
+    let mut task = match JobTask::begin(&ctx, job, sight, record, rx).await {
+        Ok(Some(task)) => task,
+        Ok(None) => return,
+        Err(e) => {
+            warn!(error = %e, "job could not be started");
+            return;
+        }
+    };
+    task.drive().await;
+    task.finish().await;
+}
+
+struct JobTask<'a> {
+    ctx: &'a Ctx,
+    /// The latest TraceJob; writes merge over its status.
+    job: TraceJob,
+    deleted: bool,
+    rx: channel::Receiver<Option<TraceJob>>,
+    record: Record,
+    process: Process,
+    exit: tokio::task::JoinHandle<Exit>,
+    started: Instant,
+    /// Why SIGINT was sent, if it was.
+    stop_reason: Option<StopReason>,
+    /// SIGKILL was sent after the grace period.
+    killed: bool,
+}
+
+impl<'a> JobTask<'a> {
+    async fn begin(
+        ctx: &'a Ctx,
+        job: TraceJob,
+        sight: FirstSight,
+        record: Option<Record>,
+        rx: channel::Receiver<Option<TraceJob>>,
+    ) -> Result<Option<JobTask<'a>>, Error> {
+        let (job, record, running, process) = match (sight, record) {
+            (FirstSight::Start, _) => {
+                let run_id = uuid::Uuid::new_v4().to_string();
+                let job = match persist("claiming the TraceJob", || ctx.writer.claim(&job, &run_id))
+                    .await
+                {
+                    Ok(job) => job,
+                    Err(e) => {
+                        // Changed since it was read (the next event re-decides) or gone.
+                        info!(error = %e, "not claimed");
+                        return Ok(None);
+                    }
+                };
+                tracing::Span::current().record("id", run_id.as_str());
+                let mut record = Record {
+                    namespace: job.namespace().unwrap_or_default(),
+                    name: job.name_any(),
+                    uid: job.uid().unwrap_or_default(),
+                    run_id: run_id.clone(),
+                    process: None,
+                    probes: None,
+                    interrupted: false,
+                };
+                let files = ctx.state.create(&record, &job.spec.program)?;
+                match bpftrace::spawn(&ctx.bpftrace, &files, &job.spec.args) {
+                    Ok(running) => {
+                        record.process = Some(running.identity);
+                        ctx.state.save(&record)?;
+                        info!(pid = running.identity.pid, "bpftrace started");
+                        (
+                            job,
+                            record,
+                            running,
+                            Process::Starting {
+                                since: Instant::now(),
+                            },
+                        )
+                    }
+                    Err(e) => {
+                        warn!(error = %e, "bpftrace could not be started");
+                        let message = format!("{e}");
+                        let status = TraceJobStatus {
+                            phase: Some(Phase::Failed),
+                            completion_time: Some(report::now()),
+                            message: Some(message.clone()),
+                            ..Default::default()
+                        };
+                        let _ = persist("reporting Failed", || {
+                            ctx.writer.status(&job, status.clone(), "StartFailed")
+                        })
+                        .await;
+                        ctx.writer.event(&job, true, "Failed", message).await;
+                        let _ = ctx.state.remove(&run_id);
+                        return Ok(None);
+                    }
+                }
+            }
+            (FirstSight::Adopt, Some(record)) => {
+                tracing::Span::current().record("id", record.run_id.as_str());
+                let Some(identity) = record.process.filter(|p| p.is_alive()) else {
+                    // Started but gone while no agent watched: collect what it left.
+                    let running = Running::adopt(Identity {
+                        pid: 0,
+                        start_ticks: 0,
+                    });
+                    return Ok(Some(JobTask::new(
+                        ctx,
+                        job,
+                        rx,
+                        record,
+                        running,
+                        Process::Exited(Exit::Unknown),
+                    )));
+                };
+                info!(
+                    pid = identity.pid,
+                    "taking over a trace started by an earlier agent"
+                );
+                let process = if record.interrupted {
+                    Process::Interrupted {
+                        at: Instant::now(),
+                        reason: StopReason::Requested,
+                    }
+                } else if record.probes.is_some() {
+                    Process::Tracing {
+                        since: Instant::now(),
+                    }
+                } else {
+                    Process::Starting {
+                        since: Instant::now(),
+                    }
+                };
+                (job, record.clone(), Running::adopt(identity), process)
+            }
+            _ => {
+                let message = "this node's agent has no record of the run (its state directory was lost); it cannot be resumed";
+                warn!(message);
+                let status = TraceJobStatus {
+                    phase: Some(Phase::Failed),
+                    completion_time: Some(report::now()),
+                    message: Some(message.into()),
+                    ..Default::default()
+                };
+                let _ = persist("reporting Failed", || {
+                    ctx.writer.status(&job, status.clone(), "RunLost")
+                })
+                .await;
+                ctx.writer.event(&job, true, "Failed", message.into()).await;
+                return Ok(None);
+            }
+        };
+        Ok(Some(JobTask::new(ctx, job, rx, record, running, process)))
+    }
+
+    fn new(
+        ctx: &'a Ctx,
+        job: TraceJob,
+        rx: channel::Receiver<Option<TraceJob>>,
+        record: Record,
+        mut running: Running,
+        process: Process,
+    ) -> JobTask<'a> {
+        let exit = match process {
+            Process::Exited(e) => tokio::spawn(async move { e }),
+            _ => tokio::spawn(async move { running.wait().await }),
+        };
+        let stop_reason = match process {
+            Process::Interrupted { reason, .. } => Some(reason),
+            _ => None,
+        };
+        JobTask {
+            ctx,
+            job,
+            deleted: false,
+            rx,
+            record,
+            process,
+            exit,
+            started: Instant::now(),
+            stop_reason,
+            killed: false,
+        }
+    }
+
+    fn identity(&self) -> Option<Identity> {
+        self.record.process
+    }
+
+    fn wanted(&self) -> Wanted {
+        Wanted {
+            deleted: self.deleted,
+            ..Wanted::of(&self.job)
+        }
+    }
+
+    /// Follows the lifecycle until bpftrace has exited.
+    async fn drive(&mut self) {
+        loop {
+            if let Process::Starting { .. } = self.process {
+                self.check_attached().await;
+            }
+            let now = Instant::now();
+            match lifecycle::next(self.wanted(), self.process, now) {
+                Step::Collect => return,
+                Step::Interrupt(reason) => self.interrupt(reason).await,
+                Step::Kill => {
+                    warn!("bpftrace did not exit within the grace period; killing it");
+                    if let Some(p) = self.identity() {
+                        p.signal(Signal::SIGKILL);
+                    }
+                    self.killed = true;
+                    self.process = Process::Killed {
+                        reason: self.stop_reason.unwrap_or(StopReason::Requested),
+                    };
+                }
+                Step::Wait(until) => {
+                    // While starting, look for the attach line often; otherwise sleep until due.
+                    let nap = match (self.process, until) {
+                        (Process::Starting { .. }, _) => Duration::from_millis(25),
+                        (_, Some(t)) => t.saturating_duration_since(now),
+                        (_, None) => Duration::from_secs(3600),
+                    };
+                    tokio::select! {
+                        exit = &mut self.exit => {
+                            self.process = Process::Exited(exit.unwrap_or(Exit::Unknown));
+                        }
+                        changed = self.rx.changed(), if !self.deleted => {
+                            let latest = if changed.is_ok() { self.rx.borrow_and_update().clone() } else { None };
+                            match latest {
+                                Some(job) => self.job = job,
+                                None => self.deleted = true,
+                            }
+                        }
+                        _ = tokio::time::sleep(nap) => {}
+                    }
+                }
+            }
+        }
+    }
+
+    /// Reports Running once bpftrace has printed its attach line and reached its event loop.
+    async fn check_attached(&mut self) {
+        let Some(p) = self.identity() else { return };
+        let stdout = std::fs::read_to_string(&self.files().stdout).unwrap_or_default();
+        let Some((probes, attached)) = bpftrace::attach_line(&stdout) else {
+            return;
+        };
+        if !(attached || bpftrace::is_polling(p.pid)) {
+            return;
+        }
+        self.process = Process::Tracing {
+            since: Instant::now(),
+        };
+        self.record.probes = Some(probes);
+        if let Err(e) = self.ctx.state.save(&self.record) {
+            warn!(error = %e, "could not save the job record");
+        }
+        info!(probes, latency = ?self.started.elapsed(), "probes attached; tracing");
+        if self.deleted {
+            return;
+        }
+        let status = TraceJobStatus {
+            phase: Some(Phase::Running),
+            pid: Some(p.pid.into()),
+            probes: Some(probes.into()),
+            start_time: Some(report::now()),
+            message: Some(format!("tracing with {probes} probes")),
+            ..self.current_status()
+        };
+        self.write_status(status, "ProbesAttached").await;
+        self.ctx
+            .writer
+            .event(
+                &self.job,
+                false,
+                "Started",
+                format!("bpftrace attached {probes} probes (pid {})", p.pid),
+            )
+            .await;
+    }
+
+    async fn interrupt(&mut self, reason: StopReason) {
+        info!(reason = reason.describe(), "stopping: sending SIGINT");
+        if let Some(p) = self.identity() {
+            p.signal(Signal::SIGINT);
+        }
+        self.process = Process::Interrupted {
+            at: Instant::now(),
+            reason,
+        };
+        self.stop_reason = Some(reason);
+        self.record.interrupted = true;
+        if let Err(e) = self.ctx.state.save(&self.record) {
+            warn!(error = %e, "could not save the job record");
+        }
+        if self.deleted {
+            return;
+        }
+        let status = TraceJobStatus {
+            phase: Some(Phase::Stopping),
+            message: Some(format!(
+                "stopping: {}; waiting for bpftrace to print its maps",
+                reason.describe()
+            )),
+            ..self.current_status()
+        };
+        self.write_status(status, "Stopping").await;
+        self.ctx
+            .writer
+            .event(
+                &self.job,
+                false,
+                "Stopping",
+                format!("sent SIGINT: {}", reason.describe()),
+            )
+            .await;
+    }
+
+    /// Collects the output and reports the outcome, then cleans the run's files.
+    async fn finish(mut self) {
+        let exit = match self.process {
+            Process::Exited(e) => e,
+            _ => Exit::Unknown,
+        };
+        let files = self.files();
+        let stdout = std::fs::read_to_string(&files.stdout).unwrap_or_default();
+        let stderr = std::fs::read_to_string(&files.stderr).unwrap_or_default();
+        let (phase, exit_code, message) = lifecycle::outcome(
+            exit,
+            self.stop_reason,
+            self.killed,
+            &bpftrace::error_text(&stderr),
+        );
+        info!(%phase, ?exit, "bpftrace exited");
+        if !self.deleted {
+            self.report_outcome(phase, exit_code, message, &stdout)
+                .await;
+        }
+        if let Err(e) = self.ctx.state.remove(&self.record.run_id) {
+            warn!(error = %e, "could not remove the run's files");
+        }
+    }
+
+    async fn report_outcome(
+        &mut self,
+        mut phase: Phase,
+        exit_code: Option<i64>,
+        mut message: String,
+        stdout: &str,
+    ) {
+        let maps = output::parse(stdout);
+        let (ctx, job, run_id) = (self.ctx, self.job.clone(), self.record.run_id.clone());
+        let output_ref = match persist("writing the output ConfigMap", || {
+            ctx.writer.output(&job, &run_id, stdout, &maps)
+        })
+        .await
+        {
+            Ok(r) => Some(r),
+            Err(e) => {
+                phase = Phase::Failed;
+                message = format!("{message}; the output could not be stored: {e}");
+                None
+            }
+        };
+        let status = TraceJobStatus {
+            phase: Some(phase),
+            exit_code,
+            completion_time: Some(report::now()),
+            message: Some(message.clone()),
+            output_ref: output_ref.clone(),
+            ..self.current_status()
+        };
+        let reason = if phase == Phase::Completed {
+            "Collected"
+        } else {
+            "BpftraceFailed"
+        };
+        self.write_status(status, reason).await;
+        let (warning, event, note) = match (phase, output_ref) {
+            (Phase::Completed, Some(r)) => (
+                false,
+                "Completed",
+                format!("{} bytes of output in ConfigMap {}", stdout.len(), r.name),
+            ),
+            _ => (true, "Failed", message),
+        };
+        self.ctx.writer.event(&self.job, warning, event, note).await;
+    }
+
+    fn files(&self) -> bpftrace::Files {
+        self.ctx
+            .state
+            .files(&self.record.run_id)
+            .unwrap_or_else(|_| bpftrace::Files::in_dir(self.ctx.state.root()))
+    }
+
+    fn current_status(&self) -> TraceJobStatus {
+        let mut s = self.job.status.clone().unwrap_or_default();
+        s.id = Some(self.record.run_id.clone());
+        s
+    }
+
+    async fn write_status(&mut self, status: TraceJobStatus, reason: &str) {
+        let (ctx, job) = (self.ctx, self.job.clone());
+        match persist("writing status", || {
+            ctx.writer.status(&job, status.clone(), reason)
+        })
+        .await
+        {
+            Ok(updated) => self.job = updated,
+            Err(e) if e.is_not_found() => self.deleted = true,
+            Err(e) => warn!(error = %e, "status not written"),
+        }
+    }
+}

@@ -1,0 +1,438 @@
+//! The product as a user drives it: apply, patch stop, read the ConfigMap; failures; deadlines;
+//! deletion; other nodes' TraceJobs; an API server restart.
+
+use std::process::Command;
+use std::time::Duration;
+
+use crate::api::{install_crd, tracejob_yaml};
+use crate::support::{must, repo_root, wait_for, Agent, ControlPlane, Env, Kubectl, Test};
+
+pub fn tests() -> Vec<Test> {
+    vec![
+        Test {
+            name: "lifecycle_biolatency_apply_stop_configmap",
+            run: biolatency_apply_stop_configmap,
+        },
+        Test {
+            name: "lifecycle_every_sample_runs_and_collects",
+            run: every_sample_runs_and_collects,
+        },
+        Test {
+            name: "lifecycle_syntax_error_fails_with_bpftrace_error",
+            run: syntax_error_fails,
+        },
+        Test {
+            name: "lifecycle_unknown_tracepoint_fails",
+            run: unknown_tracepoint_fails,
+        },
+        Test {
+            name: "lifecycle_exit_completes_without_stop",
+            run: exit_completes_without_stop,
+        },
+        Test {
+            name: "lifecycle_deadline_stops_and_collects",
+            run: deadline_stops_and_collects,
+        },
+        Test {
+            name: "lifecycle_delete_running_leaves_nothing",
+            run: delete_running_leaves_nothing,
+        },
+        Test {
+            name: "lifecycle_other_nodes_tracejob_untouched",
+            run: other_nodes_tracejob_untouched,
+        },
+        Test {
+            name: "lifecycle_apiserver_restart_runs_once",
+            run: apiserver_restart_runs_once,
+        },
+    ]
+}
+
+pub const SYSCOUNT: &str = "tracepoint:raw_syscalls:sys_enter { @syscalls[comm] = count(); }";
+
+pub fn wait_phase(k: &Kubectl, ns: &str, name: &str, phase: &str, timeout: Duration) {
+    let what = format!("tj/{name} to reach {phase}");
+    wait_for(timeout, &what, || {
+        let now = k.jsonpath(ns, &format!("tj/{name}"), ".status.phase");
+        if now == phase {
+            return Some(());
+        }
+        let terminal = now == "Completed" || now == "Failed";
+        assert!(
+            !terminal,
+            "tj/{name} ended {now}, not {phase}: {}",
+            k.jsonpath(ns, &format!("tj/{name}"), ".status.message")
+        );
+        None
+    });
+}
+
+pub fn stop(k: &Kubectl, ns: &str, name: &str) {
+    k.ok(&[
+        "patch",
+        "-n",
+        ns,
+        "tj",
+        name,
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"stop":true}}"#,
+    ]);
+}
+
+/// The ConfigMap named by status.outputRef, read as the user's command reads it.
+pub fn output(k: &Kubectl, ns: &str, name: &str, key: &str) -> String {
+    let cm = k.jsonpath(ns, &format!("tj/{name}"), ".status.outputRef.name");
+    assert!(!cm.is_empty(), "tj/{name} has no status.outputRef");
+    let key = key.replace('.', "\\.");
+    k.ok(&[
+        "get",
+        "configmap",
+        "-n",
+        ns,
+        &cm,
+        "-o",
+        &format!("jsonpath={{.data.{key}}}"),
+    ])
+}
+
+/// Writes and syncs a file with direct I/O so the block layer sees requests.
+pub fn disk_io() {
+    let dir = must(
+        tempfile::Builder::new()
+            .prefix("tracejob-io-")
+            .tempdir_in("/var/tmp"),
+        "tempdir",
+    );
+    let out = must(
+        Command::new("dd")
+            .args(["if=/dev/zero", "bs=64k", "count=200", "oflag=direct,sync"])
+            .arg(format!("of={}", dir.path().join("io").display()))
+            .output(),
+        "run dd",
+    );
+    assert!(
+        out.status.success(),
+        "dd failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Parses histogram lines of bpftrace's text form: `[256, 512)   187 |@@@@   |`.
+pub fn histogram_counts(text: &str) -> Vec<u64> {
+    text.lines()
+        .filter(|l| (l.starts_with('[') || l.starts_with('(')) && l.trim_end().ends_with('|'))
+        .map(|l| {
+            let after = &l[l.find([')', ']']).map(|i| i + 1).unwrap_or(0)..];
+            let count = after.split_whitespace().next().unwrap_or("x");
+            count
+                .parse::<u64>()
+                .unwrap_or_else(|_| panic!("bad bucket line {l:?}"))
+        })
+        .collect()
+}
+
+fn sample(name: &str, node: &str) -> String {
+    let yaml = must(
+        std::fs::read_to_string(repo_root().join(format!("bpf-samples/{name}.yaml"))),
+        "read sample",
+    );
+    yaml.replace("nodeName: my-node", &format!("nodeName: {node}"))
+}
+
+fn biolatency_apply_stop_configmap(env: &Env) {
+    let ns = env.namespace("bio");
+    let agent = Agent::start(env, &format!("{ns}-node"));
+    let k = &env.kubectl;
+    k.apply(&ns, &sample("biolatency", &agent.node));
+    wait_phase(k, &ns, "biolatency", "Running", Duration::from_secs(30));
+    let status = k.jsonpath(
+        &ns,
+        "tj/biolatency",
+        ".status.pid} {.status.probes} {.status.id",
+    );
+    let fields: Vec<&str> = status.split(' ').collect();
+    assert_eq!(
+        agent.bpftraces(),
+        vec![fields[0].parse::<i32>().unwrap_or(-1)],
+        "status.pid is the bpftrace"
+    );
+    assert_eq!(
+        fields[1], "3",
+        "biolatency attaches 3 probes (2 tracepoints and END)"
+    );
+    assert!(uuid_like(fields[2]), "status.id is a UUID: {status}");
+    disk_io();
+    stop(k, &ns, "biolatency");
+    wait_phase(k, &ns, "biolatency", "Completed", Duration::from_secs(30));
+    assert_eq!(k.jsonpath(&ns, "tj/biolatency", ".status.exitCode"), "0");
+    let text = output(k, &ns, "biolatency", "output");
+    assert!(text.contains("@usecs: \n"), "{text}");
+    let counts = histogram_counts(&text);
+    assert!(
+        counts.iter().sum::<u64>() > 0,
+        "no I/O was counted:\n{text}"
+    );
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with('[') && l.contains(", ") && l.contains(")") && l.contains("|@")),
+        "{text}"
+    );
+    let maps: serde_json::Value = must(
+        serde_json::from_str(&output(k, &ns, "biolatency", "maps.json")),
+        "maps.json",
+    );
+    let usecs = maps["maps"]
+        .as_array()
+        .and_then(|m| m.iter().find(|m| m["name"] == "@usecs"))
+        .cloned()
+        .unwrap_or_default();
+    let json_counts: Vec<u64> = usecs["entries"][0]["hist"]
+        .as_array()
+        .map(|b| b.iter().filter_map(|b| b["count"].as_u64()).collect())
+        .unwrap_or_default();
+    assert_eq!(
+        json_counts, counts,
+        "maps.json holds the same buckets as the text"
+    );
+    // The ConfigMap is labelled and owned by the TraceJob.
+    let cm = k.jsonpath(&ns, "tj/biolatency", ".status.outputRef.name");
+    let meta = k.jsonpath(&ns, &format!("configmap/{cm}"), ".metadata.ownerReferences[0].kind} {.metadata.labels.observe\\.tracejob\\.dev/tracejob} {.metadata.labels.observe\\.tracejob\\.dev/node");
+    assert_eq!(meta, format!("TraceJob biolatency {}", agent.node));
+    assert_no_bpftrace(&agent);
+    let conditions = k.jsonpath(
+        &ns,
+        "tj/biolatency",
+        ".status.conditions[?(@.type==\"Completed\")].status",
+    );
+    assert_eq!(conditions, "True");
+}
+
+fn every_sample_runs_and_collects(env: &Env) {
+    let ns = env.namespace("samples");
+    let agent = Agent::start(env, &format!("{ns}-node"));
+    let k = &env.kubectl;
+    let names = ["syscount", "rwsize", "runqlat", "biolatency"];
+    for name in names {
+        k.apply(&ns, &sample(name, &agent.node));
+    }
+    for name in names {
+        wait_phase(k, &ns, name, "Running", Duration::from_secs(60));
+    }
+    disk_io();
+    for name in names {
+        stop(k, &ns, name);
+    }
+    for name in names {
+        wait_phase(k, &ns, name, "Completed", Duration::from_secs(60));
+    }
+    for (name, map) in [
+        ("syscount", "@syscalls["),
+        ("rwsize", "@write_bytes["),
+        ("runqlat", "@usecs:"),
+    ] {
+        let text = output(k, &ns, name, "output");
+        assert!(text.contains(map), "{name}: {map} missing from\n{text}");
+    }
+}
+
+fn syntax_error_fails(env: &Env) {
+    let ns = env.namespace("syntax");
+    let agent = Agent::start(env, &format!("{ns}-node"));
+    let k = &env.kubectl;
+    k.apply(
+        &ns,
+        &tracejob_yaml(
+            "bad",
+            &agent.node,
+            "tracepoint:raw_syscalls:sys_enter { @x = count( }",
+            "",
+        ),
+    );
+    wait_phase(k, &ns, "bad", "Failed", Duration::from_secs(15));
+    let message = k.jsonpath(&ns, "tj/bad", ".status.message");
+    assert!(message.contains("ERROR: syntax error"), "{message}");
+    assert!(!message.contains("RLIMIT_MEMLOCK"), "{message}");
+    assert_eq!(k.jsonpath(&ns, "tj/bad", ".status.exitCode"), "1");
+    assert_eq!(
+        k.jsonpath(
+            &ns,
+            "tj/bad",
+            ".status.conditions[?(@.type==\"Failed\")].status"
+        ),
+        "True"
+    );
+    // The agent keeps serving: the next TraceJob runs.
+    k.apply(
+        &ns,
+        &tracejob_yaml(
+            "good",
+            &agent.node,
+            "BEGIN { printf(\"hi\\n\"); exit(); }",
+            "",
+        ),
+    );
+    wait_phase(k, &ns, "good", "Completed", Duration::from_secs(15));
+}
+
+fn unknown_tracepoint_fails(env: &Env) {
+    let ns = env.namespace("unknown-tp");
+    let agent = Agent::start(env, &format!("{ns}-node"));
+    let k = &env.kubectl;
+    k.apply(
+        &ns,
+        &tracejob_yaml(
+            "tp",
+            &agent.node,
+            "tracepoint:nosuch:thing { @x = count(); }",
+            "",
+        ),
+    );
+    wait_phase(k, &ns, "tp", "Failed", Duration::from_secs(15));
+    let message = k.jsonpath(&ns, "tj/tp", ".status.message");
+    assert!(
+        message.contains("tracepoint not found: nosuch:thing"),
+        "{message}"
+    );
+}
+
+fn exit_completes_without_stop(env: &Env) {
+    let ns = env.namespace("exit");
+    let agent = Agent::start(env, &format!("{ns}-node"));
+    let k = &env.kubectl;
+    let program =
+        "tracepoint:raw_syscalls:sys_enter { @n = count(); }\ninterval:ms:500 { exit(); }";
+    k.apply(&ns, &tracejob_yaml("ends", &agent.node, program, ""));
+    wait_phase(k, &ns, "ends", "Completed", Duration::from_secs(30));
+    let text = output(k, &ns, "ends", "output");
+    assert!(text.contains("@n: "), "{text}");
+    assert_eq!(k.jsonpath(&ns, "tj/ends", ".spec.stop"), "false");
+}
+
+fn deadline_stops_and_collects(env: &Env) {
+    let ns = env.namespace("deadline");
+    let agent = Agent::start(env, &format!("{ns}-node"));
+    let k = &env.kubectl;
+    k.apply(
+        &ns,
+        &tracejob_yaml("dl", &agent.node, SYSCOUNT, "  deadline: 3\n"),
+    );
+    wait_phase(k, &ns, "dl", "Running", Duration::from_secs(30));
+    let start = std::time::Instant::now();
+    wait_phase(k, &ns, "dl", "Completed", Duration::from_secs(30));
+    assert!(
+        start.elapsed() >= Duration::from_secs(2),
+        "stopped before its deadline"
+    );
+    let message = k.jsonpath(&ns, "tj/dl", ".status.message");
+    assert!(message.contains("deadline"), "{message}");
+    assert!(output(k, &ns, "dl", "output").contains("@syscalls["));
+}
+
+fn delete_running_leaves_nothing(env: &Env) {
+    let ns = env.namespace("delete");
+    let agent = Agent::start(env, &format!("{ns}-node"));
+    let k = &env.kubectl;
+    k.apply(&ns, &tracejob_yaml("gone", &agent.node, SYSCOUNT, ""));
+    wait_phase(k, &ns, "gone", "Running", Duration::from_secs(30));
+    assert_eq!(agent.bpftraces().len(), 1);
+    k.ok(&["delete", "-n", &ns, "tj", "gone"]);
+    assert_no_bpftrace(&agent);
+    // With the garbage collector running, nothing of the job stays in the namespace.
+    wait_for(
+        Duration::from_secs(30),
+        "no ConfigMap of the deleted TraceJob",
+        || {
+            let cms = k.ok(&[
+                "get",
+                "configmap",
+                "-n",
+                &ns,
+                "-l",
+                "observe.tracejob.dev/tracejob=gone",
+                "-o",
+                "name",
+            ]);
+            cms.trim().is_empty().then_some(())
+        },
+    );
+    wait_for(
+        Duration::from_secs(10),
+        "the run's files to be removed",
+        || {
+            let left = std::fs::read_dir(agent.state_dir.join("jobs"))
+                .map(|d| d.count())
+                .unwrap_or(0);
+            (left == 0).then_some(())
+        },
+    );
+}
+
+fn other_nodes_tracejob_untouched(env: &Env) {
+    let ns = env.namespace("other-node");
+    let agent = Agent::start(env, &format!("{ns}-node"));
+    let k = &env.kubectl;
+    k.apply(
+        &ns,
+        &tracejob_yaml("theirs", &format!("{ns}-elsewhere"), SYSCOUNT, ""),
+    );
+    k.apply(
+        &ns,
+        &tracejob_yaml("ours", &agent.node, "BEGIN { exit(); }", ""),
+    );
+    wait_phase(k, &ns, "ours", "Completed", Duration::from_secs(30));
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(
+        k.jsonpath(&ns, "tj/theirs", ".status"),
+        "",
+        "another node's TraceJob got a status"
+    );
+    assert!(agent.bpftraces().is_empty());
+    assert!(
+        agent.logs().contains("filtering on this node instead"),
+        "the fallback is logged"
+    );
+}
+
+/// Its own control plane, since it restarts the API server.
+fn apiserver_restart_runs_once(_env: &Env) {
+    let own = Env::new(ControlPlane::start());
+    install_crd(&own);
+    let k = &own.kubectl;
+    let agent = Agent::start(&own, "restart-node");
+    k.ok(&["create", "namespace", "restart"]);
+    k.apply("restart", &tracejob_yaml("r", &agent.node, SYSCOUNT, ""));
+    wait_phase(k, "restart", "r", "Running", Duration::from_secs(30));
+    let pids = agent.bpftraces();
+    let id = k.jsonpath("restart", "tj/r", ".status.id");
+    own.cp.stop_apiserver();
+    std::thread::sleep(Duration::from_secs(3));
+    own.cp.start_apiserver();
+    // Let the agent's watch re-list and see the TraceJob again.
+    std::thread::sleep(Duration::from_secs(5));
+    assert_eq!(
+        agent.bpftraces(),
+        pids,
+        "a second bpftrace was started after the API server restart"
+    );
+    assert_eq!(
+        k.jsonpath("restart", "tj/r", ".status.id"),
+        id,
+        "the run id changed"
+    );
+    stop(k, "restart", "r");
+    wait_phase(k, "restart", "r", "Completed", Duration::from_secs(60));
+    assert!(output(k, "restart", "r", "output").contains("@syscalls["));
+    drop(agent);
+    drop(own);
+}
+
+pub fn assert_no_bpftrace(agent: &Agent) {
+    wait_for(Duration::from_secs(10), "no bpftrace process left", || {
+        agent.bpftraces().is_empty().then_some(())
+    });
+}
+
+fn uuid_like(s: &str) -> bool {
+    s.len() == 36 && s.chars().filter(|c| *c == '-').count() == 4
+}

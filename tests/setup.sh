@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Installs what the tests need on a Debian bookworm machine and builds the control plane once
+# (cached under ~/.cache/tracejob-agent). Safe to run again: it skips what is already there.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+log() { echo "setup: $*" >&2; }
+[ "$(id -u)" = 0 ] || { log "run as root: the tests run bpftrace"; exit 1; }
+
+packages=(golang-go etcd-server rsync jq make bpftrace openssl curl ca-certificates)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  log "installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+command -v cargo >/dev/null || { log "cargo is missing: install a Rust toolchain (rustup)"; exit 1; }
+
+if [ ! -d /sys/kernel/tracing/events ]; then
+  log "mounting tracefs"
+  mount -t tracefs nodev /sys/kernel/tracing
+fi
+
+bin=$(bash tests/harness/build-control-plane.sh)
+log "control plane binaries in $bin"
