@@ -205,6 +205,21 @@ where
     }
 }
 
+/// Reports Failed for a job that has no bpftrace to collect from.
+async fn fail_without_run(ctx: &Ctx, job: &TraceJob, reason: &str, message: String) {
+    let status = TraceJobStatus {
+        phase: Some(Phase::Failed),
+        completion_time: Some(report::now()),
+        message: Some(message.clone()),
+        ..job.status.clone().unwrap_or_default()
+    };
+    let _ = persist("reporting Failed", || {
+        ctx.writer.status(job, status.clone(), reason)
+    })
+    .await;
+    ctx.writer.event(job, true, "Failed", message).await;
+}
+
 /// One run of one TraceJob, from first sight to its output landing.
 async fn run_job(
     ctx: Arc<Ctx>,
@@ -289,18 +304,7 @@ impl<'a> JobTask<'a> {
                     }
                     Err(e) => {
                         warn!(error = %e, "bpftrace could not be started");
-                        let message = format!("{e}");
-                        let status = TraceJobStatus {
-                            phase: Some(Phase::Failed),
-                            completion_time: Some(report::now()),
-                            message: Some(message.clone()),
-                            ..Default::default()
-                        };
-                        let _ = persist("reporting Failed", || {
-                            ctx.writer.status(&job, status.clone(), "StartFailed")
-                        })
-                        .await;
-                        ctx.writer.event(&job, true, "Failed", message).await;
+                        fail_without_run(ctx, &job, "StartFailed", e.to_string()).await;
                         let _ = ctx.state.remove(&run_id);
                         return Ok(None);
                     }
@@ -320,7 +324,7 @@ impl<'a> JobTask<'a> {
                         rx,
                         record,
                         running,
-                        Process::Exited(Exit::Unknown),
+                        Process::Exited(Exit::Unwatched),
                     )));
                 };
                 info!(
@@ -346,17 +350,7 @@ impl<'a> JobTask<'a> {
             _ => {
                 let message = "this node's agent has no record of the run (its state directory was lost); it cannot be resumed";
                 warn!(message);
-                let status = TraceJobStatus {
-                    phase: Some(Phase::Failed),
-                    completion_time: Some(report::now()),
-                    message: Some(message.into()),
-                    ..Default::default()
-                };
-                let _ = persist("reporting Failed", || {
-                    ctx.writer.status(&job, status.clone(), "RunLost")
-                })
-                .await;
-                ctx.writer.event(&job, true, "Failed", message.into()).await;
+                fail_without_run(ctx, &job, "RunLost", message.to_string()).await;
                 return Ok(None);
             }
         };
@@ -433,7 +427,7 @@ impl<'a> JobTask<'a> {
                     };
                     tokio::select! {
                         exit = &mut self.exit => {
-                            self.process = Process::Exited(exit.unwrap_or(Exit::Unknown));
+                            self.process = Process::Exited(exit.unwrap_or(Exit::NotOurChild));
                         }
                         changed = self.rx.changed(), if !self.deleted => {
                             let latest = if changed.is_ok() { self.rx.borrow_and_update().clone() } else { None };
@@ -531,7 +525,7 @@ impl<'a> JobTask<'a> {
     async fn finish(mut self) {
         let exit = match self.process {
             Process::Exited(e) => e,
-            _ => Exit::Unknown,
+            _ => Exit::NotOurChild,
         };
         let files = self.files();
         let stdout = std::fs::read_to_string(&files.stdout).unwrap_or_default();

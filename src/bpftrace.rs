@@ -150,16 +150,16 @@ impl Running {
                     match (status.code(), status.signal()) {
                         (Some(code), _) => Exit::Code(code),
                         (None, Some(sig)) => Exit::Signal(sig),
-                        (None, None) => Exit::Unknown,
+                        (None, None) => Exit::NotOurChild,
                     }
                 }
-                Err(_) => Exit::Unknown,
+                Err(_) => Exit::NotOurChild,
             },
             None => {
                 while self.identity.is_alive() {
-                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
                 }
-                Exit::Unknown
+                Exit::NotOurChild
             }
         }
     }

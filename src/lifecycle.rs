@@ -66,8 +66,11 @@ pub enum Process {
 pub enum Exit {
     Code(i32),
     Signal(i32),
-    /// It exited while no agent was its parent, so its status was not seen.
-    Unknown,
+    /// It ended while this agent watched, but an earlier agent started it, so its exit status
+    /// cannot be read.
+    NotOurChild,
+    /// It was gone when this agent started: it ended while no agent watched.
+    Unwatched,
 }
 
 /// What the spec asks for right now.
@@ -176,10 +179,17 @@ pub fn outcome(
             None,
             with_errors(format!("bpftrace was killed by signal {sig}")),
         ),
-        Exit::Unknown => (
+        Exit::NotOurChild if errors.is_empty() => (
+            Phase::Completed,
+            None,
+            "bpftrace ended without printing errors; its exit status is unknown because an earlier agent started it"
+                .to_string(),
+        ),
+        Exit::NotOurChild => (Phase::Failed, None, with_errors("bpftrace ended".to_string())),
+        Exit::Unwatched => (
             Phase::Failed,
             None,
-            "bpftrace exited while no agent was watching it; the output it left is kept".to_string(),
+            with_errors("bpftrace ended while no agent was watching it; the output it left is kept".to_string()),
         ),
     }
 }
@@ -316,6 +326,14 @@ mod tests {
             outcome(Exit::Code(0), Some(StopReason::Requested), true, "").0,
             Phase::Failed
         );
-        assert_eq!(outcome(Exit::Unknown, None, false, "").0, Phase::Failed);
+        assert_eq!(outcome(Exit::Unwatched, None, false, "").0, Phase::Failed);
+        assert_eq!(
+            outcome(Exit::NotOurChild, Some(StopReason::Requested), false, "").0,
+            Phase::Completed
+        );
+        assert_eq!(
+            outcome(Exit::NotOurChild, None, false, "ERROR: x").0,
+            Phase::Failed
+        );
     }
 }

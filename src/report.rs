@@ -78,18 +78,14 @@ impl Writer {
             conditions: conditions(Phase::Pending, "Starting", "", job, now()),
             ..Default::default()
         };
-        let patch = json!({
-            "metadata": { "resourceVersion": job.resource_version() },
-            "status": status,
-        });
-        Ok(self
-            .api(job)
-            .patch_status(
-                &job.name_any(),
-                &PatchParams::default(),
-                &Patch::Merge(patch),
-            )
-            .await?)
+        self.patch_status(
+            job,
+            json!({
+                "metadata": { "resourceVersion": job.resource_version() },
+                "status": status,
+            }),
+        )
+        .await
     }
 
     /// Writes `status` (merged over what is there) and the conditions its phase implies.
@@ -103,14 +99,19 @@ impl Writer {
         let message = status.message.clone().unwrap_or_default();
         status.conditions = conditions(phase, reason, &message, job, now());
         status.observed_generation = job.metadata.generation;
-        let patch = json!({ "status": status });
+        self.patch_status(job, json!({ "status": status })).await
+    }
+
+    /// A merge patch of the status subresource: the only way status is written.
+    async fn patch_status(
+        &self,
+        job: &TraceJob,
+        patch: serde_json::Value,
+    ) -> Result<TraceJob, Error> {
+        let params = PatchParams::default();
         Ok(self
             .api(job)
-            .patch_status(
-                &job.name_any(),
-                &PatchParams::default(),
-                &Patch::Merge(patch),
-            )
+            .patch_status(&job.name_any(), &params, &Patch::Merge(patch))
             .await?)
     }
 

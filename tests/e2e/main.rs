@@ -3,6 +3,7 @@
 
 mod api;
 mod lifecycle;
+mod reliability;
 mod support;
 
 use support::{ControlPlane, Env, Test};
@@ -15,6 +16,7 @@ fn main() -> std::process::ExitCode {
     let mut tests: Vec<Test> = Vec::new();
     tests.extend(api::tests());
     tests.extend(lifecycle::tests());
+    tests.extend(reliability::tests());
     let parallel = std::env::var("E2E_PARALLEL")
         .ok()
         .and_then(|v| v.parse().ok())

@@ -1,0 +1,140 @@
+//! Results are never lost when the agent dies: traces outlive it and the next agent takes them over.
+
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+
+use crate::api::tracejob_yaml;
+use crate::lifecycle::{
+    assert_no_bpftrace, disk_io, histogram_counts, output, stop, wait_phase, SYSCOUNT,
+};
+use crate::support::{must, repo_root, Agent, Env, Test};
+
+pub fn tests() -> Vec<Test> {
+    vec![
+        Test {
+            name: "reliability_agent_sigkill_readopts_two_traces",
+            run: agent_sigkill_readopts_two_traces,
+        },
+        Test {
+            name: "reliability_agent_sigterm_leaves_traces_to_next_agent",
+            run: agent_sigterm_leaves_traces,
+        },
+        Test {
+            name: "reliability_bpftrace_dead_while_no_agent_is_failed",
+            run: bpftrace_dead_while_no_agent,
+        },
+        Test {
+            name: "reliability_deleted_while_no_agent_is_ended",
+            run: deleted_while_no_agent,
+        },
+    ]
+}
+
+fn biolatency(node: &str) -> String {
+    let yaml = must(
+        std::fs::read_to_string(repo_root().join("bpf-samples/biolatency.yaml")),
+        "read sample",
+    );
+    yaml.replace("nodeName: my-node", &format!("nodeName: {node}"))
+}
+
+fn kill_agent(agent: &mut Agent, signal: Signal) {
+    let proc = agent.proc.as_mut().expect("agent running");
+    proc.signal(signal);
+    let status = proc.wait_exit(Duration::from_secs(10));
+    assert!(status.is_some(), "agent did not exit on {signal:?}");
+}
+
+fn agent_sigkill_readopts_two_traces(env: &Env) {
+    let ns = env.namespace("sigkill");
+    let mut agent = Agent::start(env, &format!("{ns}-node"));
+    let k = &env.kubectl;
+    k.apply(&ns, &biolatency(&agent.node));
+    k.apply(&ns, &tracejob_yaml("sys", &agent.node, SYSCOUNT, ""));
+    wait_phase(k, &ns, "biolatency", "Running", Duration::from_secs(30));
+    wait_phase(k, &ns, "sys", "Running", Duration::from_secs(30));
+    let mut before = agent.bpftraces();
+    before.sort();
+    assert_eq!(before.len(), 2);
+
+    kill_agent(&mut agent, Signal::SIGKILL);
+    std::thread::sleep(Duration::from_millis(500));
+    let mut alive = agent.bpftraces();
+    alive.sort();
+    assert_eq!(alive, before, "bpftrace died with the agent");
+    disk_io();
+
+    agent.restart(&[]);
+    disk_io();
+    stop(k, &ns, "biolatency");
+    stop(k, &ns, "sys");
+    wait_phase(k, &ns, "biolatency", "Completed", Duration::from_secs(30));
+    wait_phase(k, &ns, "sys", "Completed", Duration::from_secs(30));
+    let bio = output(k, &ns, "biolatency", "output");
+    assert!(
+        histogram_counts(&bio).iter().sum::<u64>() > 0,
+        "empty histogram after re-adoption:\n{bio}"
+    );
+    assert!(output(k, &ns, "sys", "output").contains("@syscalls["));
+    assert!(agent
+        .logs()
+        .contains("taking over a trace started by an earlier agent"));
+    assert_no_bpftrace(&agent);
+}
+
+fn agent_sigterm_leaves_traces(env: &Env) {
+    let ns = env.namespace("sigterm");
+    let mut agent = Agent::start(env, &format!("{ns}-node"));
+    let k = &env.kubectl;
+    k.apply(&ns, &tracejob_yaml("t", &agent.node, SYSCOUNT, ""));
+    wait_phase(k, &ns, "t", "Running", Duration::from_secs(30));
+    let pids = agent.bpftraces();
+    kill_agent(&mut agent, Signal::SIGTERM);
+    assert!(agent
+        .logs()
+        .contains("running traces are left for the next agent"));
+    assert_eq!(
+        agent.bpftraces(),
+        pids,
+        "SIGTERM to the agent ended the trace"
+    );
+    assert_eq!(k.jsonpath(&ns, "tj/t", ".status.phase"), "Running");
+    agent.restart(&[]);
+    stop(k, &ns, "t");
+    wait_phase(k, &ns, "t", "Completed", Duration::from_secs(30));
+    assert!(output(k, &ns, "t", "output").contains("@syscalls["));
+}
+
+fn bpftrace_dead_while_no_agent(env: &Env) {
+    let ns = env.namespace("dead");
+    let mut agent = Agent::start(env, &format!("{ns}-node"));
+    let k = &env.kubectl;
+    k.apply(&ns, &tracejob_yaml("d", &agent.node, SYSCOUNT, ""));
+    wait_phase(k, &ns, "d", "Running", Duration::from_secs(30));
+    kill_agent(&mut agent, Signal::SIGKILL);
+    for pid in agent.bpftraces() {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), Signal::SIGKILL);
+    }
+    assert_no_bpftrace(&agent);
+    agent.restart(&[]);
+    wait_phase(k, &ns, "d", "Failed", Duration::from_secs(30));
+    let message = k.jsonpath(&ns, "tj/d", ".status.message");
+    assert!(message.contains("while no agent was watching"), "{message}");
+    assert!(
+        !k.jsonpath(&ns, "tj/d", ".status.outputRef.name").is_empty(),
+        "what it left is kept"
+    );
+}
+
+fn deleted_while_no_agent(env: &Env) {
+    let ns = env.namespace("deleted-offline");
+    let mut agent = Agent::start(env, &format!("{ns}-node"));
+    let k = &env.kubectl;
+    k.apply(&ns, &tracejob_yaml("x", &agent.node, SYSCOUNT, ""));
+    wait_phase(k, &ns, "x", "Running", Duration::from_secs(30));
+    kill_agent(&mut agent, Signal::SIGKILL);
+    k.ok(&["delete", "-n", &ns, "tj", "x"]);
+    agent.restart(&[]);
+    assert_no_bpftrace(&agent);
+}
