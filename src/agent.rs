@@ -21,6 +21,7 @@ use crate::lifecycle::{self, Exit, FirstSight, Process, Step, StopReason, Wanted
 use crate::output;
 use crate::report::{self, Writer};
 use crate::state::{Record, StateDir};
+use crate::storage::Stored;
 use crate::watch::{self, Update};
 
 #[derive(Debug, thiserror::Error)]
@@ -35,10 +36,13 @@ pub struct Config {
     pub node: String,
     pub bpftrace: PathBuf,
     pub state_dir: PathBuf,
+    /// Bytes of bpftrace output kept on disk per job; past it the trace is stopped.
+    pub max_output_bytes: u64,
 }
 
 struct Ctx {
     bpftrace: PathBuf,
+    max_output_bytes: u64,
     state: StateDir,
     writer: Writer,
 }
@@ -50,6 +54,7 @@ pub async fn run(client: Client, config: Config) -> Result<(), Error> {
     info!(node = %config.node, bpftrace = %config.bpftrace.display(), %version, "tracejob-agent starting");
     let ctx = Arc::new(Ctx {
         bpftrace: config.bpftrace,
+        max_output_bytes: config.max_output_bytes,
         writer: Writer::new(client.clone(), &config.node),
         state,
     });
@@ -288,6 +293,15 @@ impl<'a> JobTask<'a> {
                     interrupted: false,
                 };
                 let files = ctx.state.create(&record, &job.spec.program)?;
+                if job.spec.stop {
+                    info!("spec.stop was set before the trace started; not running bpftrace");
+                    let running = Running::adopt(Identity {
+                        pid: 0,
+                        start_ticks: 0,
+                    });
+                    let exited = Process::Exited(Exit::NotStarted);
+                    return Ok(Some(JobTask::new(ctx, job, rx, record, running, exited)));
+                }
                 match bpftrace::spawn(&ctx.bpftrace, &files, &job.spec.args) {
                     Ok(running) => {
                         record.process = Some(running.identity);
@@ -392,8 +406,12 @@ impl<'a> JobTask<'a> {
     }
 
     fn wanted(&self) -> Wanted {
+        let output = std::fs::metadata(self.files().stdout)
+            .map(|m| m.len())
+            .unwrap_or(0);
         Wanted {
             deleted: self.deleted,
+            output_full: output > self.ctx.max_output_bytes,
             ..Wanted::of(&self.job)
         }
     }
@@ -422,8 +440,11 @@ impl<'a> JobTask<'a> {
                     // While starting, look for the attach line often; otherwise sleep until due.
                     let nap = match (self.process, until) {
                         (Process::Starting { .. }, _) => Duration::from_millis(25),
-                        (_, Some(t)) => t.saturating_duration_since(now),
-                        (_, None) => Duration::from_secs(3600),
+                        // Wake at least every second to check the output's size.
+                        (_, Some(t)) => {
+                            t.saturating_duration_since(now).min(Duration::from_secs(1))
+                        }
+                        (_, None) => Duration::from_secs(1),
                     };
                     tokio::select! {
                         exit = &mut self.exit => {
@@ -446,13 +467,20 @@ impl<'a> JobTask<'a> {
     /// Reports Running once bpftrace has printed its attach line and reached its event loop.
     async fn check_attached(&mut self) {
         let Some(p) = self.identity() else { return };
-        let stdout = std::fs::read_to_string(&self.files().stdout).unwrap_or_default();
-        let Some((probes, attached)) = bpftrace::attach_line(&stdout) else {
+        let stdout_path = self.files().stdout;
+        let Some(line) = bpftrace::attach_line(&bpftrace::head(&stdout_path, 4096)) else {
             return;
         };
-        if !(attached || bpftrace::is_polling(p.pid)) {
+        // Tracing: bpftrace said so (0.27+), or it is waiting for events, or a probe has already
+        // printed something (a busy bpftrace may never sit idle in its event loop).
+        let printed_after = std::fs::metadata(&stdout_path)
+            .map(|m| m.len())
+            .unwrap_or(0)
+            > line.end as u64;
+        if !(line.done || printed_after || bpftrace::is_polling(p.pid)) {
             return;
         }
+        let probes = line.probes;
         self.process = Process::Tracing {
             since: Instant::now(),
         };
@@ -555,12 +583,21 @@ impl<'a> JobTask<'a> {
     ) {
         let maps = output::parse(stdout);
         let (ctx, job, run_id) = (self.ctx, self.job.clone(), self.record.run_id.clone());
+        let mut conditions = self.current_status().conditions;
         let output_ref = match persist("writing the output ConfigMap", || {
             ctx.writer.output(&job, &run_id, stdout, &maps)
         })
         .await
         {
-            Ok(r) => Some(r),
+            Ok((r, stored)) => {
+                if stored != Stored::Plain {
+                    let (_, note) = stored.describe(&r.name);
+                    message = format!("{message}; {note}");
+                }
+                conditions.retain(|c| c.type_ != "OutputStored");
+                conditions.push(report::output_condition(&stored, &r.name, &job));
+                Some(r)
+            }
             Err(e) => {
                 phase = Phase::Failed;
                 message = format!("{message}; the output could not be stored: {e}");
@@ -573,6 +610,7 @@ impl<'a> JobTask<'a> {
             completion_time: Some(report::now()),
             message: Some(message.clone()),
             output_ref: output_ref.clone(),
+            conditions,
             ..self.current_status()
         };
         let reason = if phase == Phase::Completed {

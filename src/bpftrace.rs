@@ -169,21 +169,48 @@ impl Running {
     }
 }
 
-/// The probe count from bpftrace's attach line: `Attaching 3 probes...` (0.17 to 0.23, printed
-/// as attaching begins) or `Attached 3 probes` (0.27 and later, printed once attached).
-pub fn attach_line(stdout: &str) -> Option<(u32, bool)> {
-    stdout.lines().find_map(|line| {
-        let line = line.trim();
-        let (rest, done) = if let Some(r) = line.strip_prefix("Attaching ") {
+/// bpftrace's attach line: `Attaching 3 probes...` (0.17 to 0.23, printed as attaching begins)
+/// or `Attached 3 probes` (0.27 and later, printed once attached).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AttachLine {
+    pub probes: u32,
+    /// The line says the probes are attached (not only that attaching began).
+    pub done: bool,
+    /// Byte offset just after the line: anything printed after it came from a probe that fired.
+    pub end: usize,
+}
+
+pub fn attach_line(stdout: &str) -> Option<AttachLine> {
+    let mut offset = 0;
+    for line in stdout.split_inclusive('\n') {
+        offset += line.len();
+        let text = line.trim();
+        let (rest, done) = if let Some(r) = text.strip_prefix("Attaching ") {
             (r, false)
-        } else if let Some(r) = line.strip_prefix("Attached ") {
+        } else if let Some(r) = text.strip_prefix("Attached ") {
             (r, true)
         } else {
-            return None;
+            continue;
         };
-        let n = rest.split_whitespace().next()?.parse().ok()?;
-        Some((n, done))
-    })
+        if let Some(probes) = rest.split_whitespace().next().and_then(|n| n.parse().ok()) {
+            return Some(AttachLine {
+                probes,
+                done,
+                end: offset,
+            });
+        }
+    }
+    None
+}
+
+/// The first `max` bytes of a file, as text.
+pub fn head(path: &Path, max: u64) -> String {
+    use std::io::Read;
+    let mut bytes = Vec::new();
+    if let Ok(f) = File::open(path) {
+        let _ = f.take(max).read_to_end(&mut bytes);
+    }
+    String::from_utf8_lossy(&bytes).into_owned()
 }
 
 /// True when the process is blocked polling its event buffers: bpftrace enters that loop only
@@ -235,9 +262,13 @@ mod tests {
 
     #[test]
     fn reads_attach_lines_of_each_release() {
-        assert_eq!(attach_line("Attaching 2 probes...\n"), Some((2, false)));
-        assert_eq!(attach_line("Attaching 1 probe...\n"), Some((1, false)));
-        assert_eq!(attach_line("Attached 3 probes\n"), Some((3, true)));
+        let line = |probes, done, end| Some(AttachLine { probes, done, end });
+        assert_eq!(attach_line("Attaching 2 probes...\n"), line(2, false, 22));
+        assert_eq!(
+            attach_line("Attaching 1 probe...\nhi\n"),
+            line(1, false, 21)
+        );
+        assert_eq!(attach_line("Attached 3 probes\n"), line(3, true, 18));
         assert_eq!(attach_line("hello\n"), None);
     }
 

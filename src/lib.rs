@@ -12,4 +12,5 @@ pub mod lifecycle;
 pub mod output;
 pub mod report;
 pub mod state;
+pub mod storage;
 pub mod watch;

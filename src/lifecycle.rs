@@ -34,6 +34,8 @@ pub enum StopReason {
     Requested,
     Deadline,
     Deleted,
+    /// The output on disk reached the agent's per-job limit.
+    OutputLimit,
 }
 
 impl StopReason {
@@ -42,6 +44,9 @@ impl StopReason {
             StopReason::Requested => "spec.stop was set",
             StopReason::Deadline => "the deadline was reached",
             StopReason::Deleted => "the TraceJob was deleted",
+            StopReason::OutputLimit => {
+                "its output reached the agent's per-job limit (--max-output-bytes)"
+            }
         }
     }
 }
@@ -71,6 +76,8 @@ pub enum Exit {
     NotOurChild,
     /// It was gone when this agent started: it ended while no agent watched.
     Unwatched,
+    /// Never started: spec.stop was already set when the agent first saw the TraceJob.
+    NotStarted,
 }
 
 /// What the spec asks for right now.
@@ -78,6 +85,8 @@ pub enum Exit {
 pub struct Wanted {
     pub stop: bool,
     pub deleted: bool,
+    /// The output on disk is over the per-job limit.
+    pub output_full: bool,
     pub deadline: Duration,
     pub grace: Duration,
 }
@@ -87,6 +96,7 @@ impl Wanted {
         Wanted {
             stop: job.spec.stop,
             deleted: false,
+            output_full: false,
             deadline: secs(job.spec.deadline),
             grace: secs(job.spec.deadline_grace_period),
         }
@@ -115,6 +125,8 @@ pub fn next(wanted: Wanted, process: Process, now: Instant) -> Step {
         Some(StopReason::Deleted)
     } else if wanted.stop {
         Some(StopReason::Requested)
+    } else if wanted.output_full {
+        Some(StopReason::OutputLimit)
     } else {
         None
     };
@@ -186,6 +198,11 @@ pub fn outcome(
                 .to_string(),
         ),
         Exit::NotOurChild => (Phase::Failed, None, with_errors("bpftrace ended".to_string())),
+        Exit::NotStarted => (
+            Phase::Completed,
+            None,
+            "spec.stop was set before the trace started; bpftrace was not run".to_string(),
+        ),
         Exit::Unwatched => (
             Phase::Failed,
             None,
@@ -248,6 +265,7 @@ mod tests {
         Wanted {
             stop: false,
             deleted: false,
+            output_full: false,
             deadline: Duration::from_secs(10),
             grace: Duration::from_secs(2),
         }
@@ -295,6 +313,19 @@ mod tests {
     }
 
     #[test]
+    fn a_full_output_stops_the_trace() {
+        let t0 = Instant::now();
+        let full = Wanted {
+            output_full: true,
+            ..wanted()
+        };
+        assert_eq!(
+            next(full, Process::Tracing { since: t0 }, t0),
+            Step::Interrupt(StopReason::OutputLimit)
+        );
+    }
+
+    #[test]
     fn an_interrupted_job_is_killed_after_the_grace_period_only() {
         let t0 = Instant::now();
         let p = Process::Interrupted {
@@ -327,6 +358,10 @@ mod tests {
             Phase::Failed
         );
         assert_eq!(outcome(Exit::Unwatched, None, false, "").0, Phase::Failed);
+        assert_eq!(
+            outcome(Exit::NotStarted, None, false, "").0,
+            Phase::Completed
+        );
         assert_eq!(
             outcome(Exit::NotOurChild, Some(StopReason::Requested), false, "").0,
             Phase::Completed

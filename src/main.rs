@@ -38,6 +38,10 @@ struct RunArgs {
     /// The bpftrace command.
     #[arg(long, default_value = "bpftrace")]
     bpftrace: PathBuf,
+    /// Bytes of bpftrace output kept on disk per job; a trace that prints more is stopped (its
+    /// maps are still collected), so a printf in a hot probe cannot fill the node's disk.
+    #[arg(long, default_value_t = 32 * 1024 * 1024)]
+    max_output_bytes: u64,
     /// Log format.
     #[arg(long, value_enum, default_value = "text")]
     log_format: LogFormat,
@@ -99,6 +103,7 @@ fn run(args: RunArgs) -> ExitCode {
             node: args.node_name,
             bpftrace: args.bpftrace,
             state_dir: args.state_dir,
+            max_output_bytes: args.max_output_bytes,
         };
         tracejob_agent::agent::run(client, config)
             .await

@@ -343,4 +343,62 @@ mod tests {
             let _ = parse(text);
         }
     }
+
+    /// A small deterministic generator, so a failure reproduces.
+    struct XorShift(u64);
+    impl XorShift {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0
+        }
+    }
+
+    #[test]
+    fn never_panics_on_arbitrary_bytes_or_shuffled_fragments() {
+        let fragments = [
+            "@",
+            "@x",
+            "@x[",
+            "]",
+            "]: ",
+            ":",
+            ": ",
+            "\n",
+            "[",
+            "(",
+            ")",
+            ", ",
+            "...",
+            "|",
+            "@@@",
+            "1K",
+            "9E",
+            "-1",
+            "18446744073709551616",
+            "count ",
+            "average ",
+            "total ",
+            " ",
+            "\u{0}",
+            "é",
+            "\u{fffd}",
+            "@h: \n[0, 1)   3 |@@@|\n",
+            "@s[\n    f+1\n",
+            "]: 2\n",
+        ];
+        let mut rng = XorShift(0x9E3779B97F4A7C15);
+        for _ in 0..20_000 {
+            let len = (rng.next() % 64) as usize;
+            let bytes: Vec<u8> = (0..len).map(|_| rng.next() as u8).collect();
+            let _ = parse(&String::from_utf8_lossy(&bytes));
+            let text: String = (0..len)
+                .map(|_| fragments[(rng.next() % fragments.len() as u64) as usize])
+                .collect();
+            let maps = parse(&text);
+            // Whatever it reads must encode as JSON.
+            assert!(serde_json::to_string(&maps).is_ok());
+        }
+    }
 }

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::core::v1::ConfigMap;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, ObjectMeta, OwnerReference, Time};
 use k8s_openapi::jiff::Timestamp;
+use k8s_openapi::ByteString;
 use kube::api::{Patch, PatchParams, PostParams};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::{Api, Client, Resource, ResourceExt};
@@ -13,6 +14,7 @@ use serde_json::json;
 
 use crate::api::{OutputRef, Phase, TraceJob, TraceJobStatus};
 use crate::output::Maps;
+use crate::storage::{self, Contents, Stored};
 
 pub const LABEL_TRACEJOB: &str = "observe.tracejob.dev/tracejob";
 pub const LABEL_NODE: &str = "observe.tracejob.dev/node";
@@ -97,7 +99,12 @@ impl Writer {
     ) -> Result<TraceJob, Error> {
         let phase = status.phase.unwrap_or(Phase::Pending);
         let message = status.message.clone().unwrap_or_default();
+        let mut extra: Vec<Condition> = std::mem::take(&mut status.conditions)
+            .into_iter()
+            .filter(|c| !PHASE_CONDITIONS.contains(&c.type_.as_str()))
+            .collect();
         status.conditions = conditions(phase, reason, &message, job, now());
+        status.conditions.append(&mut extra);
         status.observed_generation = job.metadata.generation;
         self.patch_status(job, json!({ "status": status })).await
     }
@@ -115,20 +122,42 @@ impl Writer {
             .await?)
     }
 
-    /// Creates the output ConfigMap, or updates it if it is already ours (a retried write).
+    /// Stores the output in a ConfigMap owned by the TraceJob, or updates it if it is already ours
+    /// (a retried write). If a ConfigMap of that name exists and is not ours, it is left alone
+    /// and a second name (with the whole run id) is used.
     pub async fn output(
         &self,
         job: &TraceJob,
         run_id: &str,
         stdout: &str,
         maps: &Maps,
-    ) -> Result<OutputRef, Error> {
-        let name = output_name(&job.name_any(), run_id);
+    ) -> Result<(OutputRef, Stored), Error> {
+        let (contents, stored) = storage::fit(
+            stdout,
+            &serde_json::to_string(maps)?,
+            storage::CONFIGMAP_BUDGET,
+        );
+        let short = output_name(&job.name_any(), run_id.split('-').next().unwrap_or(run_id));
+        let long = output_name(&job.name_any(), run_id);
+        let name = match self.write_configmap(job, run_id, &short, &contents).await {
+            Err(Error::NotOurs(_)) => self.write_configmap(job, run_id, &long, &contents).await?,
+            other => other?,
+        };
+        Ok((OutputRef { name }, stored))
+    }
+
+    async fn write_configmap(
+        &self,
+        job: &TraceJob,
+        run_id: &str,
+        name: &str,
+        contents: &Contents,
+    ) -> Result<String, Error> {
         let ns = job.namespace().unwrap_or_default();
         let api: Api<ConfigMap> = Api::namespaced(self.client.clone(), &ns);
         let cm = ConfigMap {
             metadata: ObjectMeta {
-                name: Some(name.clone()),
+                name: Some(name.to_string()),
                 namespace: Some(ns),
                 labels: Some(BTreeMap::from([
                     (LABEL_TRACEJOB.to_string(), job.name_any()),
@@ -138,30 +167,38 @@ impl Writer {
                 owner_references: Some(vec![owner(job)]),
                 ..Default::default()
             },
-            data: Some(BTreeMap::from([
-                ("output".to_string(), stdout.to_string()),
-                ("maps.json".to_string(), serde_json::to_string_pretty(maps)?),
-            ])),
+            data: Some(contents.data.clone()),
+            binary_data: Some(
+                contents
+                    .binary
+                    .iter()
+                    .map(|(k, v)| (k.clone(), ByteString(v.clone())))
+                    .collect(),
+            ),
             ..Default::default()
         };
         match api.create(&PostParams::default(), &cm).await {
-            Ok(_) => {}
+            Ok(_) => Ok(name.to_string()),
             Err(kube::Error::Api(s)) if s.code == 409 => {
-                let existing = api.get(&name).await?;
+                let existing = api.get(name).await?;
                 let ours = existing
                     .owner_references()
                     .iter()
                     .any(|o| Some(&o.uid) == job.uid().as_ref());
                 if !ours {
-                    return Err(Error::NotOurs(name));
+                    tracing::warn!(
+                        configmap = name,
+                        "a ConfigMap of the output's name exists and is not ours; leaving it alone"
+                    );
+                    return Err(Error::NotOurs(name.to_string()));
                 }
                 let mut updated = cm;
                 updated.metadata.resource_version = existing.resource_version();
-                api.replace(&name, &PostParams::default(), &updated).await?;
+                api.replace(name, &PostParams::default(), &updated).await?;
+                Ok(name.to_string())
             }
-            Err(e) => return Err(e.into()),
+            Err(e) => Err(e.into()),
         }
-        Ok(OutputRef { name })
     }
 
     /// Publishes an Event on the TraceJob. Events are best effort: a failure is logged, not fatal.
@@ -187,10 +224,10 @@ pub fn now() -> Time {
     Time(Timestamp::now())
 }
 
-/// The ConfigMap name for a run: the TraceJob's name and the run id's first block, so a TraceJob
+/// The ConfigMap name for a run: the TraceJob's name and (part of) the run id, so a TraceJob
 /// created again under the same name never meets the previous run's ConfigMap.
 pub fn output_name(tracejob: &str, run_id: &str) -> String {
-    let suffix = format!("-output-{}", run_id.split('-').next().unwrap_or(run_id));
+    let suffix = format!("-output-{run_id}");
     let room = 253 - suffix.len();
     let base: String = tracejob.chars().take(room).collect();
     format!("{}{suffix}", base.trim_end_matches(['-', '.']))
@@ -204,6 +241,22 @@ fn owner(job: &TraceJob) -> OwnerReference {
         uid: job.uid().unwrap_or_default(),
         controller: Some(true),
         block_owner_deletion: None,
+    }
+}
+
+/// The condition types derived from the phase.
+const PHASE_CONDITIONS: [&str; 3] = ["Running", "Completed", "Failed"];
+
+/// The `OutputStored` condition: how the output was stored (Stored, Compressed or Truncated).
+pub fn output_condition(stored: &Stored, configmap: &str, job: &TraceJob) -> Condition {
+    let (reason, message) = stored.describe(configmap);
+    Condition {
+        type_: "OutputStored".to_string(),
+        status: "True".to_string(),
+        reason: reason.to_string(),
+        message,
+        last_transition_time: now(),
+        observed_generation: job.metadata.generation,
     }
 }
 
@@ -312,9 +365,11 @@ mod tests {
 
     #[test]
     fn output_names_are_valid_and_unique_per_run() {
-        let a = output_name("biolatency", "0b6c1f1e-0000-4000-8000-000000000000");
+        let a = output_name("biolatency", "0b6c1f1e");
         assert_eq!(a, "biolatency-output-0b6c1f1e");
         let long = output_name(&"x".repeat(253), "0b6c1f1e-0000-4000-8000-000000000000");
-        assert!(long.len() <= 253 && long.ends_with("-output-0b6c1f1e"));
+        assert!(
+            long.len() <= 253 && long.ends_with("-output-0b6c1f1e-0000-4000-8000-000000000000")
+        );
     }
 }

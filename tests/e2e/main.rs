@@ -2,6 +2,7 @@
 //! through kubectl as a user would.
 
 mod api;
+mod hostile;
 mod lifecycle;
 mod reliability;
 mod support;
@@ -17,6 +18,7 @@ fn main() -> std::process::ExitCode {
     tests.extend(api::tests());
     tests.extend(lifecycle::tests());
     tests.extend(reliability::tests());
+    tests.extend(hostile::tests());
     let parallel = std::env::var("E2E_PARALLEL")
         .ok()
         .and_then(|v| v.parse().ok())

@@ -12,20 +12,23 @@ pub struct Agent {
     pub log: PathBuf,
     pub proc: Option<Proc>,
     kubeconfig: PathBuf,
+    envs: Vec<(String, String)>,
     _tmp: tempfile::TempDir,
 }
 
 impl Agent {
     /// Starts an agent for `node`, authenticating with the administrator's kubeconfig.
     pub fn start(env: &Env, node: &str) -> Agent {
-        Agent::start_with(env, node, &env.cp.kubeconfig, &[])
+        Agent::start_with(env, node, &env.cp.kubeconfig, &[], &[])
     }
 
+    /// An agent with extra flags and environment (which bpftrace inherits).
     pub fn start_with(
         _env: &Env,
         node: &str,
         kubeconfig: &std::path::Path,
         extra: &[&str],
+        envs: &[(&str, &str)],
     ) -> Agent {
         let tmp = must(
             tempfile::Builder::new().prefix("tracejob-agent-").tempdir(),
@@ -37,6 +40,10 @@ impl Agent {
             log: tmp.path().join("agent.log"),
             proc: None,
             kubeconfig: kubeconfig.to_path_buf(),
+            envs: envs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
             _tmp: tmp,
         };
         agent.restart(extra);
@@ -62,6 +69,7 @@ impl Agent {
             .args(extra)
             .env("KUBECONFIG", &self.kubeconfig)
             .env("RUST_LOG", "tracejob_agent=debug,info")
+            .envs(self.envs.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(err);

@@ -49,10 +49,15 @@ impl Kubectl {
                 .spawn(),
             "spawn kubectl",
         );
-        if let Some(mut s) = child.stdin.take() {
-            must(s.write_all(stdin.as_bytes()), "write kubectl stdin");
-        }
+        // Written from a thread: a large input must not wait on kubectl's output being read.
+        let writer = child.stdin.take().map(|mut s| {
+            let input = stdin.as_bytes().to_vec();
+            std::thread::spawn(move || s.write_all(&input))
+        });
         let out: Output = must(child.wait_with_output(), "wait kubectl");
+        if let Some(w) = writer {
+            let _ = w.join();
+        }
         Run {
             ok: out.status.success(),
             stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
