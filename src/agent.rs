@@ -5,7 +5,9 @@
 //! group, writes to files in the state directory, and the next agent on the node takes it over.
 
 use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -18,8 +20,10 @@ use tracing::{info, warn, Instrument};
 use crate::api::{Phase, TraceJob, TraceJobStatus};
 use crate::bpftrace::{self, Identity, Running};
 use crate::lifecycle::{self, Exit, FirstSight, Process, Step, StopReason, Wanted};
+use crate::metrics::Metrics;
 use crate::output;
 use crate::report::{self, Writer};
+use crate::server::{self, Health};
 use crate::state::{Record, StateDir};
 use crate::storage::Stored;
 use crate::watch::{self, Update};
@@ -38,33 +42,105 @@ pub struct Config {
     pub state_dir: PathBuf,
     /// Bytes of bpftrace output kept on disk per job; past it the trace is stopped.
     pub max_output_bytes: u64,
+    /// Where /healthz, /readyz and /metrics are served.
+    pub listen: SocketAddr,
+    /// How often output is mirrored into the ConfigMap while a trace runs; None: only at the end.
+    pub live_interval: Option<Duration>,
 }
 
 struct Ctx {
+    metrics: Arc<Metrics>,
+    /// How often output is mirrored while a trace runs; None: only at the end.
+    live_interval: Option<Duration>,
     bpftrace: PathBuf,
     max_output_bytes: u64,
     state: StateDir,
     writer: Writer,
 }
 
+/// A client from in-cluster configuration or KUBECONFIG that counts its requests by method
+/// (watches apart from plain GETs).
+async fn connect(metrics: Arc<Metrics>) -> Result<Client, Error> {
+    let config = kube::Config::infer()
+        .await
+        .map_err(kube::Error::InferConfig)?;
+    let m = metrics.clone();
+    let count =
+        tower::util::MapRequestLayer::new(move |req: axum::http::Request<kube::client::Body>| {
+            let watch = req.uri().query().is_some_and(|q| q.contains("watch=true"));
+            metrics.request(if watch {
+                "WATCH"
+            } else {
+                req.method().as_str()
+            });
+            req
+        });
+    let errors =
+        tower::util::MapResultLayer::new(move |result: Result<axum::http::Response<_>, _>| {
+            match &result {
+                Ok(r) if r.status().is_server_error() || r.status().as_u16() == 429 => {
+                    m.api_errors.inc()
+                }
+                Err(_) => m.api_errors.inc(),
+                Ok(_) => 0,
+            };
+            result
+        });
+    Ok(kube::client::ClientBuilder::try_from(config)?
+        .with_layer(&errors)
+        .with_layer(&count)
+        .build())
+}
+
 /// Runs until SIGTERM or SIGINT.
-pub async fn run(client: Client, config: Config) -> Result<(), Error> {
+pub async fn run(config: Config) -> Result<(), Error> {
     let state = StateDir::open(&config.state_dir)?;
     let version = bpftrace::version(&config.bpftrace).unwrap_or_else(|| "unknown".into());
     info!(node = %config.node, bpftrace = %config.bpftrace.display(), %version, "tracejob-agent starting");
+    let metrics = Metrics::new();
+    metrics
+        .bpftrace
+        .get_or_create(&crate::metrics::Version { version })
+        .set(1);
+    let ready = Arc::new(AtomicBool::new(false));
+    let health = Health {
+        ready: ready.clone(),
+        metrics: metrics.clone(),
+    };
+    let listen = config.listen;
+    tokio::spawn(async move {
+        if let Err(e) = server::serve(listen, health).await {
+            warn!(error = %e, %listen, "the health and metrics endpoint stopped");
+        }
+    });
+    let client = connect(metrics.clone()).await?;
     let ctx = Arc::new(Ctx {
+        metrics,
+        live_interval: config.live_interval,
         bpftrace: config.bpftrace,
         max_output_bytes: config.max_output_bytes,
         writer: Writer::new(client.clone(), &config.node),
         state,
     });
     let api: Api<TraceJob> = Api::all(client);
-    let filter = watch::detect_filter(&api, &config.node).await?;
+    // The API server may not be reachable yet: keep trying (unready) rather than exit.
+    let mut delay = Duration::from_millis(500);
+    let filter = loop {
+        match watch::detect_filter(&api, &config.node).await {
+            Ok(f) => break f,
+            Err(e) => {
+                warn!(error = %e, retry_in = ?delay, "cannot list TraceJobs yet");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(MAX_BACKOFF);
+            }
+        }
+    };
     let updates = watch::updates(api, config.node, filter);
     tokio::pin!(updates);
 
     let mut dispatcher = Dispatcher {
         ctx,
+        ready,
         jobs: HashMap::new(),
         finished: HashSet::new(),
         synced_once: false,
@@ -96,6 +172,8 @@ pub async fn run(client: Client, config: Config) -> Result<(), Error> {
 
 struct Dispatcher {
     ctx: Arc<Ctx>,
+    /// Set once the first list of TraceJobs is complete (/readyz).
+    ready: Arc<AtomicBool>,
     /// Live job tasks by TraceJob UID; `None` sent to a task means the TraceJob was deleted.
     jobs: HashMap<String, channel::Sender<Option<TraceJob>>>,
     /// Jobs whose task ended, so a stale event never starts or fails them again.
@@ -153,6 +231,7 @@ impl Dispatcher {
                 self.finished.retain(|uid| existing.contains(uid));
                 if !self.synced_once {
                     self.synced_once = true;
+                    self.ready.store(true, Ordering::Relaxed);
                     self.end_orphans(&existing);
                 }
             }
@@ -223,6 +302,7 @@ async fn fail_without_run(ctx: &Ctx, job: &TraceJob, reason: &str, message: Stri
     })
     .await;
     ctx.writer.event(job, true, "Failed", message).await;
+    ctx.metrics.failed(reason);
 }
 
 /// One run of one TraceJob, from first sight to its output landing.
@@ -259,6 +339,13 @@ struct JobTask<'a> {
     stop_reason: Option<StopReason>,
     /// SIGKILL was sent after the grace period.
     killed: bool,
+    /// When the stop was seen, for the collect latency.
+    stop_seen: Option<Instant>,
+    /// Counted in the running-traces gauge.
+    counted_running: bool,
+    /// When live output was last mirrored, and the output's size then.
+    last_live: Option<Instant>,
+    live_size: u64,
 }
 
 impl<'a> JobTask<'a> {
@@ -387,6 +474,10 @@ impl<'a> JobTask<'a> {
             Process::Interrupted { reason, .. } => Some(reason),
             _ => None,
         };
+        let counted_running = !matches!(process, Process::Exited(_));
+        if counted_running {
+            ctx.metrics.running.inc();
+        }
         JobTask {
             ctx,
             job,
@@ -398,6 +489,10 @@ impl<'a> JobTask<'a> {
             started: Instant::now(),
             stop_reason,
             killed: false,
+            stop_seen: stop_reason.map(|_| Instant::now()),
+            counted_running,
+            last_live: None,
+            live_size: 0,
         }
     }
 
@@ -421,6 +516,9 @@ impl<'a> JobTask<'a> {
         loop {
             if let Process::Starting { .. } = self.process {
                 self.check_attached().await;
+            }
+            if let Process::Tracing { .. } = self.process {
+                self.mirror_live_output().await;
             }
             let now = Instant::now();
             match lifecycle::next(self.wanted(), self.process, now) {
@@ -464,6 +562,48 @@ impl<'a> JobTask<'a> {
         }
     }
 
+    /// Copies what bpftrace has printed so far into the output ConfigMap, at most every
+    /// `live_interval`, only when it grew, and only once it printed more than its attach line.
+    /// Best effort: a failed write is tried again at the next interval.
+    async fn mirror_live_output(&mut self) {
+        let Some(interval) = self.ctx.live_interval else {
+            return;
+        };
+        if self.last_live.is_some_and(|t| t.elapsed() < interval) {
+            return;
+        }
+        let path = self.files().stdout;
+        let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+        let past_attach =
+            bpftrace::attach_line(&bpftrace::head(&path, 4096)).map_or(0, |l| l.end as u64);
+        if size <= past_attach || size == self.live_size || self.deleted {
+            return;
+        }
+        self.last_live = Some(Instant::now());
+        let stdout =
+            String::from_utf8_lossy(&std::fs::read(&path).unwrap_or_default()).into_owned();
+        let maps = output::parse(&stdout);
+        match self
+            .ctx
+            .writer
+            .output(&self.job, &self.record.run_id, &stdout, &maps)
+            .await
+        {
+            Ok((output_ref, _)) => {
+                self.live_size = size;
+                let known = self.job.status.as_ref().and_then(|s| s.output_ref.as_ref());
+                if known != Some(&output_ref) {
+                    let status = TraceJobStatus {
+                        output_ref: Some(output_ref),
+                        ..self.current_status()
+                    };
+                    self.write_status(status, "ProbesAttached").await;
+                }
+            }
+            Err(e) => warn!(error = %e, "live output not written; trying again later"),
+        }
+    }
+
     /// Reports Running once bpftrace has printed its attach line and reached its event loop.
     async fn check_attached(&mut self) {
         let Some(p) = self.identity() else { return };
@@ -481,6 +621,8 @@ impl<'a> JobTask<'a> {
             return;
         }
         let probes = line.probes;
+        self.ctx.metrics.started.inc();
+        Metrics::observe(&self.ctx.metrics.start_latency, self.started.elapsed());
         self.process = Process::Tracing {
             since: Instant::now(),
         };
@@ -522,6 +664,7 @@ impl<'a> JobTask<'a> {
             reason,
         };
         self.stop_reason = Some(reason);
+        self.stop_seen = Some(Instant::now());
         self.record.interrupted = true;
         if let Err(e) = self.ctx.state.save(&self.record) {
             warn!(error = %e, "could not save the job record");
@@ -566,8 +709,11 @@ impl<'a> JobTask<'a> {
         );
         info!(%phase, ?exit, "bpftrace exited");
         if !self.deleted {
-            self.report_outcome(phase, exit_code, message, &stdout)
+            self.report_outcome(exit, phase, exit_code, message, &stdout)
                 .await;
+        }
+        if self.counted_running {
+            self.ctx.metrics.running.dec();
         }
         if let Err(e) = self.ctx.state.remove(&self.record.run_id) {
             warn!(error = %e, "could not remove the run's files");
@@ -576,6 +722,7 @@ impl<'a> JobTask<'a> {
 
     async fn report_outcome(
         &mut self,
+        exit: Exit,
         mut phase: Phase,
         exit_code: Option<i64>,
         mut message: String,
@@ -590,6 +737,9 @@ impl<'a> JobTask<'a> {
         .await
         {
             Ok((r, stored)) => {
+                if let Some(seen) = self.stop_seen {
+                    Metrics::observe(&self.ctx.metrics.collect_latency, seen.elapsed());
+                }
                 if stored != Stored::Plain {
                     let (_, note) = stored.describe(&r.name);
                     message = format!("{message}; {note}");
@@ -613,11 +763,19 @@ impl<'a> JobTask<'a> {
             conditions,
             ..self.current_status()
         };
-        let reason = if phase == Phase::Completed {
-            "Collected"
-        } else {
-            "BpftraceFailed"
+        let reason = match (phase, &output_ref, exit) {
+            (Phase::Completed, _, _) => "Collected",
+            (_, None, _) => "OutputNotStored",
+            _ if self.killed => "GracePeriodExceeded",
+            (_, _, Exit::Unwatched) => "EndedUnwatched",
+            (_, _, Exit::Signal(_)) => "KilledBySignal",
+            _ => "BpftraceFailed",
         };
+        if phase == Phase::Completed {
+            self.ctx.metrics.completed.inc();
+        } else {
+            self.ctx.metrics.failed(reason);
+        }
         self.write_status(status, reason).await;
         let (warning, event, note) = match (phase, output_ref) {
             (Phase::Completed, Some(r)) => (

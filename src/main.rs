@@ -42,6 +42,13 @@ struct RunArgs {
     /// maps are still collected), so a printf in a hot probe cannot fill the node's disk.
     #[arg(long, default_value_t = 32 * 1024 * 1024)]
     max_output_bytes: u64,
+    /// Seconds between copies of a running trace's output into its ConfigMap (only when it
+    /// changed); 0 turns live output off.
+    #[arg(long, default_value_t = 5)]
+    live_interval: u64,
+    /// Address of /healthz, /readyz and /metrics.
+    #[arg(long, default_value = "0.0.0.0:9469")]
+    listen: std::net::SocketAddr,
     /// Log format.
     #[arg(long, value_enum, default_value = "text")]
     log_format: LogFormat,
@@ -98,16 +105,16 @@ fn run(args: RunArgs) -> ExitCode {
         }
     };
     let result = runtime.block_on(async {
-        let client = kube::Client::try_default().await?;
         let config = tracejob_agent::agent::Config {
             node: args.node_name,
             bpftrace: args.bpftrace,
             state_dir: args.state_dir,
             max_output_bytes: args.max_output_bytes,
+            listen: args.listen,
+            live_interval: (args.live_interval > 0)
+                .then(|| std::time::Duration::from_secs(args.live_interval)),
         };
-        tracejob_agent::agent::run(client, config)
-            .await
-            .map_err(|e| Box::new(e) as Box<dyn std::error::Error>)
+        tracejob_agent::agent::run(config).await
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,

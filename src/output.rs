@@ -191,6 +191,52 @@ fn parse_bound(text: &str) -> Option<i64> {
     text.parse().ok()
 }
 
+/// Renders histogram buckets exactly as bpftrace prints them: a label padded to 16 columns, the
+/// count right-aligned in 8, and a bar of up to 52 `@` scaled to the largest count.
+///
+/// bpftrace labels hist()'s buckets for 0 and 1 as `[0]` and `[1]`, and lhist()'s as `[0, 1)`;
+/// the two are told apart by shape (hist() bounds double). A two-bucket lhist with step 1 from 0
+/// is indistinguishable and renders as hist() would.
+pub fn render_hist(buckets: &[Bucket]) -> String {
+    let log2 = buckets.iter().all(|b| match (b.low, b.high) {
+        (Some(lo), Some(hi)) => (lo <= 1 && hi == lo + 1) || hi == lo.saturating_mul(2),
+        _ => true,
+    });
+    let max = buckets.iter().map(|b| b.count).max().unwrap_or(0);
+    let mut text = String::new();
+    for b in buckets {
+        let label = match (b.low, b.high) {
+            (Some(lo), Some(hi)) if log2 && lo <= 1 && hi == lo + 1 => format!("[{lo}]"),
+            (Some(lo), Some(hi)) => format!("[{}, {})", bound(lo), bound(hi)),
+            (Some(lo), None) => format!("[{}, ...)", bound(lo)),
+            (None, Some(hi)) => format!("(..., {})", bound(hi)),
+            (None, None) => "(..., ...)".to_string(),
+        };
+        let width = if max == 0 {
+            0
+        } else {
+            (u128::from(b.count) * 52 / u128::from(max)) as usize
+        };
+        text.push_str(&format!(
+            "{label:<16}{:>8} |{:<52}|\n",
+            b.count,
+            "@".repeat(width)
+        ));
+    }
+    text
+}
+
+/// `1024` -> `1K`, `3072` -> `3K`, `2097152` -> `2M`: bpftrace's power-of-1024 suffixes.
+fn bound(n: i64) -> String {
+    let units = ["", "K", "M", "G", "T", "P", "E"];
+    let (mut v, mut unit) = (n, 0);
+    while v != 0 && v % 1024 == 0 && unit + 1 < units.len() {
+        v /= 1024;
+        unit += 1;
+    }
+    format!("{v}{}", units[unit])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -341,6 +387,26 @@ mod tests {
             "@x[\u{0}]: \u{fffd}",
         ] {
             let _ = parse(text);
+        }
+    }
+
+    #[test]
+    fn histograms_render_back_to_bpftrace_text_exactly() {
+        for file in ["maps.out", "bighist.out", "lhist-suffix.out"] {
+            let text = fixture(file);
+            for map in parse(&text).maps {
+                for entry in map.entries {
+                    let Value::Hist(buckets) = &entry.value else {
+                        continue;
+                    };
+                    let rendered = render_hist(buckets);
+                    assert!(
+                        text.contains(&rendered),
+                        "{file} {}: rendered\n{rendered}",
+                        map.name
+                    );
+                }
+            }
         }
     }
 

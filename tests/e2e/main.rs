@@ -4,6 +4,7 @@
 mod api;
 mod hostile;
 mod lifecycle;
+mod native;
 mod reliability;
 mod support;
 
@@ -19,6 +20,7 @@ fn main() -> std::process::ExitCode {
     tests.extend(lifecycle::tests());
     tests.extend(reliability::tests());
     tests.extend(hostile::tests());
+    tests.extend(native::tests());
     let parallel = std::env::var("E2E_PARALLEL")
         .ok()
         .and_then(|v| v.parse().ok())

@@ -11,6 +11,8 @@ pub struct Agent {
     pub state_dir: PathBuf,
     pub log: PathBuf,
     pub proc: Option<Proc>,
+    /// Where the agent serves /healthz, /readyz and /metrics.
+    pub port: u16,
     kubeconfig: PathBuf,
     envs: Vec<(String, String)>,
     _tmp: tempfile::TempDir,
@@ -39,6 +41,7 @@ impl Agent {
             state_dir: tmp.path().join("state"),
             log: tmp.path().join("agent.log"),
             proc: None,
+            port: super::control_plane::free_port(),
             kubeconfig: kubeconfig.to_path_buf(),
             envs: envs
                 .iter()
@@ -66,6 +69,8 @@ impl Agent {
             .arg(&self.node)
             .arg("--state-dir")
             .arg(&self.state_dir)
+            .arg("--listen")
+            .arg(format!("127.0.0.1:{}", self.port))
             .args(extra)
             .env("KUBECONFIG", &self.kubeconfig)
             .env("RUST_LOG", "tracejob_agent=debug,info")
@@ -74,6 +79,31 @@ impl Agent {
             .stdout(log)
             .stderr(err);
         self.proc = Some(Proc::spawn(&format!("agent-{}", self.node), &mut cmd));
+    }
+
+    /// GET of one of the agent's endpoints: the HTTP status (0 if unreachable) and the body.
+    pub fn get(&self, path: &str) -> (u16, String) {
+        let out = std::process::Command::new("curl")
+            .args(["-s", "-w", "\n%{http_code}"])
+            .arg(format!("http://127.0.0.1:{}{path}", self.port))
+            .output();
+        let text = out
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default();
+        let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+        (code.trim().parse().unwrap_or(0), body.to_string())
+    }
+
+    /// One sample of /metrics, by its name and labels as printed (`tracejob_traces_started_total`).
+    pub fn metric(&self, series: &str) -> f64 {
+        let (_, body) = self.get("/metrics");
+        body.lines()
+            .filter(|l| !l.starts_with('#'))
+            .find_map(|l| {
+                let (name, value) = l.rsplit_once(' ')?;
+                (name == series).then(|| value.parse().ok()).flatten()
+            })
+            .unwrap_or(0.0)
     }
 
     pub fn logs(&self) -> String {

@@ -1,0 +1,132 @@
+//! What the agent counts and times, in one registry served as Prometheus text on /metrics.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Reason {
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Method {
+    pub method: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Version {
+    pub version: String,
+}
+
+pub struct Metrics {
+    registry: Registry,
+    pub running: Gauge,
+    pub started: Counter,
+    pub completed: Counter,
+    pub failed: Family<Reason, Counter>,
+    /// TraceJob first seen until bpftrace has attached its probes.
+    pub start_latency: Histogram,
+    /// Stop seen until the output ConfigMap is written.
+    pub collect_latency: Histogram,
+    pub api_requests: Family<Method, Counter>,
+    pub api_errors: Counter,
+    pub bpftrace: Family<Version, Gauge>,
+}
+
+impl Metrics {
+    pub fn new() -> Arc<Metrics> {
+        let mut registry = Registry::with_prefix("tracejob");
+        let m = Metrics {
+            running: Gauge::default(),
+            started: Counter::default(),
+            completed: Counter::default(),
+            failed: Family::default(),
+            start_latency: Histogram::new(exponential_buckets(0.025, 2.0, 12)),
+            collect_latency: Histogram::new(exponential_buckets(0.025, 2.0, 12)),
+            api_requests: Family::default(),
+            api_errors: Counter::default(),
+            bpftrace: Family::default(),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "traces_running",
+            "Traces whose bpftrace is running",
+            m.running.clone(),
+        );
+        registry.register(
+            "traces_started",
+            "Traces whose probes attached",
+            m.started.clone(),
+        );
+        registry.register(
+            "traces_completed",
+            "Traces that completed with their output stored",
+            m.completed.clone(),
+        );
+        registry.register(
+            "traces_failed",
+            "Traces that failed, by reason",
+            m.failed.clone(),
+        );
+        registry.register(
+            "start_latency_seconds",
+            "From a TraceJob being seen to its probes attached",
+            m.start_latency.clone(),
+        );
+        registry.register(
+            "collect_latency_seconds",
+            "From a stop being seen to the output ConfigMap written",
+            m.collect_latency.clone(),
+        );
+        registry.register(
+            "api_requests",
+            "Requests to the Kubernetes API, by HTTP method",
+            m.api_requests.clone(),
+        );
+        registry.register(
+            "api_errors",
+            "Kubernetes API writes that failed and were retried or given up",
+            m.api_errors.clone(),
+        );
+        registry.register(
+            "bpftrace_info",
+            "The bpftrace this agent runs (version label)",
+            m.bpftrace.clone(),
+        );
+        Arc::new(Metrics { registry, ..m })
+    }
+
+    pub fn failed(&self, reason: &str) {
+        self.failed
+            .get_or_create(&Reason {
+                reason: reason.to_string(),
+            })
+            .inc();
+    }
+
+    pub fn request(&self, method: &str) {
+        self.api_requests
+            .get_or_create(&Method {
+                method: method.to_string(),
+            })
+            .inc();
+    }
+
+    pub fn observe(h: &Histogram, d: Duration) {
+        h.observe(d.as_secs_f64());
+    }
+
+    pub fn encode(&self) -> String {
+        let mut text = String::new();
+        // Encoding into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut text, &self.registry);
+        text
+    }
+}
