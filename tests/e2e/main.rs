@@ -2,6 +2,7 @@
 //! through kubectl as a user would.
 
 mod api;
+mod deploy;
 mod hostile;
 mod lifecycle;
 mod native;
@@ -21,6 +22,7 @@ fn main() -> std::process::ExitCode {
     tests.extend(reliability::tests());
     tests.extend(hostile::tests());
     tests.extend(native::tests());
+    tests.extend(deploy::tests());
     let parallel = std::env::var("E2E_PARALLEL")
         .ok()
         .and_then(|v| v.parse().ok())

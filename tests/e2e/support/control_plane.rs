@@ -225,7 +225,7 @@ impl ControlPlane {
         let d = &self.dir;
         let mut cmd = Command::new(self.bin.join("kube-controller-manager"));
         cmd.arg(format!("--kubeconfig={}", self.kubeconfig.display()))
-            .arg("--controllers=garbagecollector,serviceaccount,serviceaccount-token,namespace")
+            .arg("--controllers=garbagecollector,serviceaccount,serviceaccount-token,namespace,clusterrole-aggregation")
             .arg(format!(
                 "--service-account-private-key-file={}",
                 d.join("sa.key").display()

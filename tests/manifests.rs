@@ -1,0 +1,324 @@
+//! The deploy files, checked by parsing them: the DaemonSet's security-relevant settings, the
+//! Dockerfile, and the optional admission policy (which the 1.20 test cluster cannot run).
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+
+use k8s_openapi::api::admissionregistration::v1::{
+    ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding,
+};
+use k8s_openapi::api::apps::v1::DaemonSet;
+use k8s_openapi::api::rbac::v1::ClusterRole;
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn read(path: &str) -> String {
+    std::fs::read_to_string(root().join(path)).unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
+fn documents(path: &str) -> Vec<serde_json::Value> {
+    serde_yaml::Deserializer::from_str(&read(path))
+        .map(|d| serde_json::Value::deserialize(d).unwrap_or_else(|e| panic!("{path}: {e}")))
+        .filter(|v| !v.is_null())
+        .collect()
+}
+
+/// Parses `value` as `T` and checks nothing was dropped: a misspelled field fails.
+fn typed<T: DeserializeOwned + serde::Serialize>(value: &serde_json::Value) -> T {
+    let t: T = serde_json::from_value(value.clone()).unwrap_or_else(|e| panic!("{e}: {value}"));
+    let back = serde_json::to_value(&t).expect("serializes");
+    assert_eq!(
+        strip_empty(back),
+        strip_empty(value.clone()),
+        "fields were not understood"
+    );
+    t
+}
+
+fn strip_empty(v: serde_json::Value) -> serde_json::Value {
+    match v {
+        serde_json::Value::Object(m) => serde_json::Value::Object(
+            m.into_iter()
+                .map(|(k, v)| (k, strip_empty(v)))
+                .filter(|(_, v)| !(v.is_null() || v.as_object().is_some_and(|o| o.is_empty())))
+                .collect(),
+        ),
+        serde_json::Value::Array(a) => {
+            serde_json::Value::Array(a.into_iter().map(strip_empty).collect())
+        }
+        other => other,
+    }
+}
+
+fn daemonset() -> DaemonSet {
+    let docs = documents("daemonset/daemonset.yaml");
+    typed(&docs[0])
+}
+
+#[test]
+fn kustomization_lists_every_manifest() {
+    let k = documents("daemonset/kustomization.yaml").remove(0);
+    let resources: Vec<&str> = k["resources"]
+        .as_array()
+        .expect("resources")
+        .iter()
+        .filter_map(|r| r.as_str())
+        .collect();
+    assert_eq!(
+        resources,
+        [
+            "namespace.yaml",
+            "crd.yaml",
+            "rbac-agent.yaml",
+            "rbac-users.yaml",
+            "daemonset.yaml"
+        ]
+    );
+    for r in resources {
+        assert!(root().join("daemonset").join(r).exists(), "{r}");
+    }
+}
+
+#[test]
+fn daemonset_is_privileged_with_host_pid_and_the_mounts_bpftrace_needs() {
+    let ds = daemonset();
+    let pod = ds.spec.expect("spec").template.spec.expect("pod spec");
+    assert_eq!(pod.host_pid, Some(true));
+    assert_eq!(pod.service_account_name.as_deref(), Some("tracejob-agent"));
+    assert!(pod.termination_grace_period_seconds.unwrap_or(0) >= 10);
+    let tolerations = pod.tolerations.unwrap_or_default();
+    assert!(
+        tolerations
+            .iter()
+            .any(|t| t.operator.as_deref() == Some("Exists") && t.key.is_none()),
+        "runs on every node"
+    );
+    let c = &pod.containers[0];
+    assert_eq!(
+        c.security_context.as_ref().and_then(|s| s.privileged),
+        Some(true)
+    );
+    let env = c.env.clone().unwrap_or_default();
+    let node = env
+        .iter()
+        .find(|e| e.name == "NODE_NAME")
+        .expect("NODE_NAME");
+    let field = node
+        .value_from
+        .as_ref()
+        .and_then(|v| v.field_ref.as_ref())
+        .map(|f| f.field_path.as_str());
+    assert_eq!(field, Some("spec.nodeName"));
+    let mounts: Vec<(String, bool)> = c
+        .volume_mounts
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|m| (m.mount_path, m.read_only.unwrap_or(false)))
+        .collect();
+    for (path, read_only) in [
+        ("/sys/kernel/tracing", false),
+        ("/sys/kernel/debug", false),
+        ("/sys/kernel/btf", true),
+        ("/lib/modules", true),
+        ("/usr/src", true),
+        ("/var/lib/tracejob-agent", false),
+    ] {
+        assert!(
+            mounts.contains(&(path.to_string(), read_only)),
+            "{path} read_only={read_only} in {mounts:?}"
+        );
+    }
+    let volumes = pod.volumes.unwrap_or_default();
+    let state = volumes
+        .iter()
+        .find(|v| v.name == "state")
+        .and_then(|v| v.host_path.clone())
+        .expect("state hostPath");
+    assert_eq!(state.path, "/var/lib/tracejob-agent");
+    let probe = |p: &Option<k8s_openapi::api::core::v1::Probe>| {
+        p.as_ref()
+            .and_then(|p| p.http_get.as_ref())
+            .and_then(|h| h.path.clone())
+    };
+    assert_eq!(probe(&c.liveness_probe).as_deref(), Some("/healthz"));
+    assert_eq!(probe(&c.readiness_probe).as_deref(), Some("/readyz"));
+    let resources = c.resources.clone().expect("resources");
+    assert!(resources
+        .requests
+        .is_some_and(|r| r.contains_key("memory") && r.contains_key("cpu")));
+    assert!(resources.limits.is_some_and(|l| l.contains_key("memory")));
+    assert!(c
+        .args
+        .clone()
+        .unwrap_or_default()
+        .iter()
+        .any(|a| a == "run"));
+}
+
+#[test]
+fn agent_role_grants_only_what_the_agent_uses() {
+    let docs = documents("daemonset/rbac-agent.yaml");
+    let role: ClusterRole = typed(
+        docs.iter()
+            .find(|d| d["kind"] == "ClusterRole")
+            .expect("ClusterRole"),
+    );
+    let mut granted = BTreeSet::new();
+    for rule in role.rules.unwrap_or_default() {
+        for group in rule.api_groups.unwrap_or_default() {
+            for resource in rule.resources.clone().unwrap_or_default() {
+                for verb in &rule.verbs {
+                    granted.insert(format!("{group}/{resource}:{verb}"));
+                }
+            }
+        }
+    }
+    let expected: BTreeSet<String> = [
+        "observe.tracejob.dev/tracejobs:get",
+        "observe.tracejob.dev/tracejobs:list",
+        "observe.tracejob.dev/tracejobs:watch",
+        "observe.tracejob.dev/tracejobs/status:get",
+        "observe.tracejob.dev/tracejobs/status:patch",
+        "observe.tracejob.dev/tracejobs/status:update",
+        "/configmaps:get",
+        "/configmaps:create",
+        "/configmaps:update",
+        "events.k8s.io/events:create",
+        "events.k8s.io/events:patch",
+    ]
+    .into_iter()
+    .map(String::from)
+    .collect();
+    assert_eq!(granted, expected);
+}
+
+#[test]
+fn dockerfile_is_multi_stage_pinned_and_runs_the_agent_with_bpftrace() {
+    let text = read("Dockerfile");
+    let lines: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .collect();
+    let froms: Vec<Vec<&str>> = lines
+        .iter()
+        .filter(|l| l.starts_with("FROM "))
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(froms.len(), 2, "a build stage and a runtime stage");
+    for from in &froms {
+        let image = from[1];
+        let tag = image.rsplit_once(':').map(|(_, t)| t).unwrap_or("");
+        assert!(
+            !tag.is_empty() && tag != "latest" && tag.chars().any(|c| c.is_ascii_digit()),
+            "{image} is not pinned"
+        );
+        assert_eq!(
+            from.get(2).map(|s| s.to_ascii_uppercase()),
+            Some("AS".into())
+        );
+    }
+    assert_eq!(froms[0][3], "build");
+    assert_eq!(froms[1][3], "runtime");
+    let body = lines.join("\n");
+    assert!(
+        body.contains("cargo build --release --locked"),
+        "release build"
+    );
+    let runtime = &body[body.find("AS runtime").expect("runtime stage")..];
+    assert!(
+        runtime.contains("apt-get install") && runtime.contains("bpftrace"),
+        "bpftrace from the distribution"
+    );
+    assert!(runtime
+        .contains("COPY --from=build /usr/local/bin/tracejob-agent /usr/local/bin/tracejob-agent"));
+    assert!(runtime.contains(r#"ENTRYPOINT ["/usr/local/bin/tracejob-agent"]"#));
+    assert!(!runtime.contains("--unsafe"));
+}
+
+#[test]
+fn admission_policies_parse_and_reference_only_existing_fields() {
+    let docs = documents("daemonset/optional/admission-policy.yaml");
+    let crd = tracejob_agent::crd::crd(false);
+    let schema = crd.spec.versions[0]
+        .schema
+        .clone()
+        .and_then(|s| s.open_api_v3_schema)
+        .expect("schema");
+    let spec_fields: BTreeSet<String> = schema
+        .properties
+        .as_ref()
+        .and_then(|p| p.get("spec"))
+        .and_then(|s| s.properties.clone())
+        .expect("spec")
+        .into_keys()
+        .collect();
+    let mut expressions = Vec::new();
+    let mut policies = 0;
+    for doc in &docs {
+        match doc["kind"].as_str() {
+            Some("ValidatingAdmissionPolicy") => {
+                let p: ValidatingAdmissionPolicy = typed(doc);
+                let spec = p.spec.expect("spec");
+                for v in spec.validations.unwrap_or_default() {
+                    expressions.push(v.expression);
+                    expressions.extend(v.message_expression);
+                }
+                for m in spec.match_conditions.unwrap_or_default() {
+                    expressions.push(m.expression);
+                }
+                let rules = spec
+                    .match_constraints
+                    .and_then(|m| m.resource_rules)
+                    .unwrap_or_default();
+                assert!(rules
+                    .iter()
+                    .all(|r| r.api_groups.as_deref()
+                        == Some(&["observe.tracejob.dev".to_string()][..])));
+                policies += 1;
+            }
+            Some("ValidatingAdmissionPolicyBinding") => {
+                let b: ValidatingAdmissionPolicyBinding = typed(doc);
+                let name = b.spec.and_then(|s| s.policy_name).expect("policyName");
+                assert!(docs.iter().any(|d| d["kind"] == "ValidatingAdmissionPolicy"
+                    && d["metadata"]["name"] == name.as_str()));
+            }
+            Some("ConfigMap") => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(policies, 2);
+    for expr in &expressions {
+        for (prefix, allowed) in [
+            (
+                "object.spec.",
+                spec_fields.iter().map(String::as_str).collect::<Vec<_>>(),
+            ),
+            (
+                "request.userInfo.",
+                vec!["username", "extra", "groups", "uid"],
+            ),
+            ("params.data.", vec!["maxDeadlineSeconds"]),
+        ] {
+            for (i, _) in expr.match_indices(prefix) {
+                let field: String = expr[i + prefix.len()..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric())
+                    .collect();
+                assert!(
+                    allowed.contains(&field.as_str()),
+                    "{expr}: {prefix}{field} does not exist"
+                );
+            }
+        }
+        assert!(
+            expr.matches('(').count() == expr.matches(')').count(),
+            "unbalanced: {expr}"
+        );
+    }
+}
