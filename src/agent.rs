@@ -50,6 +50,8 @@ pub struct Config {
 
 struct Ctx {
     metrics: Arc<Metrics>,
+    /// `bpftrace --version`, recorded in maps.json.
+    bpftrace_version: String,
     /// How often output is mirrored while a trace runs; None: only at the end.
     live_interval: Option<Duration>,
     bpftrace: PathBuf,
@@ -100,7 +102,9 @@ pub async fn run(config: Config) -> Result<(), Error> {
     let metrics = Metrics::new();
     metrics
         .bpftrace
-        .get_or_create(&crate::metrics::Version { version })
+        .get_or_create(&crate::metrics::Version {
+            version: version.clone(),
+        })
         .set(1);
     let ready = Arc::new(AtomicBool::new(false));
     let health = Health {
@@ -116,6 +120,7 @@ pub async fn run(config: Config) -> Result<(), Error> {
     let client = connect(metrics.clone()).await?;
     let ctx = Arc::new(Ctx {
         metrics,
+        bpftrace_version: version,
         live_interval: config.live_interval,
         bpftrace: config.bpftrace,
         max_output_bytes: config.max_output_bytes,
@@ -582,7 +587,7 @@ impl<'a> JobTask<'a> {
         self.last_live = Some(Instant::now());
         let stdout =
             String::from_utf8_lossy(&std::fs::read(&path).unwrap_or_default()).into_owned();
-        let maps = output::parse(&stdout);
+        let maps = self.parse(&stdout);
         match self
             .ctx
             .writer
@@ -607,16 +612,21 @@ impl<'a> JobTask<'a> {
     /// Reports Running once bpftrace has printed its attach line and reached its event loop.
     async fn check_attached(&mut self) {
         let Some(p) = self.identity() else { return };
-        let stdout_path = self.files().stdout;
-        let Some(line) = bpftrace::attach_line(&bpftrace::head(&stdout_path, 4096)) else {
-            return;
-        };
+        let files = self.files();
+        let stdout_len = std::fs::metadata(&files.stdout)
+            .map(|m| m.len())
+            .unwrap_or(0);
+        // Up to 0.23 the attach line is on stdout; 0.27 prints it on stderr.
+        let (line, printed_after) =
+            match bpftrace::attach_line(&bpftrace::head(&files.stdout, 4096)) {
+                Some(line) => (line, stdout_len > line.end as u64),
+                None => match bpftrace::attach_line(&bpftrace::head(&files.stderr, 16384)) {
+                    Some(line) => (line, stdout_len > 0),
+                    None => return,
+                },
+            };
         // Tracing: bpftrace said so (0.27+), or it is waiting for events, or a probe has already
         // printed something (a busy bpftrace may never sit idle in its event loop).
-        let printed_after = std::fs::metadata(&stdout_path)
-            .map(|m| m.len())
-            .unwrap_or(0)
-            > line.end as u64;
         if !(line.done || printed_after || bpftrace::is_polling(p.pid)) {
             return;
         }
@@ -728,7 +738,7 @@ impl<'a> JobTask<'a> {
         mut message: String,
         stdout: &str,
     ) {
-        let maps = output::parse(stdout);
+        let maps = self.parse(stdout);
         let (ctx, job, run_id) = (self.ctx, self.job.clone(), self.record.run_id.clone());
         let mut conditions = self.current_status().conditions;
         let output_ref = match persist("writing the output ConfigMap", || {
@@ -786,6 +796,14 @@ impl<'a> JobTask<'a> {
             _ => (true, "Failed", message),
         };
         self.ctx.writer.event(&self.job, warning, event, note).await;
+    }
+
+    /// The maps in bpftrace's output, labelled with the release that printed them.
+    fn parse(&self, stdout: &str) -> output::Maps {
+        output::Maps {
+            bpftrace: Some(self.ctx.bpftrace_version.clone()),
+            ..output::parse(stdout)
+        }
     }
 
     fn files(&self) -> bpftrace::Files {

@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 log() { echo "setup: $*" >&2; }
 [ "$(id -u)" = 0 ] || { log "run as root: the tests run bpftrace"; exit 1; }
 
-packages=(golang-go etcd-server rsync jq make bpftrace openssl curl ca-certificates)
+packages=(golang-go etcd-server rsync jq make bpftrace openssl curl ca-certificates debootstrap)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -28,3 +28,9 @@ fi
 
 bin=$(bash tests/harness/build-control-plane.sh)
 log "control plane binaries in $bin"
+# Newer bpftrace releases for the release tests: trixie (0.23) and sid (0.27), built side by side.
+bash tests/harness/build-bpftrace.sh trixie > /dev/null &
+trixie=$!
+bash tests/harness/build-bpftrace.sh sid > /dev/null
+wait "$trixie"
+log "bpftrace releases: $(bash tests/harness/build-bpftrace.sh trixie) $(bash tests/harness/build-bpftrace.sh sid)"

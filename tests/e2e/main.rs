@@ -6,6 +6,7 @@ mod deploy;
 mod hostile;
 mod lifecycle;
 mod native;
+mod releases;
 mod reliability;
 mod support;
 
@@ -23,6 +24,7 @@ fn main() -> std::process::ExitCode {
     tests.extend(hostile::tests());
     tests.extend(native::tests());
     tests.extend(deploy::tests());
+    tests.extend(releases::tests());
     let parallel = std::env::var("E2E_PARALLEL")
         .ok()
         .and_then(|v| v.parse().ok())

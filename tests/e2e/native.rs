@@ -248,7 +248,10 @@ fn maps_json_renders_back(env: &Env) {
                     map.name,
                     entry.key.as_deref().unwrap_or_default()
                 );
-                let rendered = format!("{header}{}", tracejob_agent::output::render_hist(buckets));
+                let rendered = format!(
+                    "{header}{}",
+                    tracejob_agent::output::render_hist(buckets, maps.bpftrace.as_deref())
+                );
                 assert!(text.contains(&rendered), "maps.json renders differently from bpftrace:\n{rendered}\n--- bpftrace printed ---\n{text}");
                 histograms += 1;
             }

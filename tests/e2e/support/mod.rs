@@ -122,6 +122,14 @@ pub fn bpftrace_pids(needle: &Path) -> Vec<i32> {
         let Ok(cmdline) = std::fs::read(e.path().join("cmdline")) else {
             continue;
         };
+        // The agent's own command line names bpftrace too (--bpftrace): only its children count.
+        if cmdline
+            .split(|b| *b == 0)
+            .next()
+            .is_some_and(|argv0| argv0.ends_with(b"tracejob-agent"))
+        {
+            continue;
+        }
         let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
         let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
         let zombie = stat
