@@ -70,11 +70,19 @@ async fn connect(metrics: Arc<Metrics>) -> Result<Client, Error> {
     let count =
         tower::util::MapRequestLayer::new(move |req: axum::http::Request<kube::client::Body>| {
             let watch = req.uri().query().is_some_and(|q| q.contains("watch=true"));
-            metrics.request(if watch {
-                "WATCH"
-            } else {
-                req.method().as_str()
-            });
+            let path = req.uri().path();
+            let resource = ["tracejobs", "configmaps", "events"]
+                .into_iter()
+                .find(|r| path.contains(&format!("/{r}")))
+                .unwrap_or("other");
+            metrics.request(
+                if watch {
+                    "WATCH"
+                } else {
+                    req.method().as_str()
+                },
+                resource,
+            );
             req
         });
     let errors =

@@ -167,3 +167,19 @@ impl TraceJob {
         self.status.as_ref().and_then(|s| s.id.as_deref())
     }
 }
+
+/// A TraceJob for unit tests: node `n`, deadline 10 s, grace period 2 s.
+#[cfg(test)]
+pub(crate) fn example() -> TraceJob {
+    TraceJob::new(
+        "t",
+        TraceJobSpec {
+            node_name: "n".into(),
+            program: "BEGIN {}".into(),
+            args: vec![],
+            stop: false,
+            deadline: 10,
+            deadline_grace_period: 2,
+        },
+    )
+}

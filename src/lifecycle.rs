@@ -214,20 +214,10 @@ pub fn outcome(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::{TraceJobSpec, TraceJobStatus};
+    use crate::api::TraceJobStatus;
 
     fn job(phase: Option<Phase>, id: Option<&str>) -> TraceJob {
-        let mut tj = TraceJob::new(
-            "t",
-            TraceJobSpec {
-                node_name: "n".into(),
-                program: "BEGIN {}".into(),
-                args: vec![],
-                stop: false,
-                deadline: 10,
-                deadline_grace_period: 2,
-            },
-        );
+        let mut tj = crate::api::example();
         tj.status = Some(TraceJobStatus {
             phase,
             id: id.map(String::from),

@@ -16,8 +16,10 @@ pub struct Reason {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct Method {
+pub struct Request {
     pub method: String,
+    /// tracejobs, configmaps, events or other.
+    pub resource: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -35,7 +37,7 @@ pub struct Metrics {
     pub start_latency: Histogram,
     /// Stop seen until the output ConfigMap is written.
     pub collect_latency: Histogram,
-    pub api_requests: Family<Method, Counter>,
+    pub api_requests: Family<Request, Counter>,
     pub api_errors: Counter,
     pub bpftrace: Family<Version, Gauge>,
 }
@@ -87,7 +89,7 @@ impl Metrics {
         );
         registry.register(
             "api_requests",
-            "Requests to the Kubernetes API, by HTTP method",
+            "Requests to the Kubernetes API, by HTTP method (WATCH apart) and resource",
             m.api_requests.clone(),
         );
         registry.register(
@@ -111,12 +113,12 @@ impl Metrics {
             .inc();
     }
 
-    pub fn request(&self, method: &str) {
-        self.api_requests
-            .get_or_create(&Method {
-                method: method.to_string(),
-            })
-            .inc();
+    pub fn request(&self, method: &str, resource: &str) {
+        let labels = Request {
+            method: method.to_string(),
+            resource: resource.to_string(),
+        };
+        self.api_requests.get_or_create(&labels).inc();
     }
 
     pub fn observe(h: &Histogram, d: Duration) {

@@ -311,21 +311,7 @@ pub fn conditions(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::TraceJobSpec;
-
-    fn job() -> TraceJob {
-        TraceJob::new(
-            "t",
-            TraceJobSpec {
-                node_name: "n".into(),
-                program: "BEGIN {}".into(),
-                args: vec![],
-                stop: false,
-                deadline: 10,
-                deadline_grace_period: 2,
-            },
-        )
-    }
+    use crate::api::example as job;
 
     #[test]
     fn conditions_follow_the_phase_and_keep_transition_times() {

@@ -3,7 +3,7 @@
 use std::process::Command;
 use std::time::Duration;
 
-use crate::support::{must, repo_root, wait_for, Env, Test};
+use crate::support::{must, wait_for, Env, Test};
 
 pub fn tests() -> Vec<Test> {
     vec![
@@ -28,21 +28,6 @@ pub fn tests() -> Vec<Test> {
             run: status_subresource,
         },
     ]
-}
-
-/// Applies daemonset/crd.yaml as a user would and waits until the API serves TraceJobs.
-pub fn install_crd(env: &Env) {
-    let crd = repo_root().join("daemonset/crd.yaml");
-    env.kubectl.ok(&["apply", "-f", &crd.to_string_lossy()]);
-    env.kubectl.ok(&[
-        "wait",
-        "--for=condition=Established",
-        "--timeout=60s",
-        "crd/tracejobs.observe.tracejob.dev",
-    ]);
-    wait_for(Duration::from_secs(30), "tracejobs served", || {
-        env.kubectl.run(&["get", "tj", "-A"]).ok.then_some(())
-    });
 }
 
 pub fn tracejob_yaml(name: &str, node: &str, program: &str, extra_spec: &str) -> String {

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use nix::sys::signal::Signal;
 
-use crate::api::{install_crd, tracejob_yaml};
+use crate::api::tracejob_yaml;
 use crate::lifecycle::{assert_no_bpftrace, output, stop, wait_phase, SYSCOUNT};
 use crate::support::{must, wait_for, Agent, ControlPlane, Env, Kubectl, Test};
 
@@ -468,7 +468,7 @@ fn hot_printf_is_bounded(env: &Env) {
 /// Its own control plane: the API server goes away while the trace ends.
 fn output_kept_while_apiserver_down(_env: &Env) {
     let own = Env::new(ControlPlane::start());
-    install_crd(&own);
+    own.install_crd();
     let k = &own.kubectl;
     let agent = Agent::start(&own, "outage-node");
     k.ok(&["create", "namespace", "outage"]);

@@ -4,7 +4,7 @@
 use std::process::Command;
 use std::time::Duration;
 
-use crate::api::{install_crd, tracejob_yaml};
+use crate::api::tracejob_yaml;
 use crate::support::{must, repo_root, wait_for, Agent, ControlPlane, Env, Kubectl, Test};
 
 pub fn tests() -> Vec<Test> {
@@ -397,7 +397,7 @@ fn other_nodes_tracejob_untouched(env: &Env) {
 /// Its own control plane, since it restarts the API server.
 fn apiserver_restart_runs_once(_env: &Env) {
     let own = Env::new(ControlPlane::start());
-    install_crd(&own);
+    own.install_crd();
     let k = &own.kubectl;
     let agent = Agent::start(&own, "restart-node");
     k.ok(&["create", "namespace", "restart"]);

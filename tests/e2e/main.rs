@@ -16,7 +16,7 @@ fn main() -> std::process::ExitCode {
     support::require_bpftrace_environment();
     let cp = ControlPlane::start();
     let env = Env::new(cp);
-    api::install_crd(&env);
+    env.install_crd();
     let mut tests: Vec<Test> = Vec::new();
     tests.extend(api::tests());
     tests.extend(lifecycle::tests());

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use crate::api::{install_crd, tracejob_yaml};
+use crate::api::tracejob_yaml;
 use crate::lifecycle::{disk_io, output, stop, wait_phase, SYSCOUNT};
 use crate::support::{must, repo_root, wait_for, Agent, ControlPlane, Env, Test};
 
@@ -187,14 +187,18 @@ fn metrics_follow_a_lifecycle(env: &Env) {
         (agent.metric("tracejob_traces_failed_total{reason=\"BpftraceFailed\"}") == 1.0)
             .then_some(())
     });
-    assert!(agent.metric("tracejob_api_requests_total{method=\"WATCH\"}") >= 1.0);
-    assert!(agent.metric("tracejob_api_requests_total{method=\"PATCH\"}") >= 3.0);
+    assert!(
+        agent.metric("tracejob_api_requests_total{method=\"WATCH\",resource=\"tracejobs\"}") >= 1.0
+    );
+    assert!(
+        agent.metric("tracejob_api_requests_total{method=\"PATCH\",resource=\"tracejobs\"}") >= 3.0
+    );
 }
 
 /// Its own control plane: the agent starts while the API server is down.
 fn readyz_only_after_sync(_env: &Env) {
     let own = Env::new(ControlPlane::start());
-    install_crd(&own);
+    own.install_crd();
     own.cp.stop_apiserver();
     let agent = Agent::start(&own, "ready-node");
     wait_for(Duration::from_secs(20), "/healthz", || {

@@ -190,6 +190,21 @@ impl Env {
         }
     }
 
+    /// Applies daemonset/crd.yaml as a user would and waits until the API serves TraceJobs.
+    pub fn install_crd(&self) {
+        let crd = repo_root().join("daemonset/crd.yaml");
+        self.kubectl.ok(&["apply", "-f", &crd.to_string_lossy()]);
+        self.kubectl.ok(&[
+            "wait",
+            "--for=condition=Established",
+            "--timeout=60s",
+            "crd/tracejobs.observe.tracejob.dev",
+        ]);
+        wait_for(Duration::from_secs(30), "tracejobs served", || {
+            self.kubectl.run(&["get", "tj", "-A"]).ok.then_some(())
+        });
+    }
+
     /// A fresh namespace (and a node name of the same stem) for one test.
     pub fn namespace(&self, stem: &str) -> String {
         let n = self.counter.fetch_add(1, Ordering::SeqCst);
