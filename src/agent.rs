@@ -334,8 +334,18 @@ async fn run_job(
             return;
         }
     };
-    task.drive().await;
-    task.finish().await;
+    if task.drive().await == Driven::Exited {
+        task.finish().await;
+    }
+}
+
+/// How following a job's lifecycle ended.
+#[derive(Debug, PartialEq, Eq)]
+enum Driven {
+    /// bpftrace exited: collect its output.
+    Exited,
+    /// The agent is shutting down: leave bpftrace running for the next agent.
+    AgentExiting,
 }
 
 struct JobTask<'a> {
@@ -525,7 +535,7 @@ impl<'a> JobTask<'a> {
     }
 
     /// Follows the lifecycle until bpftrace has exited.
-    async fn drive(&mut self) {
+    async fn drive(&mut self) -> Driven {
         loop {
             if let Process::Starting { .. } = self.process {
                 self.check_attached().await;
@@ -535,7 +545,7 @@ impl<'a> JobTask<'a> {
             }
             let now = Instant::now();
             match lifecycle::next(self.wanted(), self.process, now) {
-                Step::Collect => return,
+                Step::Collect => return Driven::Exited,
                 Step::Interrupt(reason) => self.interrupt(reason).await,
                 Step::Kill => {
                     warn!("bpftrace did not exit within the grace period; killing it");
@@ -562,8 +572,12 @@ impl<'a> JobTask<'a> {
                             self.process = Process::Exited(exit.unwrap_or(Exit::NotOurChild));
                         }
                         changed = self.rx.changed(), if !self.deleted => {
-                            let latest = if changed.is_ok() { self.rx.borrow_and_update().clone() } else { None };
-                            match latest {
+                            // A closed channel is the dispatcher going away: the agent is exiting,
+                            // not the TraceJob being deleted. Leave the trace to the next agent.
+                            if changed.is_err() {
+                                return Driven::AgentExiting;
+                            }
+                            match self.rx.borrow_and_update().clone() {
                                 Some(job) => self.job = job,
                                 None => self.deleted = true,
                             }

@@ -5,7 +5,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use crate::api::tracejob_yaml;
-use crate::support::{must, repo_root, wait_for, Agent, ControlPlane, Env, Kubectl, Test};
+use crate::support::{must, wait_for, Agent, ControlPlane, Env, Kubectl, Test};
 
 pub fn tests() -> Vec<Test> {
     vec![
@@ -52,6 +52,12 @@ pub const SYSCOUNT: &str = "tracepoint:raw_syscalls:sys_enter { @syscalls[comm] 
 
 pub fn wait_phase(k: &Kubectl, ns: &str, name: &str, phase: &str, timeout: Duration) {
     let what = format!("tj/{name} to reach {phase}");
+    // Ending a trace includes the kernel detaching its probes (see api::TEST_GRACE).
+    let timeout = if phase == "Completed" || phase == "Failed" {
+        timeout.max(Duration::from_secs(120))
+    } else {
+        timeout
+    };
     wait_for(timeout, &what, || {
         let now = k.jsonpath(ns, &format!("tj/{name}"), ".status.phase");
         if now == phase {
@@ -133,11 +139,7 @@ pub fn histogram_counts(text: &str) -> Vec<u64> {
 }
 
 fn sample(name: &str, node: &str) -> String {
-    let yaml = must(
-        std::fs::read_to_string(repo_root().join(format!("bpf-samples/{name}.yaml"))),
-        "read sample",
-    );
-    yaml.replace("nodeName: my-node", &format!("nodeName: {node}"))
+    crate::api::sample_yaml(name, node)
 }
 
 fn biolatency_apply_stop_configmap(env: &Env) {

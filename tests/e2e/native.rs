@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use crate::api::tracejob_yaml;
 use crate::lifecycle::{disk_io, output, stop, wait_phase, SYSCOUNT};
-use crate::support::{must, repo_root, wait_for, Agent, ControlPlane, Env, Test};
+use crate::support::{must, wait_for, Agent, ControlPlane, Env, Test};
 
 pub fn tests() -> Vec<Test> {
     vec![
@@ -226,14 +226,7 @@ fn maps_json_renders_back(env: &Env) {
     let ns = env.namespace("render");
     let agent = Agent::start(env, &format!("{ns}-node"));
     let k = &env.kubectl;
-    let yaml = must(
-        std::fs::read_to_string(repo_root().join("bpf-samples/rwsize.yaml")),
-        "sample",
-    );
-    k.apply(
-        &ns,
-        &yaml.replace("nodeName: my-node", &format!("nodeName: {}", agent.node)),
-    );
+    k.apply(&ns, &crate::api::sample_yaml("rwsize", &agent.node));
     wait_phase(k, &ns, "rwsize", "Running", Duration::from_secs(30));
     disk_io();
     stop(k, &ns, "rwsize");

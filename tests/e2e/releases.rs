@@ -65,11 +65,7 @@ fn behaves(env: &Env, release: &str, suite: Option<&str>) {
         "{command:?} is {version}, not {release}"
     );
 
-    let bio = must(
-        std::fs::read_to_string(repo_root().join("bpf-samples/biolatency.yaml")),
-        "sample",
-    )
-    .replace("nodeName: my-node", &format!("nodeName: {}", agent.node));
+    let bio = crate::api::sample_yaml("biolatency", &agent.node);
     let jobs = [
         ("hist", bio.clone()),
         ("counts", tracejob_yaml("counts", &agent.node, SYSCOUNT, "")),

@@ -8,7 +8,7 @@ use crate::api::tracejob_yaml;
 use crate::lifecycle::{
     assert_no_bpftrace, disk_io, histogram_counts, output, stop, wait_phase, SYSCOUNT,
 };
-use crate::support::{must, repo_root, Agent, Env, Test};
+use crate::support::{must, Agent, Env, Test};
 
 pub fn tests() -> Vec<Test> {
     vec![
@@ -32,11 +32,7 @@ pub fn tests() -> Vec<Test> {
 }
 
 fn biolatency(node: &str) -> String {
-    let yaml = must(
-        std::fs::read_to_string(repo_root().join("bpf-samples/biolatency.yaml")),
-        "read sample",
-    );
-    yaml.replace("nodeName: my-node", &format!("nodeName: {node}"))
+    crate::api::sample_yaml("biolatency", node)
 }
 
 fn kill_agent(agent: &mut Agent, signal: Signal) {
@@ -94,11 +90,21 @@ fn agent_sigterm_leaves_traces(env: &Env) {
     assert!(agent
         .logs()
         .contains("running traces are left for the next agent"));
+    // Long enough for a SIGINT, had one been sent, to have made bpftrace print and exit.
+    std::thread::sleep(Duration::from_secs(1));
     assert_eq!(
         agent.bpftraces(),
         pids,
         "SIGTERM to the agent ended the trace"
     );
+    let jobs = must(std::fs::read_dir(agent.state_dir.join("jobs")), "state dir");
+    for job in jobs.flatten() {
+        let printed = std::fs::read_to_string(job.path().join("stdout")).unwrap_or_default();
+        assert!(
+            !printed.contains("@syscalls["),
+            "the trace was interrupted as the agent exited"
+        );
+    }
     assert_eq!(k.jsonpath(&ns, "tj/t", ".status.phase"), "Running");
     agent.restart(&[]);
     stop(k, &ns, "t");
