@@ -34,6 +34,8 @@ pub enum Error {
     State(#[from] crate::state::Error),
     #[error("Kubernetes API: {0}")]
     Kube(#[from] kube::Error),
+    #[error("cannot handle SIGTERM: {0}")]
+    Signal(std::io::Error),
 }
 
 pub struct Config {
@@ -160,11 +162,7 @@ pub async fn run(config: Config) -> Result<(), Error> {
     };
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<String>();
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .map_err(|e| crate::state::Error::Io {
-            what: "install SIGTERM handler",
-            path: PathBuf::new(),
-            source: e,
-        })?;
+        .map_err(Error::Signal)?;
     loop {
         tokio::select! {
             Some(update) = updates.next() => dispatcher.handle(update, &done_tx),
@@ -300,6 +298,18 @@ where
             }
         }
     }
+}
+
+/// When a taken-over trace began tracing (its status.startTime), so its deadline still counts
+/// from then and not from the takeover.
+fn tracing_since(job: &TraceJob) -> Instant {
+    let started = job.status.as_ref().and_then(|s| s.start_time.as_ref());
+    let elapsed = started.and_then(|t| {
+        let secs = (k8s_openapi::jiff::Timestamp::now() - t.0).get_seconds();
+        u64::try_from(secs).ok().map(Duration::from_secs)
+    });
+    let now = Instant::now();
+    elapsed.and_then(|e| now.checked_sub(e)).unwrap_or(now)
 }
 
 /// Reports Failed for a job that has no bpftrace to collect from.
@@ -462,7 +472,7 @@ impl<'a> JobTask<'a> {
                     }
                 } else if record.probes.is_some() {
                     Process::Tracing {
-                        since: Instant::now(),
+                        since: tracing_since(&job),
                     }
                 } else {
                     Process::Starting {

@@ -191,12 +191,13 @@ pub fn outcome(
             None,
             with_errors(format!("bpftrace was killed by signal {sig}")),
         ),
-        Exit::NotOurChild if errors.is_empty() => (
-            Phase::Completed,
-            None,
-            "bpftrace ended without printing errors; its exit status is unknown because an earlier agent started it"
-                .to_string(),
-        ),
+        Exit::NotOurChild if errors.is_empty() => {
+            let after = reason.map(|r| format!(" after SIGINT ({})", r.describe())).unwrap_or_default();
+            let message = format!(
+                "bpftrace ended{after} without printing errors; its exit status is unknown because an earlier agent started it"
+            );
+            (Phase::Completed, None, message)
+        }
         Exit::NotOurChild => (Phase::Failed, None, with_errors("bpftrace ended".to_string())),
         Exit::NotStarted => (
             Phase::Completed,
@@ -352,10 +353,9 @@ mod tests {
             outcome(Exit::NotStarted, None, false, "").0,
             Phase::Completed
         );
-        assert_eq!(
-            outcome(Exit::NotOurChild, Some(StopReason::Requested), false, "").0,
-            Phase::Completed
-        );
+        let (p, _, msg) = outcome(Exit::NotOurChild, Some(StopReason::Deadline), false, "");
+        assert_eq!(p, Phase::Completed);
+        assert!(msg.contains("the deadline was reached"), "{msg}");
         assert_eq!(
             outcome(Exit::NotOurChild, None, false, "ERROR: x").0,
             Phase::Failed

@@ -28,6 +28,10 @@ pub fn tests() -> Vec<Test> {
             name: "reliability_deleted_while_no_agent_is_ended",
             run: deleted_while_no_agent,
         },
+        Test {
+            name: "reliability_deadline_counts_across_a_takeover",
+            run: deadline_counts_across_a_takeover,
+        },
     ]
 }
 
@@ -143,4 +147,28 @@ fn deleted_while_no_agent(env: &Env) {
     k.ok(&["delete", "-n", &ns, "tj", "x"]);
     agent.restart(&[]);
     assert_no_bpftrace(&agent);
+}
+
+fn deadline_counts_across_a_takeover(env: &Env) {
+    let ns = env.namespace("takeover-deadline");
+    let mut agent = Agent::start(env, &format!("{ns}-node"));
+    let k = &env.kubectl;
+    k.apply(
+        &ns,
+        &tracejob_yaml("dl", &agent.node, SYSCOUNT, "  deadline: 10\n"),
+    );
+    wait_phase(k, &ns, "dl", "Running", Duration::from_secs(30));
+    kill_agent(&mut agent, Signal::SIGKILL);
+    std::thread::sleep(Duration::from_secs(5));
+    let restarted = std::time::Instant::now();
+    agent.restart(&[]);
+    wait_phase(k, &ns, "dl", "Completed", Duration::from_secs(30));
+    let after = restarted.elapsed();
+    assert!(
+        after < Duration::from_secs(9),
+        "the deadline started over at the takeover: Completed {after:?} after it"
+    );
+    assert!(k
+        .jsonpath(&ns, "tj/dl", ".status.message")
+        .contains("deadline"));
 }

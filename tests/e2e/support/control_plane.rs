@@ -40,9 +40,31 @@ pub fn binaries() -> PathBuf {
     PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
 }
 
+/// A free loopback port for a test server. Drawn below the kernel's ephemeral range (32768 and up
+/// by default), from a random base and never twice in one run: a port the kernel hands to
+/// `bind(:0)` or to an outgoing connection is never one of ours, so a server that stops and starts
+/// again (the API server, in the restart tests) finds its port still free.
 pub fn free_port() -> u16 {
-    let l = must(TcpListener::bind("127.0.0.1:0"), "bind a free port");
-    must(l.local_addr(), "local addr").port()
+    use std::hash::{BuildHasher, Hasher};
+    use std::sync::atomic::{AtomicU16, Ordering};
+    use std::sync::OnceLock;
+    const LOW: u16 = 20000;
+    const SPAN: u16 = 12000;
+    static BASE: OnceLock<u16> = OnceLock::new();
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let base = *BASE.get_or_init(|| {
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u32(std::process::id());
+        (h.finish() % u64::from(SPAN)) as u16
+    });
+    for _ in 0..SPAN {
+        let offset = NEXT.fetch_add(1, Ordering::SeqCst) % SPAN;
+        let port = LOW + (base + offset) % SPAN;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port in {LOW}..{}", LOW + SPAN)
 }
 
 impl ControlPlane {
