@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what the tests need on a Debian bookworm machine and builds the control plane once
-# (cached under ~/.cache/tracejob-agent). Safe to run again: it skips what is already there.
+# (cached under ~/.cache/tracejob-agent). Safe to run again: what is already there is kept.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
