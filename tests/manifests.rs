@@ -210,21 +210,25 @@ fn dockerfile_is_multi_stage_pinned_and_runs_the_agent_with_bpftrace() {
         .filter(|l| l.starts_with("FROM "))
         .map(|l| l.split_whitespace().collect())
         .collect();
-    assert_eq!(froms.len(), 2, "a build stage and a runtime stage");
-    for from in &froms {
-        let image = from[1];
+    let stages: Vec<(&str, &str)> = froms
+        .iter()
+        .map(|f| (f[1], f.get(3).copied().unwrap_or("")))
+        .collect();
+    let names: Vec<&str> = stages.iter().map(|(_, name)| *name).collect();
+    // A build stage, a stage for a binary built on the host, the choice of the two, the runtime.
+    assert_eq!(names, ["build", "prebuilt", "agent", "runtime"]);
+    for (image, _) in [stages[0], stages[3]] {
         let tag = image.rsplit_once(':').map(|(_, t)| t).unwrap_or("");
         assert!(
             !tag.is_empty() && tag != "latest" && tag.chars().any(|c| c.is_ascii_digit()),
             "{image} is not pinned"
         );
-        assert_eq!(
-            from.get(2).map(|s| s.to_ascii_uppercase()),
-            Some("AS".into())
-        );
     }
-    assert_eq!(froms[0][3], "build");
-    assert_eq!(froms[1][3], "runtime");
+    assert!(
+        lines.contains(&"ARG AGENT_STAGE=build"),
+        "by default the image builds the agent itself"
+    );
+    assert_eq!(stages[2].0, "${AGENT_STAGE}");
     let body = lines.join("\n");
     assert!(
         body.contains("cargo build --release --locked"),
@@ -236,7 +240,7 @@ fn dockerfile_is_multi_stage_pinned_and_runs_the_agent_with_bpftrace() {
         "bpftrace from the distribution"
     );
     assert!(runtime
-        .contains("COPY --from=build /usr/local/bin/tracejob-agent /usr/local/bin/tracejob-agent"));
+        .contains("COPY --from=agent /usr/local/bin/tracejob-agent /usr/local/bin/tracejob-agent"));
     assert!(runtime.contains(r#"ENTRYPOINT ["/usr/local/bin/tracejob-agent"]"#));
     assert!(!runtime.contains("--unsafe"));
 }

@@ -1,0 +1,146 @@
+//! The Dockerfile, built for real with buildah (no Docker engine or registry here): its runtime
+//! stage, on a base image made from Debian trixie (the release the Dockerfile pins, debootstrapped
+//! by tests/harness/build-bpftrace.sh), with the agent built on the host (AGENT_STAGE=prebuilt).
+//! Needs root, buildah, and `cargo build --release` first (tests/run does both).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// buildah with its own storage under `storage`, so the test leaves nothing behind.
+fn buildah(storage: &Path, args: &[&str]) -> String {
+    let out = Command::new("buildah")
+        .arg("--storage-driver=vfs")
+        .arg("--root")
+        .arg(storage.join("root"))
+        .arg("--runroot")
+        .arg(storage.join("run"))
+        .args(args)
+        .current_dir(root())
+        .output()
+        .unwrap_or_else(|e| panic!("buildah is not installed (apt-get install buildah): {e}"));
+    assert!(
+        out.status.success(),
+        "buildah {}: {}{}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// The `FROM` image of the Dockerfile's runtime stage.
+fn runtime_base() -> String {
+    let dockerfile = std::fs::read_to_string(root().join("Dockerfile")).expect("Dockerfile");
+    dockerfile
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("FROM ")
+                .filter(|r| r.ends_with(" AS runtime"))
+        })
+        .and_then(|r| r.split_whitespace().next())
+        .expect("a runtime stage")
+        .to_string()
+}
+
+#[test]
+fn runtime_stage_builds_and_runs_the_agent_with_bpftrace() {
+    let binary = root().join("target/release/tracejob-agent");
+    assert!(
+        binary.exists(),
+        "build the agent first: cargo build --release --locked"
+    );
+    let trixie = Command::new("bash")
+        .arg(root().join("tests/harness/build-bpftrace.sh"))
+        .arg("trixie")
+        .output()
+        .expect("build-bpftrace.sh");
+    assert!(
+        trixie.status.success(),
+        "no Debian trixie root: {}",
+        String::from_utf8_lossy(&trixie.stderr)
+    );
+    let wrapper = PathBuf::from(String::from_utf8_lossy(&trixie.stdout).trim());
+    let rootfs = wrapper
+        .parent()
+        .and_then(Path::parent)
+        .expect("cache dir")
+        .join("root");
+
+    let storage = tempfile::Builder::new()
+        .prefix("tracejob-image-")
+        .tempdir()
+        .expect("tempdir");
+    let s = storage.path();
+    // The pinned base, made locally from the same Debian release.
+    let base = buildah(s, &["from", "scratch"]);
+    let mount = buildah(s, &["mount", &base]);
+    let copied = Command::new("cp")
+        .arg("-a")
+        .arg(format!("{}/.", rootfs.display()))
+        .arg(&mount)
+        .status()
+        .expect("cp");
+    assert!(copied.success());
+    buildah(s, &["umount", &base]);
+    buildah(s, &["commit", "-q", &base, &runtime_base()]);
+
+    buildah(
+        s,
+        &[
+            "bud",
+            "--network",
+            "host",
+            "--build-arg",
+            "AGENT_STAGE=prebuilt",
+            "--target",
+            "runtime",
+            "-t",
+            "localhost/tracejob-agent:test",
+            ".",
+        ],
+    );
+    let config = buildah(
+        s,
+        &[
+            "inspect",
+            "--format",
+            "{{.OCIv1.Config.Entrypoint}} {{.OCIv1.Config.Cmd}}",
+            "localhost/tracejob-agent:test",
+        ],
+    );
+    assert_eq!(config, "[/usr/local/bin/tracejob-agent] [run]");
+    let c = buildah(s, &["from", "localhost/tracejob-agent:test"]);
+    let version = buildah(
+        s,
+        &[
+            "run",
+            &c,
+            "--",
+            "/usr/local/bin/tracejob-agent",
+            "--version",
+        ],
+    );
+    assert_eq!(
+        version,
+        format!("tracejob-agent {}", env!("CARGO_PKG_VERSION"))
+    );
+    let bpftrace = buildah(s, &["run", &c, "--", "bpftrace", "--version"]);
+    assert!(
+        bpftrace.starts_with("bpftrace v0.23"),
+        "the image ships {bpftrace}"
+    );
+    let crd = buildah(
+        s,
+        &["run", &c, "--", "/usr/local/bin/tracejob-agent", "crd"],
+    );
+    assert_eq!(
+        format!("{crd}\n"),
+        std::fs::read_to_string(root().join("daemonset/crd.yaml")).expect("crd.yaml")
+    );
+    buildah(s, &["rm", "--all"]);
+    buildah(s, &["rmi", "--all", "--force"]);
+}
