@@ -194,6 +194,17 @@ mod tests {
         s
     }
 
+    /// `n` pseudo-random numbers (xorshift), the same for the same seed: output that does not
+    /// compress much.
+    fn random_numbers(seed: u64, n: usize) -> impl Iterator<Item = u64> {
+        (0..n).scan(seed, |x, _| {
+            *x ^= *x << 13;
+            *x ^= *x >> 7;
+            *x ^= *x << 17;
+            Some(*x)
+        })
+    }
+
     #[test]
     fn small_output_is_plain() {
         let (c, how) = fit("Attaching 1 probe...\n\n@x: 1\n", "{}", CONFIGMAP_BUDGET);
@@ -219,14 +230,8 @@ mod tests {
     #[test]
     fn incompressible_output_drops_oldest_printf_lines_and_keeps_maps() {
         // Pseudo-random printf lines do not compress much.
-        let mut x: u64 = 0x2545F4914F6CDD1D;
         let mut out = String::from("Attaching 2 probes...\n");
-        for _ in 0..200_000 {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            out.push_str(&format!("line {x:x}\n"));
-        }
+        out.extend(random_numbers(0x2545F4914F6CDD1D, 200_000).map(|x| format!("line {x:x}\n")));
         let maps = "\n\n@count[bash]: 3\n@h: \n[1]   1 |@@@@|\n";
         out.push_str(maps);
         let (c, how) = fit(&out, "{\"maps\":[]}", 200 * 1024);
@@ -249,14 +254,8 @@ mod tests {
 
     #[test]
     fn maps_too_big_for_one_configmap_are_cut_on_line_boundaries_and_reported() {
-        let mut x: u64 = 88172645463325252;
         let mut out = String::from("Attaching 1 probe...\n\n\n");
-        for _ in 0..100_000 {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            out.push_str(&format!("@m[{x}]: 1\n"));
-        }
+        out.extend(random_numbers(88172645463325252, 100_000).map(|x| format!("@m[{x}]: 1\n")));
         let (c, how) = fit(&out, "{}", 300 * 1024);
         let Stored::Truncated {
             printf_dropped,
