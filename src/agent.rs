@@ -2,7 +2,9 @@
 //! decisions (start, report Running, interrupt, kill, collect) and reports through `report`.
 //!
 //! On SIGTERM the agent exits and leaves running traces running: bpftrace is in its own process
-//! group, writes to files in the state directory, and the next agent on the node takes it over.
+//! group (and, in a pod, its own host cgroup), writes to files in the state directory, and the
+//! next agent on the node takes it over. Only when no agent will come back (`handover`) does it
+//! stop them first.
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
@@ -19,6 +21,8 @@ use tracing::{info, warn, Instrument};
 
 use crate::api::{Phase, TraceJob, TraceJobStatus};
 use crate::bpftrace::{self, Identity, Running};
+use crate::cgroup;
+use crate::handover::{self, Handover, PodRef};
 use crate::lifecycle::{self, Exit, FirstSight, Process, Step, StopReason, Wanted};
 use crate::metrics::Metrics;
 use crate::output;
@@ -48,6 +52,12 @@ pub struct Config {
     pub listen: SocketAddr,
     /// How often output is mirrored into the ConfigMap while a trace runs; None: only at the end.
     pub live_interval: Option<Duration>,
+    /// The agent's own pod, when it runs in one: on exit, its DaemonSet tells whether another
+    /// agent will take over the traces.
+    pub pod: Option<PodRef>,
+    /// The host's /sys/fs/cgroup as mounted in the agent's container: each bpftrace moves into
+    /// its own cgroup there, so it outlives the container. None: bpftrace stays in the agent's.
+    pub host_cgroup_root: Option<PathBuf>,
 }
 
 struct Ctx {
@@ -58,8 +68,11 @@ struct Ctx {
     live_interval: Option<Duration>,
     bpftrace: PathBuf,
     max_output_bytes: u64,
+    host_cgroup_root: Option<PathBuf>,
     state: StateDir,
     writer: Writer,
+    /// Becomes true when the agent exits and no agent will take the traces over.
+    removed: channel::Receiver<bool>,
 }
 
 /// A client from in-cluster configuration or KUBECONFIG that counts its requests by method
@@ -128,16 +141,19 @@ pub async fn run(config: Config) -> Result<(), Error> {
         }
     });
     let client = connect(metrics.clone()).await?;
+    let (removed_tx, removed) = channel::channel(false);
     let ctx = Arc::new(Ctx {
         metrics,
         bpftrace_version: version,
         live_interval: config.live_interval,
         bpftrace: config.bpftrace,
         max_output_bytes: config.max_output_bytes,
+        host_cgroup_root: config.host_cgroup_root,
         writer: Writer::new(client.clone(), &config.node),
         state,
+        removed,
     });
-    let api: Api<TraceJob> = Api::all(client);
+    let api: Api<TraceJob> = Api::all(client.clone());
     // The API server may not be reachable yet: keep trying (unready) rather than exit.
     let mut delay = Duration::from_millis(500);
     let filter = loop {
@@ -174,10 +190,29 @@ pub async fn run(config: Config) -> Result<(), Error> {
             _ = tokio::signal::ctrl_c() => break,
         }
     }
-    info!(
-        running = dispatcher.jobs.len(),
-        "tracejob-agent exiting; running traces are left for the next agent"
-    );
+    match handover::check(client, config.pod.as_ref()).await {
+        Handover::Successor => info!(
+            running = dispatcher.jobs.len(),
+            "tracejob-agent exiting; running traces are left for the next agent"
+        ),
+        Handover::NoSuccessor(why) => {
+            info!(
+                running = dispatcher.jobs.len(),
+                why, "tracejob-agent exiting and no agent will take over; stopping the traces"
+            );
+            let _ = removed_tx.send(true);
+            // The tasks stop and collect; if the pod's grace period ends first, each bpftrace
+            // has had its SIGINT and still ends on its own.
+            while !dispatcher.jobs.is_empty() {
+                match done_rx.recv().await {
+                    Some(uid) => {
+                        dispatcher.jobs.remove(&uid);
+                    }
+                    None => break,
+                }
+            }
+        }
+    }
     Ok(())
 }
 
@@ -427,6 +462,11 @@ impl<'a> JobTask<'a> {
                         record.process = Some(running.identity);
                         ctx.state.save(&record)?;
                         info!(pid = running.identity.pid, "bpftrace started");
+                        if let Some(root) = &ctx.host_cgroup_root {
+                            if let Err(e) = cgroup::move_to_traces(root, running.identity.pid) {
+                                warn!(error = %e, "bpftrace stays in the agent's cgroup: it will end if the agent's container stops");
+                            }
+                        }
                         (
                             job,
                             record,
@@ -540,6 +580,7 @@ impl<'a> JobTask<'a> {
         Wanted {
             deleted: self.deleted,
             output_full: output > self.ctx.max_output_bytes,
+            agent_removed: *self.ctx.removed.borrow(),
             ..Wanted::of(&self.job)
         }
     }

@@ -7,7 +7,9 @@
 pub mod agent;
 pub mod api;
 pub mod bpftrace;
+pub mod cgroup;
 pub mod crd;
+pub mod handover;
 pub mod lifecycle;
 pub mod metrics;
 pub mod output;

@@ -36,6 +36,8 @@ pub enum StopReason {
     Deleted,
     /// The output on disk reached the agent's per-job limit.
     OutputLimit,
+    /// The agent is being removed from the node and no agent will take the trace over.
+    AgentRemoved,
 }
 
 impl StopReason {
@@ -47,6 +49,7 @@ impl StopReason {
             StopReason::OutputLimit => {
                 "its output reached the agent's per-job limit (--max-output-bytes)"
             }
+            StopReason::AgentRemoved => "the agent was removed from the node",
         }
     }
 }
@@ -87,6 +90,8 @@ pub struct Wanted {
     pub deleted: bool,
     /// The output on disk is over the per-job limit.
     pub output_full: bool,
+    /// The agent is exiting and no agent will take the trace over.
+    pub agent_removed: bool,
     pub deadline: Duration,
     pub grace: Duration,
 }
@@ -97,6 +102,7 @@ impl Wanted {
             stop: job.spec.stop,
             deleted: false,
             output_full: false,
+            agent_removed: false,
             deadline: secs(job.spec.deadline),
             grace: secs(job.spec.deadline_grace_period),
         }
@@ -127,6 +133,8 @@ pub fn next(wanted: Wanted, process: Process, now: Instant) -> Step {
         Some(StopReason::Requested)
     } else if wanted.output_full {
         Some(StopReason::OutputLimit)
+    } else if wanted.agent_removed {
+        Some(StopReason::AgentRemoved)
     } else {
         None
     };
@@ -257,6 +265,7 @@ mod tests {
             stop: false,
             deleted: false,
             output_full: false,
+            agent_removed: false,
             deadline: Duration::from_secs(10),
             grace: Duration::from_secs(2),
         }
@@ -313,6 +322,30 @@ mod tests {
         assert_eq!(
             next(full, Process::Tracing { since: t0 }, t0),
             Step::Interrupt(StopReason::OutputLimit)
+        );
+    }
+
+    #[test]
+    fn an_agent_removed_for_good_stops_its_traces_unless_the_user_already_did() {
+        let t0 = Instant::now();
+        let removed = Wanted {
+            agent_removed: true,
+            ..wanted()
+        };
+        assert_eq!(
+            next(removed, Process::Starting { since: t0 }, t0),
+            Step::Interrupt(StopReason::AgentRemoved)
+        );
+        assert_eq!(
+            next(
+                Wanted {
+                    stop: true,
+                    ..removed
+                },
+                Process::Tracing { since: t0 },
+                t0
+            ),
+            Step::Interrupt(StopReason::Requested)
         );
     }
 

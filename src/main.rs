@@ -2,6 +2,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
+use tracejob_agent::handover::PodRef;
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
@@ -18,7 +19,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the agent for one node (the DaemonSet's command).
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Print the TraceJob CustomResourceDefinition as YAML.
     Crd {
         /// Declare spec.nodeName a selectable field (Kubernetes 1.31+; older servers reject it).
@@ -47,8 +48,20 @@ struct RunArgs {
     #[arg(long, default_value_t = 5)]
     live_interval: u64,
     /// Address of /healthz, /readyz and /metrics.
-    #[arg(long, default_value = "0.0.0.0:9469")]
+    #[arg(long, env = "LISTEN_ADDRESS", default_value = "0.0.0.0:9469")]
     listen: std::net::SocketAddr,
+    /// The host's /sys/fs/cgroup as mounted in the agent's container. Each bpftrace moves into
+    /// a `tracejob-traces` cgroup there, so traces outlive the agent's container and the next
+    /// agent takes them over. Unset: bpftrace stays in the agent's cgroup.
+    #[arg(long)]
+    host_cgroup_root: Option<PathBuf>,
+    /// The agent's pod and its namespace (the DaemonSet sets them from the downward API). On
+    /// exit, the agent stops its traces only if its DaemonSet is gone: nothing would take
+    /// them over.
+    #[arg(long, env = "POD_NAME", requires = "pod_namespace")]
+    pod_name: Option<String>,
+    #[arg(long, env = "POD_NAMESPACE", requires = "pod_name")]
+    pod_namespace: Option<String>,
     /// Log format.
     #[arg(long, value_enum, default_value = "text")]
     log_format: LogFormat,
@@ -78,7 +91,7 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Run(args) => run(args),
+        Command::Run(args) => run(*args),
     }
 }
 
@@ -113,6 +126,11 @@ fn run(args: RunArgs) -> ExitCode {
             listen: args.listen,
             live_interval: (args.live_interval > 0)
                 .then(|| std::time::Duration::from_secs(args.live_interval)),
+            pod: args
+                .pod_name
+                .zip(args.pod_namespace)
+                .map(|(name, namespace)| PodRef { namespace, name }),
+            host_cgroup_root: args.host_cgroup_root,
         };
         tracejob_agent::agent::run(config).await
     });

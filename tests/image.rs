@@ -1,6 +1,6 @@
-//! The Dockerfile, built for real with buildah (no Docker engine or registry here): its runtime
-//! stage, on a base image made from Debian trixie (the release the Dockerfile pins, debootstrapped
-//! by tests/harness/build-bpftrace.sh), with the agent built on the host (AGENT_STAGE=prebuilt).
+//! The Dockerfile, built for real with buildah (no Docker engine or registry here) by
+//! tests/harness/build-agent-image.sh: its runtime stage, on a base image made from Debian trixie
+//! (the release the Dockerfile pins), with the agent built on the host (AGENT_STAGE=prebuilt).
 //! Needs root, buildah, and `cargo build --release` first (tests/run does both).
 
 use std::path::{Path, PathBuf};
@@ -53,55 +53,23 @@ fn runtime_stage_builds_and_runs_the_agent_with_bpftrace() {
         binary.exists(),
         "build the agent first: cargo build --release --locked"
     );
-    let trixie = Command::new("bash")
-        .arg(root().join("tests/harness/build-bpftrace.sh"))
-        .arg("trixie")
-        .output()
-        .expect("build-bpftrace.sh");
-    assert!(
-        trixie.status.success(),
-        "no Debian trixie root: {}",
-        String::from_utf8_lossy(&trixie.stderr)
-    );
-    let wrapper = PathBuf::from(String::from_utf8_lossy(&trixie.stdout).trim());
-    let rootfs = wrapper
-        .parent()
-        .and_then(Path::parent)
-        .expect("cache dir")
-        .join("root");
-
     let storage = tempfile::Builder::new()
         .prefix("tracejob-image-")
         .tempdir()
         .expect("tempdir");
     let s = storage.path();
-    // The pinned base, made locally from the same Debian release.
-    let base = buildah(s, &["from", "scratch"]);
-    let mount = buildah(s, &["mount", &base]);
-    let copied = Command::new("cp")
-        .arg("-a")
-        .arg(format!("{}/.", rootfs.display()))
-        .arg(&mount)
+    let built = Command::new("bash")
+        .arg(root().join("tests/harness/build-agent-image.sh"))
+        .arg(s)
+        .arg("localhost/tracejob-agent:test")
         .status()
-        .expect("cp");
-    assert!(copied.success());
-    buildah(s, &["umount", &base]);
-    buildah(s, &["commit", "-q", &base, &runtime_base()]);
-
-    buildah(
-        s,
-        &[
-            "bud",
-            "--network",
-            "host",
-            "--build-arg",
-            "AGENT_STAGE=prebuilt",
-            "--target",
-            "runtime",
-            "-t",
-            "localhost/tracejob-agent:test",
-            ".",
-        ],
+        .expect("build-agent-image.sh");
+    assert!(built.success(), "building the image failed");
+    assert!(
+        buildah(s, &["images", "--format", "{{.Name}}:{{.Tag}}"])
+            .lines()
+            .any(|l| l == runtime_base()),
+        "the runtime stage's base image was not made under its pinned name"
     );
     let config = buildah(
         s,

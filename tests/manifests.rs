@@ -8,7 +8,7 @@ use k8s_openapi::api::admissionregistration::v1::{
     ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding,
 };
 use k8s_openapi::api::apps::v1::DaemonSet;
-use k8s_openapi::api::rbac::v1::ClusterRole;
+use k8s_openapi::api::rbac::v1::{ClusterRole, Role, RoleBinding};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 
@@ -113,6 +113,18 @@ fn daemonset_is_privileged_with_host_pid_and_the_mounts_bpftrace_needs() {
         .and_then(|v| v.field_ref.as_ref())
         .map(|f| f.field_path.as_str());
     assert_eq!(field, Some("spec.nodeName"));
+    for (name, path) in [
+        ("POD_NAME", "metadata.name"),
+        ("POD_NAMESPACE", "metadata.namespace"),
+    ] {
+        let var = env.iter().find(|e| e.name == name).expect(name);
+        let field = var
+            .value_from
+            .as_ref()
+            .and_then(|v| v.field_ref.as_ref())
+            .map(|f| f.field_path.as_str());
+        assert_eq!(field, Some(path), "{name}");
+    }
     let mounts: Vec<(String, bool)> = c
         .volume_mounts
         .clone()
@@ -127,6 +139,7 @@ fn daemonset_is_privileged_with_host_pid_and_the_mounts_bpftrace_needs() {
         ("/lib/modules", true),
         ("/usr/src", true),
         ("/var/lib/tracejob-agent", false),
+        ("/host/sys/fs/cgroup", false),
     ] {
         assert!(
             mounts.contains(&(path.to_string(), read_only)),
@@ -140,6 +153,12 @@ fn daemonset_is_privileged_with_host_pid_and_the_mounts_bpftrace_needs() {
         .and_then(|v| v.host_path.clone())
         .expect("state hostPath");
     assert_eq!(state.path, "/var/lib/tracejob-agent");
+    let cgroup = volumes
+        .iter()
+        .find(|v| v.name == "cgroup")
+        .and_then(|v| v.host_path.clone())
+        .expect("cgroup hostPath");
+    assert_eq!(cgroup.path, "/sys/fs/cgroup");
     let probe = |p: &Option<k8s_openapi::api::core::v1::Probe>| {
         p.as_ref()
             .and_then(|p| p.http_get.as_ref())
@@ -152,12 +171,46 @@ fn daemonset_is_privileged_with_host_pid_and_the_mounts_bpftrace_needs() {
         .requests
         .is_some_and(|r| r.contains_key("memory") && r.contains_key("cpu")));
     assert!(resources.limits.is_some_and(|l| l.contains_key("memory")));
-    assert!(c
-        .args
-        .clone()
-        .unwrap_or_default()
+    let args = c.args.clone().unwrap_or_default();
+    assert_eq!(args.first().map(String::as_str), Some("run"));
+    assert!(args
         .iter()
-        .any(|a| a == "run"));
+        .any(|a| a == "--host-cgroup-root=/host/sys/fs/cgroup"));
+}
+
+fn grants(rules: Vec<k8s_openapi::api::rbac::v1::PolicyRule>) -> BTreeSet<String> {
+    let mut granted = BTreeSet::new();
+    for rule in rules {
+        for group in rule.api_groups.unwrap_or_default() {
+            for resource in rule.resources.clone().unwrap_or_default() {
+                for verb in &rule.verbs {
+                    granted.insert(format!("{group}/{resource}:{verb}"));
+                }
+            }
+        }
+    }
+    granted
+}
+
+#[test]
+fn agent_role_in_its_namespace_reads_only_its_pod_and_daemonset() {
+    let docs = documents("daemonset/rbac-agent.yaml");
+    let role: Role = typed(docs.iter().find(|d| d["kind"] == "Role").expect("Role"));
+    assert_eq!(role.metadata.namespace.as_deref(), Some("tracejob-system"));
+    let expected: BTreeSet<String> = ["/pods:get", "apps/daemonsets:get"]
+        .into_iter()
+        .map(String::from)
+        .collect();
+    assert_eq!(grants(role.rules.unwrap_or_default()), expected);
+    let binding: RoleBinding = typed(
+        docs.iter()
+            .find(|d| d["kind"] == "RoleBinding")
+            .expect("RoleBinding"),
+    );
+    assert_eq!(binding.role_ref.kind, "Role");
+    let subjects = binding.subjects.unwrap_or_default();
+    assert_eq!(subjects.len(), 1);
+    assert_eq!(subjects[0].name, "tracejob-agent");
 }
 
 #[test]
@@ -168,16 +221,7 @@ fn agent_role_grants_only_what_the_agent_uses() {
             .find(|d| d["kind"] == "ClusterRole")
             .expect("ClusterRole"),
     );
-    let mut granted = BTreeSet::new();
-    for rule in role.rules.unwrap_or_default() {
-        for group in rule.api_groups.unwrap_or_default() {
-            for resource in rule.resources.clone().unwrap_or_default() {
-                for verb in &rule.verbs {
-                    granted.insert(format!("{group}/{resource}:{verb}"));
-                }
-            }
-        }
-    }
+    let granted = grants(role.rules.unwrap_or_default());
     let expected: BTreeSet<String> = [
         "observe.tracejob.dev/tracejobs:get",
         "observe.tracejob.dev/tracejobs:list",
@@ -325,4 +369,85 @@ fn admission_policies_parse_and_reference_only_existing_fields() {
             "unbalanced: {expr}"
         );
     }
+}
+
+/// `kubectl kustomize DIR`, with the kubectl the end-to-end tests use (the machine's, else the one
+/// built with the test control plane).
+fn kustomize(dir: &str) -> Vec<serde_json::Value> {
+    let kubectl = ["/usr/bin/kubectl", "/usr/local/bin/kubectl"]
+        .into_iter()
+        .map(PathBuf::from)
+        .find(|p| p.exists())
+        .unwrap_or_else(|| {
+            let out = std::process::Command::new("bash")
+                .arg(root().join("tests/harness/build-control-plane.sh"))
+                .output()
+                .expect("build-control-plane.sh");
+            PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()).join("kubectl")
+        });
+    let out = std::process::Command::new(kubectl)
+        .args(["kustomize", dir])
+        .current_dir(root())
+        .output()
+        .expect("kubectl");
+    assert!(
+        out.status.success(),
+        "kubectl kustomize {dir}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_yaml::Deserializer::from_slice(&out.stdout)
+        .map(|d| serde_json::Value::deserialize(d).expect("yaml"))
+        .filter(|v| !v.is_null())
+        .collect()
+}
+
+#[test]
+fn the_local_cluster_overlay_changes_only_what_that_cluster_needs() {
+    let base = kustomize("daemonset");
+    let mut overlay = kustomize("tests/cluster/overlay");
+    assert_eq!(base.len(), overlay.len());
+    let ds = overlay
+        .iter_mut()
+        .find(|d| d["kind"] == "DaemonSet")
+        .expect("DaemonSet");
+    let pod = &mut ds["spec"]["template"]["spec"];
+    assert_eq!(pod["hostNetwork"], true);
+    pod.as_object_mut().map(|p| p.remove("hostNetwork"));
+    let c = &mut pod["containers"][0];
+    assert_eq!(c["image"], "localhost/tracejob-agent:dev");
+    assert_eq!(c["imagePullPolicy"], "Never");
+    c["image"] = "ghcr.io/tracejob-dev/tracejob-agent:0.1.0".into();
+    c["imagePullPolicy"] = "IfNotPresent".into();
+    let added: Vec<(String, String)> = [
+        ("KUBERNETES_SERVICE_HOST", "127.0.0.1"),
+        ("KUBERNETES_SERVICE_PORT", "6443"),
+        ("LISTEN_ADDRESS", "127.0.0.1:9469"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    let env = c["env"].as_array_mut().expect("env");
+    let mut found = Vec::new();
+    env.retain(|e| {
+        let pair = (
+            e["name"].as_str().unwrap_or_default().to_string(),
+            e["value"].as_str().unwrap_or_default().to_string(),
+        );
+        let local = added.contains(&pair);
+        if local {
+            found.push(pair);
+        }
+        !local
+    });
+    found.sort();
+    assert_eq!(found, added);
+    for probe in ["livenessProbe", "readinessProbe"] {
+        let get = &mut c[probe]["httpGet"];
+        assert_eq!(get["host"], "127.0.0.1", "{probe}");
+        get.as_object_mut().map(|g| g.remove("host"));
+    }
+    // The tests/cluster/up API server listens where the overlay says.
+    let lib = read("tests/cluster/lib.sh");
+    assert!(lib.contains("\napi_port=6443\n"));
+    assert_eq!(overlay, base, "the overlay changes more than it should");
 }

@@ -7,7 +7,8 @@ cd "$(dirname "$0")/.."
 log() { echo "setup: $*" >&2; }
 [ "$(id -u)" = 0 ] || { log "run as root: the tests run bpftrace"; exit 1; }
 
-packages=(golang-go etcd-server rsync jq make bpftrace openssl curl ca-certificates debootstrap dpkg-dev buildah)
+packages=(golang-go etcd-server rsync jq make bpftrace openssl curl ca-certificates debootstrap dpkg-dev buildah
+          containerd runc containernetworking-plugins gcc libc6-dev iproute2 procps)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

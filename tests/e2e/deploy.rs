@@ -62,6 +62,9 @@ fn install_rbac_and_lifecycle(env: &Env) {
         vec!["update", "configmaps", "-n", "default"],
         vec!["get", "configmaps", "-n", "default"],
         vec!["create", "events.events.k8s.io", "-n", "default"],
+        // Its own pod and DaemonSet, to tell a restart from an uninstall.
+        vec!["get", "pods", "-n", "tracejob-system"],
+        vec!["get", "daemonsets.apps", "-n", "tracejob-system"],
     ] {
         assert!(can(k, AGENT_SA, &yes), "the agent cannot {yes:?}");
     }
@@ -75,6 +78,9 @@ fn install_rbac_and_lifecycle(env: &Env) {
         vec!["get", "nodes"],
         vec!["delete", "configmaps", "-n", "default"],
         vec!["list", "configmaps", "-A"],
+        vec!["get", "pods", "-n", "default"],
+        vec!["list", "pods", "-n", "tracejob-system"],
+        vec!["get", "daemonsets.apps", "-n", "default"],
     ] {
         assert!(!can(k, AGENT_SA, &no), "the agent may {no:?}");
     }
