@@ -1,0 +1,416 @@
+//! The agent as users run it: the DaemonSet of `daemonset/` on a real kubelet (containerd, runc),
+//! in the image built from the Dockerfile, authenticated by its own ServiceAccount token. The
+//! cluster is the one `tests/cluster/try-it` brings up for a newcomer, and the test starts with
+//! exactly that command, then goes on against the cluster it left, and ends with
+//! `tests/cluster/try-it down`. Needs root; tests/run prepares the machine.
+
+use std::path::PathBuf;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn run(cmd: &mut Command) -> Output {
+    cmd.stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("{cmd:?}: {e}"))
+}
+
+/// A value from tests/cluster/lib.sh, so the test and the scripts agree.
+fn cluster_setting(expr: &str) -> String {
+    let out = run(Command::new("bash").arg("-c").arg(format!(
+        "source {}/tests/cluster/lib.sh && {expr}",
+        root().display()
+    )));
+    assert!(out.status.success(), "lib.sh: {expr}");
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+struct Cluster {
+    kubectl: String,
+    kubeconfig: String,
+    node: String,
+    down: bool,
+}
+
+impl Cluster {
+    fn kubectl(&self, args: &[&str]) -> Output {
+        run(Command::new(&self.kubectl)
+            .env("KUBECONFIG", &self.kubeconfig)
+            .args(args))
+    }
+
+    /// Runs kubectl and returns its stdout; panics with its stderr unless it succeeds.
+    fn k(&self, args: &[&str]) -> String {
+        let out = self.kubectl(args);
+        assert!(
+            out.status.success(),
+            "kubectl {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn apply(&self, yaml: &str) {
+        let mut child = Command::new(&self.kubectl)
+            .env("KUBECONFIG", &self.kubeconfig)
+            .args(["apply", "-f", "-"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("kubectl");
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(yaml.as_bytes())
+            .expect("write");
+        let out = child.wait_with_output().expect("kubectl");
+        assert!(
+            out.status.success(),
+            "kubectl apply: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    fn trace(&self, name: &str, program: &str) {
+        self.apply(&format!(
+            "apiVersion: observe.tracejob.dev/v1alpha1\nkind: TraceJob\nmetadata:\n  name: {name}\nspec:\n  nodeName: {}\n  deadlineGracePeriod: 300\n  program: '{program}'\n",
+            self.node
+        ));
+    }
+
+    fn wait_condition(&self, name: &str, condition: &str, seconds: u32) {
+        self.k(&[
+            "wait",
+            &format!("--for=condition={condition}"),
+            &format!("tracejob/{name}"),
+            &format!("--timeout={seconds}s"),
+        ]);
+    }
+
+    fn field(&self, name: &str, path: &str) -> String {
+        self.k(&[
+            "get",
+            "tracejob",
+            name,
+            "-o",
+            &format!("jsonpath={{{path}}}"),
+        ])
+    }
+
+    fn output(&self, name: &str) -> String {
+        let cm = self.field(name, ".status.outputRef.name");
+        self.k(&["get", "configmap", &cm, "-o", "jsonpath={.data.output}"])
+    }
+
+    fn stop(&self, name: &str) {
+        self.k(&[
+            "patch",
+            "tracejob",
+            name,
+            "--type=merge",
+            "-p",
+            r#"{"spec":{"stop":true}}"#,
+        ]);
+    }
+
+    fn agent_pods(&self) -> Vec<String> {
+        self.k(&[
+            "-n",
+            "tracejob-system",
+            "get",
+            "pods",
+            "-l",
+            "app.kubernetes.io/name=tracejob-agent",
+            "-o",
+            "jsonpath={.items[*].metadata.name}",
+        ])
+        .split_whitespace()
+        .map(String::from)
+        .collect()
+    }
+
+    /// Waits for one agent pod, other than `not`, to be Ready; returns its name.
+    fn ready_agent(&self, not: Option<&str>) -> String {
+        wait_for(Duration::from_secs(180), "a Ready agent pod", || {
+            let pods = self.agent_pods();
+            let pod = pods.iter().find(|p| Some(p.as_str()) != not)?;
+            let ready = self.kubectl(&[
+                "-n",
+                "tracejob-system",
+                "get",
+                "pod",
+                pod,
+                "-o",
+                "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}",
+            ]);
+            (ready.stdout == b"True").then(|| pod.clone())
+        })
+    }
+
+    /// The agent container's log, read where the kubelet writes it (`kubectl logs` needs a
+    /// node address this loopback-only cluster does not have).
+    fn agent_log(&self, pod: &str) -> String {
+        let mut text = String::new();
+        if let Ok(dirs) = std::fs::read_dir("/var/log/pods") {
+            for dir in dirs.flatten() {
+                let name = dir.file_name().to_string_lossy().into_owned();
+                if name.starts_with(&format!("tracejob-system_{pod}_")) {
+                    for log in std::fs::read_dir(dir.path().join("agent"))
+                        .into_iter()
+                        .flatten()
+                        .flatten()
+                    {
+                        text += &std::fs::read_to_string(log.path()).unwrap_or_default();
+                    }
+                }
+            }
+        }
+        text
+    }
+
+    fn down(&mut self) {
+        self.down = true;
+        let out = run(Command::new(root().join("tests/cluster/try-it")).arg("down"));
+        assert!(
+            out.status.success(),
+            "try-it down: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if self.down {
+            return;
+        }
+        for pod in self.agent_pods_quietly() {
+            eprintln!("--- agent log of {pod} ---\n{}", self.agent_log(&pod));
+        }
+        let _ = run(Command::new(root().join("tests/cluster/try-it")).arg("down"));
+    }
+}
+
+impl Cluster {
+    fn agent_pods_quietly(&self) -> Vec<String> {
+        let out = self.kubectl(&[
+            "-n",
+            "tracejob-system",
+            "get",
+            "pods",
+            "-o",
+            "jsonpath={.items[*].metadata.name}",
+        ]);
+        String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .map(String::from)
+            .collect()
+    }
+}
+
+fn wait_for<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let until = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < until, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+/// bpftrace processes on the host that have not exited (a zombie has: only its parent has not
+/// reaped it yet).
+fn bpftrace_pids() -> Vec<String> {
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    procs
+        .flatten()
+        .map(|p| p.file_name().to_string_lossy().into_owned())
+        .filter(|pid| {
+            pid.bytes().all(|b| b.is_ascii_digit())
+                && std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                    .is_ok_and(|c| c.trim() == "bpftrace")
+                && alive(pid)
+        })
+        .collect()
+}
+
+fn alive(pid: &str) -> bool {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let state = stat
+        .rsplit_once(')')
+        .and_then(|(_, rest)| rest.split_whitespace().next());
+    matches!(state, Some(s) if s != "Z" && s != "X")
+}
+
+const COUNT_SYSCALLS: &str = "tracepoint:raw_syscalls:sys_enter { @calls[comm] = count(); }";
+
+fn step(what: &str) {
+    eprintln!("cluster test: {what}");
+}
+
+#[test]
+fn the_daemonset_runs_traces_on_a_real_kubelet() {
+    // Only this test's traces count (an earlier test's bpftrace may still be printing its maps).
+    let before = bpftrace_pids();
+    step("tests/cluster/try-it, as in the README's quick start");
+    let started = Instant::now();
+    let out = run(&mut Command::new(root().join("tests/cluster/try-it")));
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    let mut cluster = Cluster {
+        kubectl: cluster_setting("kubectl_bin"),
+        kubeconfig: cluster_setting("echo $kubeconfig"),
+        node: cluster_setting("echo $node"),
+        down: false,
+    };
+    assert!(out.status.success(), "try-it failed:\n{stdout}\n{stderr}");
+    eprintln!("try-it took {:?}", started.elapsed());
+    // The histogram of the biolatency sample, from its ConfigMap, over the disk I/O try-it made.
+    assert!(stdout.contains("@usecs:"), "no histogram:\n{stdout}");
+    let buckets: u64 = stdout
+        .lines()
+        .filter(|l| l.starts_with('['))
+        .filter_map(|l| l.split_whitespace().find_map(|w| w.parse::<u64>().ok()))
+        .sum();
+    assert!(buckets > 0, "an empty histogram:\n{stdout}");
+    assert!(stderr.contains(&format!("export KUBECONFIG={}", cluster.kubeconfig)));
+    assert!(stderr.contains("try-it down"));
+
+    step("the agent is the DaemonSet's pod, with its own ServiceAccount and no other credential");
+    let pod = cluster.ready_agent(None);
+    let spec = cluster.k(&[
+        "-n",
+        "tracejob-system",
+        "get",
+        "pod",
+        &pod,
+        "-o",
+        "jsonpath={.spec.serviceAccountName} {.spec.nodeName} {.metadata.ownerReferences[0].kind}",
+    ]);
+    assert_eq!(
+        spec,
+        format!("tracejob-agent {} DaemonSet", cluster.node),
+        "agent pod"
+    );
+    let log = cluster.agent_log(&pod);
+    assert!(log.contains("tracejob-agent starting"), "agent log: {log}");
+    assert!(
+        !log.contains("KUBECONFIG"),
+        "the agent must use in-cluster configuration"
+    );
+
+    step("a failing program fails with bpftrace's error");
+    cluster.trace(
+        "broken",
+        "tracepoint:no_such_group:no_such_event { @x = count(); }",
+    );
+    cluster.wait_condition("broken", "Failed", 120);
+    let message = cluster.field("broken", ".status.message");
+    assert!(message.contains("no_such_group"), "message: {message}");
+
+    step("deleting the agent's pod mid-trace: the DaemonSet's next pod takes the trace over");
+    cluster.trace("survivor", COUNT_SYSCALLS);
+    cluster.wait_condition("survivor", "Running", 120);
+    let pid = cluster.field("survivor", ".status.pid");
+    assert!(alive(&pid), "bpftrace {pid} is not running");
+    cluster.k(&[
+        "-n",
+        "tracejob-system",
+        "delete",
+        "pod",
+        &pod,
+        "--wait=true",
+    ]);
+    assert!(
+        alive(&pid),
+        "bpftrace {pid} ended with the agent's container"
+    );
+    let next = cluster.ready_agent(Some(&pod));
+    wait_for(
+        Duration::from_secs(60),
+        "the new agent to take the trace over",
+        || {
+            cluster
+                .agent_log(&next)
+                .contains("taking over a trace started by an earlier agent")
+                .then_some(())
+        },
+    );
+    assert!(alive(&pid), "bpftrace {pid} did not survive the takeover");
+    cluster.stop("survivor");
+    cluster.wait_condition("survivor", "Completed", 180);
+    assert!(!alive(&pid));
+    let output = cluster.output("survivor");
+    assert!(output.contains("@calls["), "output: {output}");
+
+    step("deleting the DaemonSet: no agent will come back, so the agent stops and collects");
+    cluster.trace("orphan", COUNT_SYSCALLS);
+    cluster.wait_condition("orphan", "Running", 120);
+    let pid = cluster.field("orphan", ".status.pid");
+    cluster.k(&[
+        "-n",
+        "tracejob-system",
+        "delete",
+        "daemonset",
+        "tracejob-agent",
+    ]);
+    cluster.wait_condition("orphan", "Completed", 180);
+    let message = cluster.field("orphan", ".status.message");
+    assert!(
+        message.contains("the agent was removed from the node"),
+        "message: {message}"
+    );
+    assert!(cluster.output("orphan").contains("@calls["));
+    wait_for(Duration::from_secs(60), "bpftrace to end", || {
+        (!alive(&pid)).then_some(())
+    });
+    cluster.k(&["apply", "-k", "tests/cluster/overlay"]);
+    cluster.ready_agent(None);
+
+    step("kubectl delete -k removes everything and leaves no bpftrace");
+    cluster.trace("last", COUNT_SYSCALLS);
+    cluster.wait_condition("last", "Running", 120);
+    let pid = cluster.field("last", ".status.pid");
+    assert!(alive(&pid));
+    cluster.k(&["delete", "-k", "tests/cluster/overlay"]);
+    wait_for(Duration::from_secs(120), "no bpftrace left", || {
+        bpftrace_pids()
+            .iter()
+            .all(|p| before.contains(p))
+            .then_some(())
+    });
+    for gone in [
+        vec!["get", "namespace", "tracejob-system"],
+        vec!["get", "crd", "tracejobs.observe.tracejob.dev"],
+        vec!["get", "clusterrole", "tracejob-agent"],
+        vec!["get", "clusterrole", "tracejob-admin"],
+        vec!["get", "clusterrole", "tracejob-viewer"],
+        vec!["get", "clusterrolebinding", "tracejob-agent"],
+    ] {
+        wait_for(Duration::from_secs(120), &gone.join(" "), || {
+            let out = cluster.kubectl(&gone);
+            (!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("NotFound"))
+                .then_some(())
+        });
+    }
+
+    step("tests/cluster/try-it down");
+    cluster.down();
+    assert!(!PathBuf::from(cluster.kubeconfig.as_str()).exists());
+    let left = run(Command::new("pgrep").args(["-f", "tracejob-cluster"]));
+    assert!(
+        left.stdout.is_empty(),
+        "processes of the cluster remain: {}",
+        String::from_utf8_lossy(&left.stdout)
+    );
+}
