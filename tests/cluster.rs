@@ -175,6 +175,29 @@ impl Cluster {
         text
     }
 
+    /// (resource[/subresource] name, user) of each write in the API server's audit log.
+    fn audited_writers(&self) -> Vec<(String, String)> {
+        let path = PathBuf::from(cluster_setting("echo $cluster_dir")).join("logs/audit.log");
+        let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path:?}: {e}"));
+        text.lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .map(|e| {
+                let o = &e["objectRef"];
+                let resource = match o["subresource"].as_str() {
+                    Some(sub) => format!("{}/{sub}", o["resource"].as_str().unwrap_or_default()),
+                    None => o["resource"].as_str().unwrap_or_default().to_string(),
+                };
+                (
+                    format!("{resource} {}", o["name"].as_str().unwrap_or_default()),
+                    e["user"]["username"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_string(),
+                )
+            })
+            .collect()
+    }
+
     fn down(&mut self) {
         self.down = true;
         let out = run(Command::new(root().join("tests/cluster/try-it")).arg("down"));
@@ -304,10 +327,26 @@ fn the_daemonset_runs_traces_on_a_real_kubelet() {
     );
     let log = cluster.agent_log(&pod);
     assert!(log.contains("tracejob-agent starting"), "agent log: {log}");
-    assert!(
-        !log.contains("KUBECONFIG"),
-        "the agent must use in-cluster configuration"
-    );
+    // Every status and ConfigMap write of the biolatency run came from the agent's
+    // ServiceAccount (the API server's audit log names the user).
+    let writers = cluster.audited_writers();
+    for expected in [
+        "tracejobs/status biolatency",
+        "configmaps biolatency-output-",
+    ] {
+        assert!(
+            writers.iter().any(|(what, _)| what.starts_with(expected)),
+            "no audited write of {expected}: {writers:?}"
+        );
+    }
+    for (what, user) in &writers {
+        if what.ends_with(" biolatency") || what.starts_with("configmaps biolatency-output-") {
+            assert_eq!(
+                user, "system:serviceaccount:tracejob-system:tracejob-agent",
+                "{what}"
+            );
+        }
+    }
 
     step("a failing program fails with bpftrace's error");
     cluster.trace(
