@@ -58,10 +58,11 @@ pub fn wait_phase(k: &Kubectl, ns: &str, name: &str, phase: &str, timeout: Durat
     } else {
         timeout
     };
-    wait_for(timeout, &what, || {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
         let now = k.jsonpath(ns, &format!("tj/{name}"), ".status.phase");
         if now == phase {
-            return Some(());
+            return;
         }
         let terminal = now == "Completed" || now == "Failed";
         assert!(
@@ -69,8 +70,33 @@ pub fn wait_phase(k: &Kubectl, ns: &str, name: &str, phase: &str, timeout: Durat
             "tj/{name} ended {now}, not {phase}: {}",
             k.jsonpath(ns, &format!("tj/{name}"), ".status.message")
         );
-        None
-    });
+        if std::time::Instant::now() >= deadline {
+            // What bpftrace is doing, in the kernel too, for a trace that does not end.
+            let pid = k.jsonpath(ns, &format!("tj/{name}"), ".status.pid");
+            panic!(
+                "timed out after {timeout:?} waiting for {what} (phase {now:?}); {}",
+                process_report(&pid)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// State, wait channel, system call and kernel stack of process `pid`, from /proc.
+fn process_report(pid: &str) -> String {
+    if pid.is_empty() {
+        return "no status.pid".to_string();
+    }
+    let read = |file: &str| {
+        std::fs::read_to_string(format!("/proc/{pid}/{file}")).unwrap_or_else(|e| format!("({e})"))
+    };
+    format!(
+        "process {pid}: stat {} wchan {}, syscall {}\nkernel stack:\n{}",
+        read("stat").trim(),
+        read("wchan"),
+        read("syscall").trim(),
+        read("stack")
+    )
 }
 
 pub fn stop(k: &Kubectl, ns: &str, name: &str) {
