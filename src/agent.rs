@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use kube::{Api, Client, ResourceExt};
 use nix::sys::signal::Signal;
 use tokio::sync::{mpsc, watch as channel};
@@ -508,6 +508,7 @@ impl<'a> JobTask<'a> {
                 let process = if record.interrupted {
                     Process::Interrupted {
                         at: Instant::now(),
+                        signalled: Instant::now(),
                         reason: StopReason::Requested,
                     }
                 } else if record.probes.is_some() {
@@ -588,6 +589,12 @@ impl<'a> JobTask<'a> {
     /// Follows the lifecycle until bpftrace has exited.
     async fn drive(&mut self) -> Driven {
         loop {
+            // An exit that happened while a write was being retried is seen before deciding.
+            if !matches!(self.process, Process::Exited(_)) {
+                if let Some(exit) = (&mut self.exit).now_or_never() {
+                    self.process = Process::Exited(exit.unwrap_or(Exit::NotOurChild));
+                }
+            }
             if let Process::Starting { .. } = self.process {
                 self.check_attached().await;
             }
@@ -598,6 +605,22 @@ impl<'a> JobTask<'a> {
             match lifecycle::next(self.wanted(), self.process, now) {
                 Step::Collect => return Driven::Exited,
                 Step::Interrupt(reason) => self.interrupt(reason).await,
+                Step::Reinterrupt => {
+                    if let Process::Interrupted { at, reason, .. } = self.process {
+                        warn!(
+                            after = ?at.elapsed(),
+                            "bpftrace has not ended since SIGINT; sending SIGINT again"
+                        );
+                        if let Some(p) = self.identity() {
+                            p.signal(Signal::SIGINT);
+                        }
+                        self.process = Process::Interrupted {
+                            at,
+                            signalled: Instant::now(),
+                            reason,
+                        };
+                    }
+                }
                 Step::Kill => {
                     warn!("bpftrace did not exit within the grace period; killing it");
                     if let Some(p) = self.identity() {
@@ -744,6 +767,7 @@ impl<'a> JobTask<'a> {
         }
         self.process = Process::Interrupted {
             at: Instant::now(),
+            signalled: Instant::now(),
             reason,
         };
         self.stop_reason = Some(reason);

@@ -61,8 +61,12 @@ pub enum Process {
     Starting { since: Instant },
     /// Probes attached: tracing.
     Tracing { since: Instant },
-    /// SIGINT sent: printing its maps.
-    Interrupted { at: Instant, reason: StopReason },
+    /// SIGINT sent at `at` (last sent at `signalled`): printing its maps.
+    Interrupted {
+        at: Instant,
+        signalled: Instant,
+        reason: StopReason,
+    },
     /// SIGKILL sent after the grace period.
     Killed { reason: StopReason },
     /// Gone.
@@ -113,11 +117,18 @@ fn secs(n: i64) -> Duration {
     Duration::from_secs(n.max(1).unsigned_abs())
 }
 
+/// How long an interrupted bpftrace may go on before SIGINT is sent again. bpftrace acts on any
+/// number of SIGINTs the same way, but a trace was seen here, rarely and under load, still in
+/// its event loop minutes after a single one.
+pub const REPEAT_SIGINT: Duration = Duration::from_secs(10);
+
 /// The next step for a running job.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Step {
     /// Send SIGINT (and report Stopping unless the TraceJob is gone).
     Interrupt(StopReason),
+    /// Send SIGINT again: bpftrace has not ended REPEAT_SIGINT after the last one.
+    Reinterrupt,
     /// Send SIGKILL: the grace period is over.
     Kill,
     /// The process is gone: collect its output and report the outcome.
@@ -152,12 +163,15 @@ pub fn next(wanted: Wanted, process: Process, now: Instant) -> Step {
                 None => Step::Wait(Some(deadline)),
             }
         }
-        Process::Interrupted { at, .. } => {
+        Process::Interrupted { at, signalled, .. } => {
             let kill_at = at + wanted.grace;
+            let again_at = signalled + REPEAT_SIGINT;
             if now >= kill_at {
                 Step::Kill
+            } else if now >= again_at {
+                Step::Reinterrupt
             } else {
-                Step::Wait(Some(kill_at))
+                Step::Wait(Some(kill_at.min(again_at)))
             }
         }
         Process::Killed { .. } => Step::Wait(None),
@@ -354,6 +368,7 @@ mod tests {
         let t0 = Instant::now();
         let p = Process::Interrupted {
             at: t0,
+            signalled: t0,
             reason: StopReason::Requested,
         };
         // Unsetting stop cannot take back a SIGINT.
@@ -366,6 +381,32 @@ mod tests {
             next(wanted(), Process::Exited(Exit::Code(0)), t0),
             Step::Collect
         );
+    }
+
+    #[test]
+    fn sigint_is_repeated_until_the_grace_period_ends() {
+        let t0 = Instant::now();
+        let long = Wanted {
+            grace: Duration::from_secs(300),
+            ..wanted()
+        };
+        let p = Process::Interrupted {
+            at: t0,
+            signalled: t0,
+            reason: StopReason::Requested,
+        };
+        assert_eq!(next(long, p, t0), Step::Wait(Some(t0 + REPEAT_SIGINT)));
+        assert_eq!(next(long, p, t0 + REPEAT_SIGINT), Step::Reinterrupt);
+        let again = Process::Interrupted {
+            at: t0,
+            signalled: t0 + REPEAT_SIGINT,
+            reason: StopReason::Requested,
+        };
+        assert_eq!(
+            next(long, again, t0 + REPEAT_SIGINT),
+            Step::Wait(Some(t0 + 2 * REPEAT_SIGINT))
+        );
+        assert_eq!(next(long, again, t0 + long.grace), Step::Kill);
     }
 
     #[test]

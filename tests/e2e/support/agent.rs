@@ -121,6 +121,12 @@ impl Drop for Agent {
         if std::thread::panicking() {
             eprintln!("---- agent {} log ----\n{}", self.node, self.logs());
         }
+        // For chasing a rare failure across many runs: keep every agent's log.
+        if let Some(dir) = std::env::var_os("TRACEJOB_TEST_KEEP_LOGS") {
+            let dir = std::path::PathBuf::from(dir);
+            let _ = std::fs::create_dir_all(&dir);
+            let _ = std::fs::copy(&self.log, dir.join(format!("{}.log", self.node)));
+        }
         self.proc = None;
         // An agent that exits leaves its traces running for the next agent by design; a test's
         // agent has no successor, so end what it left.
