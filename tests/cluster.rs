@@ -120,8 +120,9 @@ impl Cluster {
         ]);
     }
 
+    /// The agent's pods; none while kubectl cannot answer (callers wait or are cleaning up).
     fn agent_pods(&self) -> Vec<String> {
-        self.k(&[
+        let out = self.kubectl(&[
             "-n",
             "tracejob-system",
             "get",
@@ -130,10 +131,11 @@ impl Cluster {
             "app.kubernetes.io/name=tracejob-agent",
             "-o",
             "jsonpath={.items[*].metadata.name}",
-        ])
-        .split_whitespace()
-        .map(String::from)
-        .collect()
+        ]);
+        String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .map(String::from)
+            .collect()
     }
 
     /// Waits for one agent pod, other than `not`, to be Ready; returns its name.
@@ -214,27 +216,10 @@ impl Drop for Cluster {
         if self.down {
             return;
         }
-        for pod in self.agent_pods_quietly() {
+        for pod in self.agent_pods() {
             eprintln!("--- agent log of {pod} ---\n{}", self.agent_log(&pod));
         }
         let _ = run(Command::new(root().join("tests/cluster/try-it")).arg("down"));
-    }
-}
-
-impl Cluster {
-    fn agent_pods_quietly(&self) -> Vec<String> {
-        let out = self.kubectl(&[
-            "-n",
-            "tracejob-system",
-            "get",
-            "pods",
-            "-o",
-            "jsonpath={.items[*].metadata.name}",
-        ]);
-        String::from_utf8_lossy(&out.stdout)
-            .split_whitespace()
-            .map(String::from)
-            .collect()
     }
 }
 

@@ -32,6 +32,8 @@ kubectl_bin() {
   else echo "$(bash "$repo/tests/harness/build-control-plane.sh")/kubectl"; fi
 }
 k() { "$(kubectl_bin)" --kubeconfig "$kubeconfig" "$@"; }
+# buildah on the cluster's own image store.
+images() { buildah --storage-driver=vfs --root "$image_store/root" --runroot "$image_store/run" "$@"; }
 
 alive() { [ -f "$cluster_dir/pids/$1" ] && kill -0 "$(cat "$cluster_dir/pids/$1")" 2>/dev/null; }
 
