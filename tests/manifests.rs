@@ -371,20 +371,14 @@ fn admission_policies_parse_and_reference_only_existing_fields() {
     }
 }
 
-/// `kubectl kustomize DIR`, with the kubectl the end-to-end tests use (the machine's, else the one
-/// built with the test control plane).
+/// `kubectl kustomize DIR`, with the kubectl of the test release (built by the harness, cached).
 fn kustomize(dir: &str) -> Vec<serde_json::Value> {
-    let kubectl = ["/usr/bin/kubectl", "/usr/local/bin/kubectl"]
-        .into_iter()
-        .map(PathBuf::from)
-        .find(|p| p.exists())
-        .unwrap_or_else(|| {
-            let out = std::process::Command::new("bash")
-                .arg(root().join("tests/harness/build-control-plane.sh"))
-                .output()
-                .expect("build-control-plane.sh");
-            PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()).join("kubectl")
-        });
+    let built = std::process::Command::new("bash")
+        .arg(root().join("tests/harness/build-kubernetes.sh"))
+        .output()
+        .expect("build-kubernetes.sh");
+    assert!(built.status.success(), "build-kubernetes.sh failed");
+    let kubectl = PathBuf::from(String::from_utf8_lossy(&built.stdout).trim()).join("kubectl");
     let out = std::process::Command::new(kubectl)
         .args(["kustomize", dir])
         .current_dir(root())

@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
-# Installs what the tests need on a Debian bookworm machine and builds the control plane once
-# (cached under ~/.cache/tracejob-agent). Safe to run again: what is already there is kept.
+# Installs what the tests need on a Debian bookworm machine and builds Kubernetes and etcd from Go
+# modules once (cached under ~/.cache/tracejob-agent). Safe to run again: what is already there is
+# kept.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 log() { echo "setup: $*" >&2; }
 [ "$(id -u)" = 0 ] || { log "run as root: the tests run bpftrace"; exit 1; }
 
-packages=(golang-go etcd-server rsync jq make bpftrace openssl curl ca-certificates debootstrap dpkg-dev buildah
+packages=(rsync jq make bpftrace openssl curl ca-certificates debootstrap buildah
           containerd runc containernetworking-plugins gcc libc6-dev iproute2 procps)
 missing=()
 for p in "${packages[@]}"; do
@@ -27,11 +28,14 @@ if [ ! -d /sys/kernel/tracing/events ]; then
   mount -t tracefs nodev /sys/kernel/tracing
 fi
 
-bin=$(bash tests/harness/build-control-plane.sh)
-log "control plane binaries in $bin"
-# Newer bpftrace releases for the release tests: trixie (0.23) and sid (0.27), built side by side.
+# Newer bpftrace releases for the release tests, trixie (0.23) and sid (0.27), debootstrapped while
+# Kubernetes builds (network against CPU).
 bash tests/harness/build-bpftrace.sh trixie > /dev/null &
 trixie=$!
-bash tests/harness/build-bpftrace.sh sid > /dev/null
+bash tests/harness/build-bpftrace.sh sid > /dev/null &
+sid=$!
+bin=$(bash tests/harness/build-kubernetes.sh)
+log "Kubernetes and etcd in $bin"
 wait "$trixie"
+wait "$sid"
 log "bpftrace releases: $(bash tests/harness/build-bpftrace.sh trixie) $(bash tests/harness/build-bpftrace.sh sid)"

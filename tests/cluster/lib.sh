@@ -26,10 +26,10 @@ host_paths=(/var/lib/kubelet /var/log/pods /var/log/containers /run/containerd /
 log() { echo "$(basename "$0"): $*" >&2; }
 die() { log "$*"; exit 1; }
 
-# A recent kubectl if the machine has one (users mostly do), else the one built with the server.
+# The kubectl of the cluster's release (built with it), unless TRACEJOB_KUBECTL names another.
 kubectl_bin() {
-  if command -v kubectl >/dev/null; then command -v kubectl
-  else echo "$(bash "$repo/tests/harness/build-control-plane.sh")/kubectl"; fi
+  if [ -n "${TRACEJOB_KUBECTL:-}" ]; then echo "$TRACEJOB_KUBECTL"
+  else echo "$(bash "$repo/tests/harness/build-kubernetes.sh")/kubectl"; fi
 }
 k() { "$(kubectl_bin)" --kubeconfig "$kubeconfig" "$@"; }
 # buildah on the cluster's own image store.

@@ -1,5 +1,6 @@
-//! A real Kubernetes control plane on loopback: etcd, kube-apiserver and kube-controller-manager,
-//! each run in its own data directory on free ports, all ended when the value is dropped.
+//! A real Kubernetes control plane on loopback: etcd, kube-apiserver and kube-controller-manager of
+//! the release in tests/harness/kubernetes (built from Go modules, cached), each run in its own
+//! data directory on free ports, all ended when the value is dropped.
 
 use std::fs;
 use std::net::TcpListener;
@@ -28,15 +29,15 @@ pub struct ControlPlane {
 
 /// Builds the binaries once (cached outside the repository) and returns their directory.
 pub fn binaries() -> PathBuf {
-    let script = repo_root().join("tests/harness/build-control-plane.sh");
+    let script = repo_root().join("tests/harness/build-kubernetes.sh");
     let out = must(
         Command::new("bash")
             .arg(&script)
             .stderr(Stdio::inherit())
             .output(),
-        "run build-control-plane.sh",
+        "run build-kubernetes.sh",
     );
-    assert!(out.status.success(), "building the control plane failed");
+    assert!(out.status.success(), "building Kubernetes failed");
     PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
 }
 
@@ -136,7 +137,7 @@ impl ControlPlane {
         let peer = format!("http://127.0.0.1:{}", free_port());
         let etcd = self.spawn(
             "etcd",
-            Command::new("etcd")
+            Command::new(self.bin.join("etcd"))
                 .arg("--data-dir")
                 .arg(self.dir.join("etcd"))
                 .args([
@@ -167,7 +168,6 @@ impl ControlPlane {
         ))
         .arg("--bind-address=127.0.0.1")
         .arg(format!("--secure-port={}", self.port))
-        .arg("--insecure-port=0")
         // Nothing dials the advertised address; it only has to be non-loopback.
         .arg("--advertise-address=192.0.2.1")
         .arg(format!("--cert-dir={}", d.join("certs").display()))
@@ -247,14 +247,13 @@ impl ControlPlane {
         let d = &self.dir;
         let mut cmd = Command::new(self.bin.join("kube-controller-manager"));
         cmd.arg(format!("--kubeconfig={}", self.kubeconfig.display()))
-            .arg("--controllers=garbagecollector,serviceaccount,serviceaccount-token,namespace,clusterrole-aggregation")
+            .arg("--controllers=garbage-collector-controller,serviceaccount-controller,serviceaccount-token-controller,namespace-controller,clusterrole-aggregation-controller,root-ca-certificate-publisher-controller")
             .arg(format!(
                 "--service-account-private-key-file={}",
                 d.join("sa.key").display()
             ))
             .arg(format!("--root-ca-file={}", self.ca_file().display()))
             .arg("--leader-elect=false")
-            .arg("--port=0")
             .arg("--secure-port=0");
         let proc = self.spawn("kube-controller-manager", &mut cmd);
         self.controller_manager = Some(proc);

@@ -1,5 +1,5 @@
-//! kubectl, run the way a user runs it. A recent kubectl is preferred when the machine has one
-//! (users mostly have one); the 1.20.2 build from the control plane's tree is the fallback.
+//! kubectl, run the way a user runs it: the one built with the test control plane (the same
+//! release, inside kubectl's version-skew policy), unless TRACEJOB_KUBECTL names another.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -23,7 +23,6 @@ impl Kubectl {
     pub fn new(bin_dir: &Path, kubeconfig: &Path) -> Kubectl {
         let path = std::env::var_os("TRACEJOB_KUBECTL")
             .map(PathBuf::from)
-            .or_else(|| Some(PathBuf::from("/usr/bin/kubectl")).filter(|p| p.exists()))
             .unwrap_or_else(|| bin_dir.join("kubectl"));
         Kubectl {
             path,
