@@ -18,7 +18,7 @@ use kube::api::{Patch, PatchParams, PostParams};
 use kube::runtime::wait::await_condition;
 use kube::Api;
 use support::{must, wait_for, Agent, ControlPlane, Env};
-use tracejob_agent::api::{Phase, TraceJob, TraceJobSpec};
+use tracejob_agent::resource::{Phase, TraceJob, TraceJobSpec};
 
 const BIOLATENCY: &str = include_str!("../bpf-samples/biolatency.bt");
 
@@ -138,7 +138,7 @@ impl Bench {
             let attach = lines.next().and_then(Result::ok).unwrap_or_default();
             assert!(attach.starts_with("Attaching"), "{attach}");
             // Polled tightly: the measure must not add its own delay.
-            while !tracejob_agent::bpftrace::is_polling(pid) {
+            while !tracejob_agent::host::process::is_polling(pid) {
                 std::thread::sleep(Duration::from_millis(1));
             }
             start.push(ms(t0.elapsed()));

@@ -1,20 +1,14 @@
 //! tracejob-agent: runs the bpftrace programs of TraceJobs that name this node.
 //!
-//! Data flows one way: `watch` (TraceJobs of this node) -> `lifecycle` (pure decisions) ->
-//! `bpftrace` and `state` (the process and its files) -> `report` (status, ConfigMap, Events).
-//! `agent` wires them together, one task per job.
+//! Data flows one way: `cluster::watch` (this node's TraceJobs) -> `agent` (one actor per job)
+//! -> `decide` (pure decisions) -> `host` (the shim, bpftrace, the run directory) and `output`
+//! (maps read, output fitted) -> `cluster::writer` (status, ConfigMap, Events).
 
 pub mod agent;
-pub mod api;
-pub mod bpftrace;
-pub mod cgroup;
-pub mod crd;
-pub mod handover;
-pub mod lifecycle;
+pub mod cluster;
+pub mod config;
+pub mod decide;
+pub mod host;
 pub mod metrics;
 pub mod output;
-pub mod report;
-pub mod server;
-pub mod state;
-pub mod storage;
-pub mod watch;
+pub mod resource;

@@ -39,6 +39,15 @@ pub struct Metrics {
     pub collect_latency: Histogram,
     pub api_requests: Family<Request, Counter>,
     pub api_errors: Counter,
+    /// TraceJob watch events that reached the agent (the API server filters by node).
+    pub watch_events: Counter,
+    /// Bytes of live output written to the API server.
+    pub live_bytes: Counter,
+    /// Live copies skipped because the node's budget was spent.
+    pub live_skipped: Counter,
+    /// Runs being collected (read, parsed, compressed) now, and collected in all.
+    pub collecting: Gauge,
+    pub collections: Counter,
     pub bpftrace: Family<Version, Gauge>,
 }
 
@@ -54,6 +63,11 @@ impl Metrics {
             collect_latency: Histogram::new(exponential_buckets(0.025, 2.0, 12)),
             api_requests: Family::default(),
             api_errors: Counter::default(),
+            watch_events: Counter::default(),
+            live_bytes: Counter::default(),
+            live_skipped: Counter::default(),
+            collecting: Gauge::default(),
+            collections: Counter::default(),
             bpftrace: Family::default(),
             registry: Registry::default(),
         };
@@ -96,6 +110,31 @@ impl Metrics {
             "api_errors",
             "Kubernetes API writes that failed and were retried or given up",
             m.api_errors.clone(),
+        );
+        registry.register(
+            "watch_events",
+            "TraceJob watch events received (the API server sends only this node's)",
+            m.watch_events.clone(),
+        );
+        registry.register(
+            "live_output_bytes",
+            "Bytes of live output written to ConfigMaps",
+            m.live_bytes.clone(),
+        );
+        registry.register(
+            "live_output_skipped",
+            "Live output copies put off because the node's budget was spent",
+            m.live_skipped.clone(),
+        );
+        registry.register(
+            "collections",
+            "Runs whose output was read, parsed and compressed",
+            m.collections.clone(),
+        );
+        registry.register(
+            "collections_running",
+            "Runs whose output is being read, parsed and compressed now",
+            m.collecting.clone(),
         );
         registry.register(
             "bpftrace_info",

@@ -10,7 +10,6 @@ use k8s_openapi::api::admissionregistration::v1::{
 use k8s_openapi::api::apps::v1::DaemonSet;
 use k8s_openapi::api::rbac::v1::{ClusterRole, Role, RoleBinding};
 use serde::de::DeserializeOwned;
-use serde::Deserialize;
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -21,8 +20,14 @@ fn read(path: &str) -> String {
 }
 
 fn documents(path: &str) -> Vec<serde_json::Value> {
-    serde_yaml::Deserializer::from_str(&read(path))
-        .map(|d| serde_json::Value::deserialize(d).unwrap_or_else(|e| panic!("{path}: {e}")))
+    yaml_documents(&read(path), path)
+}
+
+/// The documents of a YAML stream (`---` separated), empty ones left out.
+fn yaml_documents(text: &str, what: &str) -> Vec<serde_json::Value> {
+    serde_saphyr::from_multiple::<serde_json::Value>(text)
+        .unwrap_or_else(|e| panic!("{what}: {e}"))
+        .into_iter()
         .filter(|v| !v.is_null())
         .collect()
 }
@@ -292,7 +297,7 @@ fn dockerfile_is_multi_stage_pinned_and_runs_the_agent_with_bpftrace() {
 #[test]
 fn admission_policies_parse_and_reference_only_existing_fields() {
     let docs = documents("daemonset/optional/admission-policy.yaml");
-    let crd = tracejob_agent::crd::crd(false);
+    let crd = tracejob_agent::resource::crd::crd();
     let schema = crd.spec.versions[0]
         .schema
         .clone()
@@ -389,10 +394,7 @@ fn kustomize(dir: &str) -> Vec<serde_json::Value> {
         "kubectl kustomize {dir}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    serde_yaml::Deserializer::from_slice(&out.stdout)
-        .map(|d| serde_json::Value::deserialize(d).expect("yaml"))
-        .filter(|v| !v.is_null())
-        .collect()
+    yaml_documents(&String::from_utf8_lossy(&out.stdout), dir)
 }
 
 #[test]

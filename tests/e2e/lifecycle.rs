@@ -396,30 +396,53 @@ fn delete_running_leaves_nothing(env: &Env) {
     );
 }
 
+/// The API server filters each agent's watch by node (spec.nodeName is a selectable field of the
+/// CRD): TraceJobs of other nodes, created and changed, never reach the agent.
 fn other_nodes_tracejob_untouched(env: &Env) {
     let ns = env.namespace("other-node");
     let agent = Agent::start(env, &format!("{ns}-node"));
     let k = &env.kubectl;
-    k.apply(
-        &ns,
-        &tracejob_yaml("theirs", &format!("{ns}-elsewhere"), SYSCOUNT, ""),
+    wait_for(
+        Duration::from_secs(30),
+        "the agent to list TraceJobs",
+        || (agent.get("/readyz").0 == 200).then_some(()),
     );
+    let before = agent.metric("tracejob_watch_events_total");
+    let theirs: Vec<String> = (0..10).map(|i| format!("theirs-{i}")).collect();
+    for name in &theirs {
+        k.apply(
+            &ns,
+            &tracejob_yaml(name, &format!("{ns}-elsewhere"), SYSCOUNT, ""),
+        );
+        k.ok(&["label", "-n", &ns, "tj", name, "touched=once"]);
+        k.ok(&["annotate", "-n", &ns, "tj", name, "touched=twice"]);
+    }
+    // Watch events arrive in order: once this one has been handled, any event of the TraceJobs
+    // above would have reached the agent before it.
     k.apply(
         &ns,
-        &tracejob_yaml("ours", &agent.node, "BEGIN { exit(); }", ""),
+        &tracejob_yaml("ours", &agent.node, "BEGIN { exit(); }", "  stop: true\n"),
     );
     wait_phase(k, &ns, "ours", "Completed", Duration::from_secs(30));
-    std::thread::sleep(Duration::from_secs(1));
-    assert_eq!(
-        k.jsonpath(&ns, "tj/theirs", ".status"),
-        "",
-        "another node's TraceJob got a status"
-    );
-    assert!(agent.bpftraces().is_empty());
+    let received = agent.metric("tracejob_watch_events_total") - before;
+    // The 30 changes above would be 30 events; "ours" makes a few of its own (created, claimed,
+    // completed).
     assert!(
-        agent.logs().contains("filtering on this node instead"),
-        "the fallback is logged"
+        (1.0..=5.0).contains(&received),
+        "the agent received {received} watch events; other nodes' TraceJobs reached it"
     );
+    for name in &theirs {
+        assert_eq!(
+            k.jsonpath(&ns, &format!("tj/{name}"), ".status"),
+            "",
+            "another node's TraceJob got a status"
+        );
+        assert!(
+            !agent.logs().contains(name.as_str()),
+            "the agent heard of {name}"
+        );
+    }
+    assert!(agent.bpftraces().is_empty());
 }
 
 /// Its own control plane, since it restarts the API server.
@@ -433,11 +456,25 @@ fn apiserver_restart_runs_once(_env: &Env) {
     wait_phase(k, "restart", "r", "Running", Duration::from_secs(30));
     let pids = agent.bpftraces();
     let id = k.jsonpath("restart", "tj/r", ".status.id");
+    let watches = |a: &Agent| {
+        a.metric("tracejob_api_requests_total{method=\"WATCH\",resource=\"tracejobs\"}")
+    };
+    let before = watches(&agent);
     own.cp.stop_apiserver();
-    std::thread::sleep(Duration::from_secs(3));
     own.cp.start_apiserver();
-    // Let the agent's watch re-list and see the TraceJob again.
-    std::thread::sleep(Duration::from_secs(5));
+    wait_for(
+        Duration::from_secs(60),
+        "the agent to watch TraceJobs again",
+        || (watches(&agent) > before).then_some(()),
+    );
+    // A change the agent must see through its new watch: metadata, as a labelling tool writes.
+    let events = agent.metric("tracejob_watch_events_total");
+    k.ok(&["label", "-n", "restart", "tj", "r", "seen=again"]);
+    wait_for(
+        Duration::from_secs(30),
+        "the agent to see the change",
+        || (agent.metric("tracejob_watch_events_total") > events).then_some(()),
+    );
     assert_eq!(
         agent.bpftraces(),
         pids,
@@ -456,7 +493,7 @@ fn apiserver_restart_runs_once(_env: &Env) {
 }
 
 pub fn assert_no_bpftrace(agent: &Agent) {
-    wait_for(Duration::from_secs(10), "no bpftrace process left", || {
+    wait_for(Duration::from_secs(30), "no bpftrace process left", || {
         agent.bpftraces().is_empty().then_some(())
     });
 }

@@ -1,5 +1,6 @@
 //! End-to-end tests: the agent binary against a real kube-apiserver and real bpftrace, driven
-//! through kubectl as a user would.
+//! through kubectl as a user would. One binary with its own runner (libtest-mimic), so the
+//! control plane it starts is ended exactly once, after every test, also when a test fails.
 
 mod api;
 mod deploy;
@@ -8,15 +9,16 @@ mod lifecycle;
 mod native;
 mod releases;
 mod reliability;
+mod robust;
 mod support;
 
+use std::sync::Arc;
+
+use libtest_mimic::{Arguments, Trial};
 use support::{ControlPlane, Env, Test};
 
 fn main() -> std::process::ExitCode {
-    support::require_bpftrace_environment();
-    let cp = ControlPlane::start();
-    let env = Env::new(cp);
-    env.install_crd();
+    let mut args = Arguments::from_args();
     let mut tests: Vec<Test> = Vec::new();
     tests.extend(api::tests());
     tests.extend(lifecycle::tests());
@@ -25,9 +27,41 @@ fn main() -> std::process::ExitCode {
     tests.extend(native::tests());
     tests.extend(deploy::tests());
     tests.extend(releases::tests());
-    let parallel = std::env::var("E2E_PARALLEL")
+    tests.extend(robust::tests());
+    if args.list {
+        let trials = tests
+            .iter()
+            .map(|t| Trial::test(t.name, || Ok(())))
+            .collect();
+        libtest_mimic::run(&args, trials).exit();
+    }
+    support::require_bpftrace_environment();
+    let env = Arc::new(Env::new(ControlPlane::start()));
+    env.install_crd();
+    args.test_threads = args.test_threads.or(std::env::var("E2E_PARALLEL")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(4);
-    support::run(tests, env, parallel)
+        .or(Some(4)));
+    let trials = tests
+        .into_iter()
+        .map(|t| {
+            let env = env.clone();
+            Trial::test(t.name, move || {
+                (t.run)(&env);
+                Ok(())
+            })
+        })
+        .collect();
+    let conclusion = libtest_mimic::run(&args, trials);
+    // The last reference: the control plane ends here.
+    drop(env);
+    if conclusion.num_passed + conclusion.num_failed == 0 {
+        eprintln!("no end-to-end test matches the filter: nothing was tested");
+        return std::process::ExitCode::FAILURE;
+    }
+    if conclusion.has_failed() {
+        std::process::ExitCode::FAILURE
+    } else {
+        std::process::ExitCode::SUCCESS
+    }
 }

@@ -122,7 +122,7 @@ fn behaves(env: &Env, release: &str, suite: Option<&str>) {
         counts.iter().sum::<u64>() > 0,
         "{release}: empty histogram:\n{text}"
     );
-    let maps: tracejob_agent::output::Maps = must(
+    let maps: tracejob_agent::output::maps::Maps = must(
         serde_json::from_str(&output(k, &ns, "biolatency", "maps.json")),
         "maps.json",
     );
@@ -131,7 +131,7 @@ fn behaves(env: &Env, release: &str, suite: Option<&str>) {
         .iter()
         .flat_map(|m| &m.entries)
         .filter_map(|e| match &e.value {
-            tracejob_agent::output::Value::Hist(b) => {
+            tracejob_agent::output::maps::Value::Hist(b) => {
                 Some(b.iter().map(|b| b.count).collect::<Vec<_>>())
             }
             _ => None,

@@ -21,8 +21,8 @@ pub fn tests() -> Vec<Test> {
             run: agent_sigterm_leaves_traces,
         },
         Test {
-            name: "reliability_bpftrace_dead_while_no_agent_is_failed",
-            run: bpftrace_dead_while_no_agent,
+            name: "reliability_bpftrace_killed_while_no_agent_is_reported_as_it_was",
+            run: bpftrace_killed_while_no_agent,
         },
         Test {
             name: "reliability_deleted_while_no_agent_is_ended",
@@ -116,7 +116,8 @@ fn agent_sigterm_leaves_traces(env: &Env) {
     assert!(output(k, &ns, "t", "output").contains("@syscalls["));
 }
 
-fn bpftrace_dead_while_no_agent(env: &Env) {
+/// bpftrace's shim records how it ended even when no agent watches: the next agent reports that.
+fn bpftrace_killed_while_no_agent(env: &Env) {
     let ns = env.namespace("dead");
     let mut agent = Agent::start(env, &format!("{ns}-node"));
     let k = &env.kubectl;
@@ -130,7 +131,7 @@ fn bpftrace_dead_while_no_agent(env: &Env) {
     agent.restart(&[]);
     wait_phase(k, &ns, "d", "Failed", Duration::from_secs(30));
     let message = k.jsonpath(&ns, "tj/d", ".status.message");
-    assert!(message.contains("while no agent was watching"), "{message}");
+    assert!(message.contains("killed by signal 9"), "{message}");
     assert!(
         !k.jsonpath(&ns, "tj/d", ".status.outputRef.name").is_empty(),
         "what it left is kept"

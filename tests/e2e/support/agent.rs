@@ -95,15 +95,20 @@ impl Agent {
     }
 
     /// One sample of /metrics, by its name and labels as printed (`tracejob_traces_started_total`).
+    /// A series the agent does not export fails the test: a renamed metric must not read as 0.
     pub fn metric(&self, series: &str) -> f64 {
+        self.metric_if_present(series)
+            .unwrap_or_else(|| panic!("the agent exports no {series}:\n{}", self.get("/metrics").1))
+    }
+
+    /// One sample of /metrics; None if the agent does not export it (yet: labelled series appear
+    /// with their first value).
+    pub fn metric_if_present(&self, series: &str) -> Option<f64> {
         let (_, body) = self.get("/metrics");
-        body.lines()
-            .filter(|l| !l.starts_with('#'))
-            .find_map(|l| {
-                let (name, value) = l.rsplit_once(' ')?;
-                (name == series).then(|| value.parse().ok()).flatten()
-            })
-            .unwrap_or(0.0)
+        body.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
+            let (name, value) = l.rsplit_once(' ')?;
+            (name == series).then(|| value.parse().ok()).flatten()
+        })
     }
 
     pub fn logs(&self) -> String {

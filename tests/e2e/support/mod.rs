@@ -3,6 +3,7 @@
 
 pub mod agent;
 pub mod control_plane;
+pub mod double;
 pub mod kubectl;
 
 use std::fmt::Debug;
@@ -10,11 +11,11 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 pub use agent::Agent;
 pub use control_plane::ControlPlane;
+pub use double::bpftrace_double;
 pub use kubectl::Kubectl;
 
 pub fn repo_root() -> PathBuf {
@@ -211,70 +212,5 @@ impl Env {
         let ns = format!("{stem}-{n}");
         self.kubectl.ok(&["create", "namespace", &ns]);
         ns
-    }
-}
-
-/// Runs `tests` (filtered by the command line's free arguments) `parallel` at a time and prints
-/// libtest-style lines and the closing `N passed, N failed`. Returns the process exit code.
-pub fn run(tests: Vec<Test>, env: Env, parallel: usize) -> std::process::ExitCode {
-    let filters: Vec<String> = std::env::args()
-        .skip(1)
-        .filter(|a| !a.starts_with('-'))
-        .collect();
-    let selected: Vec<Test> = tests
-        .into_iter()
-        .filter(|t| filters.is_empty() || filters.iter().any(|f| t.name.contains(f.as_str())))
-        .collect();
-    println!("\nrunning {} tests", selected.len());
-    let env = Arc::new(env);
-    let queue = Arc::new(Mutex::new(selected));
-    let failed = Arc::new(Mutex::new(Vec::<String>::new()));
-    let passed = Arc::new(AtomicUsize::new(0));
-    let workers: Vec<_> = (0..parallel.max(1))
-        .map(|_| {
-            let (env, queue, failed, passed) =
-                (env.clone(), queue.clone(), failed.clone(), passed.clone());
-            std::thread::spawn(move || loop {
-                let Some(test) = queue.lock().map(|mut q| q.pop()).ok().flatten() else {
-                    return;
-                };
-                let start = Instant::now();
-                let result =
-                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| (test.run)(&env)));
-                let secs = start.elapsed().as_secs_f64();
-                match result {
-                    Ok(()) => {
-                        println!("test {} ... ok ({secs:.1}s)", test.name);
-                        passed.fetch_add(1, Ordering::SeqCst);
-                    }
-                    Err(_) => {
-                        println!("test {} ... FAILED ({secs:.1}s)", test.name);
-                        if let Ok(mut f) = failed.lock() {
-                            f.push(test.name.to_string());
-                        }
-                    }
-                }
-            })
-        })
-        .collect();
-    for w in workers {
-        let _ = w.join();
-    }
-    let failed = failed.lock().map(|f| f.clone()).unwrap_or_default();
-    if !failed.is_empty() {
-        println!("\nfailures:");
-        for f in &failed {
-            println!("    {f}");
-        }
-    }
-    println!(
-        "\n{} passed, {} failed",
-        passed.load(Ordering::SeqCst),
-        failed.len()
-    );
-    if failed.is_empty() {
-        std::process::ExitCode::SUCCESS
-    } else {
-        std::process::ExitCode::FAILURE
     }
 }

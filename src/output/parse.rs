@@ -1,128 +1,245 @@
-//! Reading the maps out of what bpftrace prints in its text format.
+//! Reading the maps out of what bpftrace prints in its text format, line by line, so an output of
+//! any size is read with bounded memory.
 //!
 //! bpftrace prints each non-empty map on exit: `@name: value`, `@name[key]: value`,
 //! `@name: count 3, average 4, total 12` for stats, and for histograms a header line `@name:`
 //! (or `@name[key]:`) followed by one line per bucket: `[256, 512)   34 |@@@@   |`.
 //! Stack keys span lines (`@name[` ... `]: value`). Anything else is program output (printf).
-//! The parser never panics on any input; lines it cannot read as a map are left as text.
+//! A map printed again (`print(@x)` in an interval probe, then again on exit) replaces its earlier
+//! printing: `maps.json` holds each map as last printed. The parser never panics on any input;
+//! lines it cannot read as a map are left as text, and bytes that are not UTF-8 are read as
+//! U+FFFD in map keys (the output itself is stored byte for byte).
 
-use serde::{Deserialize, Serialize};
+use std::collections::HashSet;
+use std::io::{self, BufRead};
 
-/// Every map bpftrace printed, in the order printed.
-#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Default)]
-pub struct Maps {
-    /// The bpftrace release that printed them (`v0.17.0`), when known: releases label some
-    /// histogram buckets differently (see `render_hist`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub bpftrace: Option<String>,
-    pub maps: Vec<Map>,
+use crate::output::maps::{Bucket, Entry, Map, Maps, Value};
+
+/// What one pass over an output found.
+#[derive(Debug)]
+pub struct Parsed {
+    /// The maps, unless their text was over the limit given to the parser.
+    pub maps: Option<Maps>,
+    /// Where the block of maps printed at the end begins (the output's length if none).
+    pub maps_start: u64,
+    /// Every byte is UTF-8 text.
+    pub utf8: bool,
+    /// Bytes read.
+    pub len: u64,
 }
 
-#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
-pub struct Map {
-    /// The name as bpftrace prints it, with its `@`.
-    pub name: String,
-    pub entries: Vec<Entry>,
-}
-
-/// One element of a map: its key (absent for a map without keys) and its value.
-#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
-pub struct Entry {
-    pub key: Option<String>,
-    #[serde(flatten)]
-    pub value: Value,
-}
-
-#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
-#[serde(rename_all = "lowercase")]
-pub enum Value {
-    /// count(), sum(), min(), max(), avg() or a plain assignment: an integer where it is one.
-    Value(Scalar),
-    /// stats(): `count N, average N, total N`.
-    Stats {
-        count: i64,
-        average: i64,
-        total: i64,
+enum State {
+    Idle,
+    /// A key printed over several lines (stacks), up to a line starting with `]:`.
+    Key {
+        name: String,
+        lines: Vec<String>,
     },
-    /// hist() and lhist(): buckets in printed order.
-    Hist(Vec<Bucket>),
+    Hist {
+        name: String,
+        key: Option<String>,
+        buckets: Vec<Bucket>,
+    },
 }
 
-#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
-#[serde(untagged)]
-pub enum Scalar {
-    Int(i64),
-    Text(String),
-}
-
-/// A histogram bucket covering `[low, high)`; `low` is absent for `(..., N)` and `high` for
-/// `[N, ...)`. `[N]` is the one-value bucket `[N, N+1)`.
-#[derive(Serialize, Deserialize, Debug, Clone, PartialEq)]
-pub struct Bucket {
-    pub low: Option<i64>,
-    pub high: Option<i64>,
-    pub count: u64,
+pub struct Parser {
+    maps: Vec<Map>,
+    /// The map being printed and the keys printed in this printing of it.
+    printing: Option<(String, HashSet<Option<String>>)>,
+    state: State,
+    /// Bytes of map text accepted before the maps are given up (memory stays bounded).
+    limit: usize,
+    map_bytes: usize,
+    over_limit: bool,
+    offset: u64,
+    maps_start: Option<u64>,
+    utf8: bool,
 }
 
 /// Reads every map from bpftrace's stdout.
 pub fn parse(stdout: &str) -> Maps {
-    let mut maps: Vec<Map> = Vec::new();
-    let mut lines = stdout.lines().peekable();
-    while let Some(line) = lines.next() {
-        let Some((name, rest)) = split_name(line) else {
-            continue;
-        };
-        let (key, value_text) = if rest == "[" {
-            // A key printed over several lines (stacks): up to a line starting with `]:`.
-            let mut key_lines = Vec::new();
-            let mut value = None;
-            for l in lines.by_ref() {
-                if let Some(v) = l.strip_prefix("]:") {
-                    value = Some(v);
-                    break;
-                }
-                key_lines.push(l.trim());
-            }
-            let Some(v) = value else { break };
-            (Some(key_lines.join("\n")), v)
-        } else if let Some(inner) = rest.strip_prefix('[') {
-            let Some(end) = inner.rfind("]:") else {
-                continue;
-            };
-            (Some(inner[..end].to_string()), &inner[end + 2..])
-        } else if let Some(v) = rest.strip_prefix(':') {
-            (None, v)
-        } else {
-            continue;
-        };
-        let value_text = value_text.trim();
-        let value = if value_text.is_empty() {
-            let mut buckets = Vec::new();
-            while let Some(b) = lines.peek().and_then(|l| parse_bucket(l)) {
-                buckets.push(b);
-                lines.next();
-            }
-            Value::Hist(buckets)
-        } else if let Some(stats) = parse_stats(value_text) {
-            stats
-        } else {
-            Value::Value(match value_text.parse::<i64>() {
-                Ok(n) => Scalar::Int(n),
-                Err(_) => Scalar::Text(value_text.to_string()),
-            })
-        };
-        let entry = Entry { key, value };
-        match maps.iter_mut().find(|m| m.name == name) {
-            Some(m) => m.entries.push(entry),
-            None => maps.push(Map {
-                name: name.to_string(),
-                entries: vec![entry],
-            }),
+    let mut p = Parser::new(usize::MAX);
+    for line in stdout.split_inclusive('\n') {
+        p.line(line.as_bytes());
+    }
+    p.finish().maps.unwrap_or_default()
+}
+
+/// Reads an output of any size; the maps are given up past `limit` bytes of map text.
+pub fn parse_reader(mut r: impl BufRead, limit: usize) -> io::Result<Parsed> {
+    let mut p = Parser::new(limit);
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        if r.read_until(b'\n', &mut line)? == 0 {
+            return Ok(p.finish());
+        }
+        p.line(&line);
+    }
+}
+
+impl Parser {
+    pub fn new(limit: usize) -> Parser {
+        Parser {
+            maps: Vec::new(),
+            printing: None,
+            state: State::Idle,
+            limit,
+            map_bytes: 0,
+            over_limit: false,
+            offset: 0,
+            maps_start: None,
+            utf8: true,
         }
     }
-    Maps {
-        bpftrace: None,
-        maps,
+
+    /// One line, with its newline if it has one.
+    pub fn line(&mut self, raw: &[u8]) {
+        let start = self.offset;
+        self.offset += raw.len() as u64;
+        let text = match std::str::from_utf8(raw) {
+            Ok(t) => std::borrow::Cow::Borrowed(t),
+            Err(_) => {
+                self.utf8 = false;
+                String::from_utf8_lossy(raw)
+            }
+        };
+        let text = text.trim_end_matches(['\n', '\r']);
+        let mapish = text.is_empty() || text.starts_with(['@', '[', '(', ']', ' ']);
+        if !mapish {
+            self.maps_start = None;
+        } else if text.starts_with('@') && self.maps_start.is_none() {
+            self.maps_start = Some(start);
+        }
+        self.read(text);
+    }
+
+    fn read(&mut self, text: &str) {
+        match std::mem::replace(&mut self.state, State::Idle) {
+            State::Key { name, mut lines } => {
+                match text.strip_prefix("]:") {
+                    Some(v) => {
+                        let key = lines.join("\n");
+                        self.value(name, Some(key), v.trim());
+                    }
+                    None => {
+                        self.count(text.len());
+                        lines.push(text.trim().to_string());
+                        self.state = State::Key { name, lines };
+                    }
+                }
+                return;
+            }
+            State::Hist {
+                name,
+                key,
+                mut buckets,
+            } => {
+                if let Some(b) = parse_bucket(text) {
+                    self.count(text.len());
+                    buckets.push(b);
+                    self.state = State::Hist { name, key, buckets };
+                    return;
+                }
+                self.add(name, key, Value::Hist(buckets));
+            }
+            State::Idle => {}
+        }
+        let Some((name, rest)) = split_name(text) else {
+            if !text.is_empty() {
+                // printf output ends a printing: a map printed after it is printed anew.
+                self.printing = None;
+            }
+            return;
+        };
+        self.count(text.len());
+        let name = name.to_string();
+        if rest == "[" {
+            self.state = State::Key {
+                name,
+                lines: Vec::new(),
+            };
+        } else if let Some(inner) = rest.strip_prefix('[') {
+            if let Some(end) = inner.rfind("]:") {
+                self.value(
+                    name,
+                    Some(inner[..end].to_string()),
+                    inner[end + 2..].trim(),
+                );
+            }
+        } else if let Some(v) = rest.strip_prefix(':') {
+            self.value(name, None, v.trim());
+        }
+    }
+
+    /// A map entry whose value text follows its key: a histogram's buckets follow on the next
+    /// lines when it is empty.
+    fn value(&mut self, name: String, key: Option<String>, text: &str) {
+        if text.is_empty() {
+            self.state = State::Hist {
+                name,
+                key,
+                buckets: Vec::new(),
+            };
+            return;
+        }
+        let value = parse_stats(text).unwrap_or_else(|| {
+            Value::Value(match text.parse::<i64>() {
+                Ok(n) => crate::output::maps::Scalar::Int(n),
+                Err(_) => crate::output::maps::Scalar::Text(text.to_string()),
+            })
+        });
+        self.add(name, key, value);
+    }
+
+    fn count(&mut self, bytes: usize) {
+        self.map_bytes = self.map_bytes.saturating_add(bytes);
+        if self.map_bytes > self.limit && !self.over_limit {
+            self.over_limit = true;
+            self.maps = Vec::new();
+            self.printing = None;
+        }
+    }
+
+    fn add(&mut self, name: String, key: Option<String>, value: Value) {
+        if self.over_limit {
+            return;
+        }
+        // The same map again, or a key again within it: a new printing, which replaces the last.
+        let continues = self
+            .printing
+            .as_ref()
+            .is_some_and(|(n, keys)| *n == name && !keys.contains(&key));
+        if !continues {
+            self.maps.retain(|m| m.name != name);
+            self.maps.push(Map {
+                name: name.clone(),
+                entries: Vec::new(),
+            });
+            self.printing = Some((name, HashSet::new()));
+        }
+        if let Some((_, keys)) = self.printing.as_mut() {
+            keys.insert(key.clone());
+        }
+        if let Some(map) = self.maps.last_mut() {
+            map.entries.push(Entry { key, value });
+        }
+    }
+
+    pub fn finish(mut self) -> Parsed {
+        if let State::Hist { name, key, buckets } = std::mem::replace(&mut self.state, State::Idle)
+        {
+            self.add(name, key, Value::Hist(buckets));
+        }
+        Parsed {
+            maps: (!self.over_limit).then_some(Maps {
+                bpftrace: None,
+                maps: self.maps,
+            }),
+            maps_start: self.maps_start.unwrap_or(self.offset),
+            utf8: self.utf8,
+            len: self.offset,
+        }
     }
 }
 
@@ -206,64 +323,10 @@ fn parse_bound(text: &str) -> Option<i64> {
     text.parse().ok()
 }
 
-/// Renders histogram buckets exactly as bpftrace prints them: a label padded to 16 columns, the
-/// count right-aligned in 8, and a bar of up to 52 `@` scaled to the largest count.
-///
-/// Buckets one value wide print as `[N]` in 0.27 (seen: 0.27.1). Up to 0.23 (seen: 0.17.0,
-/// 0.23.2) only hist()'s buckets for 0 and 1 do, and lhist()'s print `[0, 1)`; hist and lhist are
-/// then told apart by shape (hist() bounds double), so a two-bucket lhist with step 1 from 0
-/// renders as hist() would. `bpftrace` is the release (`Maps::bpftrace`); unknown means current.
-pub fn render_hist(buckets: &[Bucket], bpftrace: Option<&str>) -> String {
-    let single_for_any_width_one = bpftrace.and_then(release).is_none_or(|r| r > (0, 23));
-    let log2 = buckets.iter().all(|b| match (b.low, b.high) {
-        (Some(lo), Some(hi)) => (lo <= 1 && hi == lo + 1) || hi == lo.saturating_mul(2),
-        _ => true,
-    });
-    let single = |lo: i64, hi: i64| hi == lo + 1 && (single_for_any_width_one || (log2 && lo <= 1));
-    let max = buckets.iter().map(|b| b.count).max().unwrap_or(0);
-    let mut text = String::new();
-    for b in buckets {
-        let label = match (b.low, b.high) {
-            (Some(lo), Some(hi)) if single(lo, hi) => format!("[{lo}]"),
-            (Some(lo), Some(hi)) => format!("[{}, {})", bound(lo), bound(hi)),
-            (Some(lo), None) => format!("[{}, ...)", bound(lo)),
-            (None, Some(hi)) => format!("(..., {})", bound(hi)),
-            (None, None) => "(..., ...)".to_string(),
-        };
-        let width = if max == 0 {
-            0
-        } else {
-            (u128::from(b.count) * 52 / u128::from(max)) as usize
-        };
-        text.push_str(&format!(
-            "{label:<16}{:>8} |{:<52}|\n",
-            b.count,
-            "@".repeat(width)
-        ));
-    }
-    text
-}
-
-/// `v0.23.2` -> (0, 23).
-fn release(version: &str) -> Option<(u32, u32)> {
-    let mut parts = version.trim_start_matches('v').split('.');
-    Some((parts.next()?.parse().ok()?, parts.next()?.parse().ok()?))
-}
-
-/// `1024` -> `1K`, `3072` -> `3K`, `2097152` -> `2M`: bpftrace's power-of-1024 suffixes.
-fn bound(n: i64) -> String {
-    let units = ["", "K", "M", "G", "T", "P", "E"];
-    let (mut v, mut unit) = (n, 0);
-    while v != 0 && v % 1024 == 0 && unit + 1 < units.len() {
-        v /= 1024;
-        unit += 1;
-    }
-    format!("{v}{}", units[unit])
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::output::maps::{render_hist, Bucket, Scalar};
 
     /// Real bpftrace 0.17 output (an excerpt of tests/fixtures/bpftrace-0.17/maps.out as first
     /// captured), kept inline so the exact values below never change with a recapture.

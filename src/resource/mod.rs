@@ -1,5 +1,7 @@
 //! The TraceJob API (`observe.tracejob.dev/v1alpha1`). This contract is fixed: other tools read it.
 
+pub mod crd;
+
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::CustomResource;
 use schemars::JsonSchema;
@@ -7,6 +9,15 @@ use serde::{Deserialize, Serialize};
 
 /// Largest program the API server accepts, in bytes.
 pub const MAX_PROGRAM_BYTES: u32 = 64 * 1024;
+/// Longest `spec.deadline` the API server accepts: 30 days.
+pub const MAX_DEADLINE_SECONDS: i64 = 30 * 24 * 3600;
+/// Longest `spec.deadlineGracePeriod` the API server accepts: one hour.
+pub const MAX_GRACE_SECONDS: i64 = 3600;
+
+/// Labels of every output ConfigMap.
+pub const LABEL_TRACEJOB: &str = "observe.tracejob.dev/tracejob";
+pub const LABEL_NODE: &str = "observe.tracejob.dev/node";
+pub const LABEL_RUN: &str = "observe.tracejob.dev/run-id";
 
 /// A bpftrace program to run on one node until it is stopped, ends itself, or reaches its deadline.
 // Several printer columns share `type_ = "string"`; clippy reads that as a duplicated attribute.
@@ -33,7 +44,9 @@ pub const MAX_PROGRAM_BYTES: u32 = 64 * 1024;
         name = "Age",
         type_ = "date",
         json_path = ".metadata.creationTimestamp"
-    )
+    ),
+    // Each agent's watch asks the API server for its own node's TraceJobs only.
+    selectable = ".spec.nodeName"
 )]
 #[serde(rename_all = "camelCase")]
 pub struct TraceJobSpec {
@@ -53,14 +66,15 @@ pub struct TraceJobSpec {
     #[schemars(default = "default_false")]
     pub stop: bool,
 
-    /// Seconds the trace may run; once reached it is stopped as if stop were set.
+    /// Seconds the trace may run, counted from Running (at most 30 days); once reached it is
+    /// stopped as if stop were set.
     #[serde(default = "default_deadline")]
-    #[schemars(range(min = 1))]
+    #[schemars(range(min = 1, max = 2592000))]
     pub deadline: i64,
 
-    /// Seconds bpftrace gets after SIGINT to print its maps before it is killed.
+    /// Seconds bpftrace gets after SIGINT to print its maps before it is killed (at most 3600).
     #[serde(default = "default_grace")]
-    #[schemars(range(min = 1))]
+    #[schemars(range(min = 1, max = 3600))]
     pub deadline_grace_period: i64,
 }
 
@@ -152,7 +166,7 @@ pub struct TraceJobStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
 
-    /// Standard conditions: Running, Completed and Failed.
+    /// Standard conditions: Running, Completed and Failed, and OutputStored once output landed.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,

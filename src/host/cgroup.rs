@@ -1,8 +1,9 @@
-//! Moves a bpftrace process out of the agent's container cgroup into one of its own on the host.
+//! Moves a trace (its shim, before it starts bpftrace) out of the agent's container cgroup into
+//! one of its own on the host.
 //!
 //! When a container stops (crash, restart, pod deletion), the runtime kills every process in the
 //! container's cgroup, host PID namespace or not. A trace must outlive the agent's container so
-//! the next agent can take it over, so each bpftrace joins `tracejob-traces` at the root of every
+//! the next agent can take it over, so each shim joins `tracejob-traces` at the root of every
 //! cgroup hierarchy the host has mounted (cgroup v1 controllers, and the v2 unified hierarchy).
 
 use std::fs;
@@ -13,7 +14,7 @@ use std::path::{Path, PathBuf};
 pub const TRACES: &str = "tracejob-traces";
 
 #[derive(Debug, thiserror::Error)]
-#[error("cannot move bpftrace into {path}: {source}")]
+#[error("cannot move the trace into {path}: {source}")]
 pub struct Error {
     path: PathBuf,
     source: io::Error,

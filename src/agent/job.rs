@@ -1,0 +1,952 @@
+//! One actor per job. Its loop waits on the process, on spec changes, on a timer and on the
+//! completions of writes it started, never on a write itself: the decisions (`decide::job`) go on
+//! while the API server is slow or down. It claims the TraceJob, starts the run (through the
+//! shim), reports Running, stops it when asked or due, decides and records the outcome, has the
+//! output collected (off the async threads) and stored, and reports the end.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use kube::ResourceExt;
+use nix::sys::signal::Signal;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tracing::{info, warn, Instrument};
+
+use crate::agent::Ctx;
+use crate::cluster::writer::{self, Desired, StatusWriter, Written};
+use crate::decide::job::{
+    self as decide, Exit, FirstSight, Found, Outcome, Process, Step, StopReason, Wanted,
+};
+use crate::decide::status;
+use crate::host::bpftrace;
+use crate::host::process::{self, Identity};
+use crate::host::rundir::{self, Landed, Record, RunFiles};
+use crate::host::shim::{self, Ended, Started};
+use crate::metrics::Metrics;
+use crate::output::collect::{self, Collected};
+use crate::output::fit::{Contents, CONFIGMAP_BUDGET};
+use crate::resource::{OutputRef, Phase, TraceJob, TraceJobStatus};
+
+/// Follows one TraceJob from first sight until its outcome is reported (or it is deleted, or the
+/// agent exits and leaves it to the next agent). `spec` brings its newest version; None when it
+/// was deleted; closed when the agent exits.
+pub async fn run(ctx: Arc<Ctx>, job: TraceJob, spec: watch::Receiver<Option<TraceJob>>) {
+    let status = ctx.writer.status_writer(&job);
+    let mut actor = Actor {
+        ours: job.status.clone().unwrap_or_default(),
+        reason: "Starting".into(),
+        ctx,
+        seen: Seen {
+            rx: spec,
+            job,
+            deleted: false,
+            exiting: false,
+        },
+        status,
+        seq: 0,
+        rejected: None,
+    };
+    if let Some(run) = actor.begin().await {
+        actor.follow(run).await;
+    }
+}
+
+struct Actor {
+    ctx: Arc<Ctx>,
+    seen: Seen,
+    status: StatusWriter,
+    seq: u64,
+    /// The status this agent last asked for, and the reason of its phase's condition.
+    ours: TraceJobStatus,
+    reason: String,
+    /// Why the API server refused a status write for good.
+    rejected: Option<String>,
+}
+
+/// The TraceJob as the watch brings it.
+struct Seen {
+    rx: watch::Receiver<Option<TraceJob>>,
+    /// The newest version.
+    job: TraceJob,
+    deleted: bool,
+    /// The agent is exiting: leave the run as it is for the next agent.
+    exiting: bool,
+}
+
+impl Seen {
+    /// Takes in the next version of the TraceJob. False when the agent is exiting.
+    async fn next(&mut self) -> bool {
+        if self.rx.changed().await.is_err() {
+            self.exiting = true;
+            return false;
+        }
+        match self.rx.borrow_and_update().clone() {
+            Some(job) => self.job = job,
+            None => self.deleted = true,
+        }
+        true
+    }
+}
+
+/// A started run.
+struct Run {
+    record: Record,
+    files: RunFiles,
+    process: Process,
+    /// Ends when the shim has exited (bpftrace has ended and its end is recorded).
+    exit: JoinHandle<()>,
+    /// When this agent started or took it over.
+    since: Instant,
+    /// When the stop was seen, for the collect latency.
+    stop_seen: Option<Instant>,
+    /// A SIGINT is due but bpftrace's PID is not known yet (its shim is starting it).
+    sigint_pending: bool,
+    live: Live,
+}
+
+#[derive(Default)]
+struct Live {
+    last: Option<Instant>,
+    /// Bytes of output when last copied.
+    size: u64,
+    in_flight: Option<JoinHandle<Result<(String, u64), writer::Error>>>,
+}
+
+/// What a claim came to.
+enum Claimed {
+    Won(String),
+    /// The TraceJob changed or the write failed: decide again from the newest.
+    Again,
+    Over,
+}
+
+impl Actor {
+    /// Decides what to do with the TraceJob: claim and start it, take over its run, or not.
+    async fn begin(&mut self) -> Option<Run> {
+        let mut delays = writer::backoff();
+        loop {
+            let record = self
+                .seen
+                .job
+                .run_id()
+                .and_then(|id| self.ctx.state.load(id));
+            match decide::first_sight(&self.seen.job, record.is_some()) {
+                FirstSight::Ignore => {
+                    // Reported, but the agent stopped before cleaning up.
+                    if let Some(r) = record {
+                        let _ = self.ctx.state.remove(&r.run_id);
+                    }
+                    return None;
+                }
+                FirstSight::Lost => {
+                    let message = "this node's agent has no record of the run (its state directory was lost); it cannot be resumed";
+                    warn!(message);
+                    self.fail_unstarted("RunLost", message.into()).await;
+                    return None;
+                }
+                FirstSight::Resume => return record.map(|r| self.resume(r)),
+                FirstSight::Start => match self.claim().await {
+                    Claimed::Won(run_id) => return self.start(run_id).await,
+                    Claimed::Again => {
+                        // A conflict is decided again at once; a refused write after a pause.
+                        if self.rejected.take().is_some() {
+                            let pause = delays.next().unwrap_or(Duration::from_secs(30));
+                            if !self.pause(pause).await {
+                                return None;
+                            }
+                        }
+                    }
+                    Claimed::Over => return None,
+                },
+            }
+        }
+    }
+
+    /// Claims the TraceJob for a run: status.id and Pending, only if the object is still the
+    /// version read (so one TraceJob is never started twice).
+    async fn claim(&mut self) -> Claimed {
+        let run_id = uuid::Uuid::new_v4().to_string();
+        self.ours = TraceJobStatus {
+            phase: Some(Phase::Pending),
+            id: Some(run_id.clone()),
+            message: Some(format!(
+                "starting bpftrace on node {}",
+                self.ctx.writer.node()
+            )),
+            ..Default::default()
+        };
+        let seq = self.report_if(self.seen.job.resource_version(), "Starting");
+        loop {
+            tokio::select! {
+                written = self.status.written.recv() => match written {
+                    Some(Written::Done { seq: s, .. }) if s == seq => {
+                        tracing::Span::current().record("id", run_id.as_str());
+                        return Claimed::Won(run_id);
+                    }
+                    Some(Written::Conflict { seq: s, newest }) if s == seq => {
+                        info!("the TraceJob changed while it was claimed; deciding again");
+                        match newest {
+                            Some(n) => self.seen.job = *n,
+                            None => return self.wait_for_newer().await,
+                        }
+                        return Claimed::Again;
+                    }
+                    Some(Written::Gone { .. }) => return Claimed::Over,
+                    Some(Written::Rejected { seq: s, error }) if s == seq => {
+                        warn!(%error, "the claim was refused; trying again later");
+                        self.rejected = Some(error);
+                        return Claimed::Again;
+                    }
+                    Some(_) => {}
+                    None => return Claimed::Over,
+                },
+                alive = self.seen.next() => if !alive || self.seen.deleted {
+                    return Claimed::Over;
+                },
+            }
+        }
+    }
+
+    /// Waits for the next version of the TraceJob. Over if it was deleted or the agent exits.
+    async fn wait_for_newer(&mut self) -> Claimed {
+        if self.seen.next().await && !self.seen.deleted {
+            Claimed::Again
+        } else {
+            Claimed::Over
+        }
+    }
+
+    /// Waits `pause`, following spec changes meanwhile. False: deleted or the agent exits.
+    async fn pause(&mut self, pause: Duration) -> bool {
+        let until = tokio::time::Instant::now() + pause;
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep_until(until) => return true,
+                alive = self.seen.next() => if !alive || self.seen.deleted { return false },
+            }
+        }
+    }
+
+    /// Starts a claimed run: its directory and record, then the shim and bpftrace.
+    async fn start(&mut self, run_id: String) -> Option<Run> {
+        let record = Record {
+            namespace: self.seen.job.namespace().unwrap_or_default(),
+            name: self.seen.job.name_any(),
+            uid: self.seen.job.uid().unwrap_or_default(),
+            run_id,
+            ..Default::default()
+        };
+        let files = match self.ctx.state.create(&record, &self.seen.job.spec.program) {
+            Ok(f) => f,
+            Err(e) => {
+                warn!(error = %e, "the run's directory could not be made");
+                let message = format!("the agent could not store the run on the node: {e}");
+                self.fail_unstarted("RunDirFailed", message).await;
+                return None;
+            }
+        };
+        let mut run = Run {
+            record,
+            files,
+            process: Process::Starting {
+                since: Instant::now(),
+            },
+            exit: tokio::spawn(async {}),
+            since: Instant::now(),
+            stop_seen: None,
+            sigint_pending: false,
+            live: Live::default(),
+        };
+        if self.seen.job.spec.stop {
+            info!("spec.stop was set before the trace started; not running bpftrace");
+            run.process = Process::Exited(Exit::NotStarted);
+            return Some(run);
+        }
+        let cfg = &self.ctx.config;
+        let spawned = shim::spawn(
+            &self.ctx.exe,
+            &run.files,
+            &cfg.bpftrace,
+            &self.seen.job.spec.args,
+            cfg.max_output_bytes,
+            cfg.host_cgroup_root.as_deref(),
+        );
+        match spawned {
+            Ok(mut child) => {
+                run.record.shim = child.id().and_then(|pid| Identity::of(pid as i32));
+                self.save(&run.record);
+                run.exit = tokio::spawn(async move {
+                    let _ = child.wait().await;
+                });
+                self.ctx.metrics.running.inc();
+            }
+            Err(e) => {
+                let why = format!("cannot start the agent's shim for bpftrace: {e}");
+                run.process = Process::Exited(Exit::CouldNotStart(why));
+            }
+        }
+        Some(run)
+    }
+
+    /// Takes over a run an earlier agent on this node started.
+    fn resume(&mut self, record: Record) -> Run {
+        tracing::Span::current().record("id", record.run_id.as_str());
+        let files = match self.ctx.state.files(&record.run_id) {
+            Ok(f) => f,
+            // load() found the record under this id, so it is a UUID.
+            Err(_) => RunFiles::in_dir(Path::new("/nonexistent")),
+        };
+        let running = record.shim.is_some_and(|s| s.is_alive());
+        let now = Instant::now();
+        let found = Found {
+            running,
+            ended: rundir::read_json::<Ended>(&files.ended).map(|e| exit_of(Some(e))),
+            stopped: record.stopped,
+            killed: record.killed,
+            tracing_since: record.tracing_since.map(|t| instant_of(t, now)),
+        };
+        let process = decide::resume(found, now);
+        info!(?process, "taking over a trace started by an earlier agent");
+        let exit = match record.shim {
+            Some(shim) if running => {
+                self.ctx.metrics.running.inc();
+                tokio::spawn(async move {
+                    while shim.is_alive() {
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                })
+            }
+            _ => tokio::spawn(async {}),
+        };
+        Run {
+            stop_seen: record.stopped.map(|_| now),
+            record,
+            files,
+            process,
+            exit,
+            since: now,
+            sigint_pending: false,
+            live: Live::default(),
+        }
+    }
+
+    /// Follows the run until bpftrace has ended, then reports its outcome.
+    async fn follow(&mut self, mut run: Run) {
+        loop {
+            if let Process::Starting { .. } = run.process {
+                self.check_attached(&mut run);
+            }
+            if run.sigint_pending {
+                self.signal(&mut run, Signal::SIGINT);
+            }
+            if let Process::Tracing { .. } = run.process {
+                self.copy_live(&mut run);
+            }
+            let now = Instant::now();
+            let wanted = self.wanted(&run);
+            match decide::next(wanted, &run.process, now) {
+                Step::Collect => break,
+                Step::Interrupt(reason) => self.interrupt(&mut run, reason),
+                Step::Reinterrupt => {
+                    warn!("bpftrace has not ended since SIGINT; sending SIGINT again");
+                    self.signal(&mut run, Signal::SIGINT);
+                    if let Process::Interrupted { at, reason, .. } = run.process {
+                        run.process = Process::Interrupted {
+                            at,
+                            signalled: now,
+                            reason,
+                        };
+                    }
+                }
+                Step::Kill => {
+                    warn!("bpftrace did not exit within the grace period; killing it");
+                    self.signal(&mut run, Signal::SIGKILL);
+                    run.record.killed = true;
+                    self.save(&run.record);
+                    let reason = run.record.stopped.unwrap_or(StopReason::Requested);
+                    run.process = Process::Killed { reason };
+                }
+                Step::Wait(until) => {
+                    if !self.wait(&mut run, until).await {
+                        return;
+                    }
+                }
+            }
+        }
+        self.finish(run).await;
+    }
+
+    /// Waits for the next thing that can change a decision. False: the agent is exiting.
+    async fn wait(&mut self, run: &mut Run, until: Option<Instant>) -> bool {
+        let now = Instant::now();
+        let nap = if matches!(run.process, Process::Starting { .. }) || run.sigint_pending {
+            // Looking for the attach line (or for bpftrace's PID) often.
+            Duration::from_millis(25)
+        } else {
+            // At least every second: the output's size and live output.
+            until.map_or(Duration::from_secs(1), |t| {
+                t.saturating_duration_since(now).min(Duration::from_secs(1))
+            })
+        };
+        let live = async {
+            match run.live.in_flight.as_mut() {
+                Some(handle) => handle.await.ok(),
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = &mut run.exit => {
+                run.process = Process::Exited(exit_of(rundir::read_json(&run.files.ended)));
+                self.ctx.metrics.running.dec();
+            }
+            alive = self.seen.next() => return alive,
+            written = self.status.written.recv() => self.on_written(written),
+            copied = live => {
+                run.live.in_flight = None;
+                self.on_live_copied(run, copied);
+            }
+            _ = tokio::time::sleep(nap) => {}
+        }
+        true
+    }
+
+    fn wanted(&self, run: &Run) -> Wanted {
+        let (head, _) = shim::split(self.ctx.config.max_output_bytes);
+        let printed = std::fs::metadata(&run.files.stdout).map_or(0, |m| m.len());
+        Wanted {
+            deleted: self.seen.deleted,
+            output_full: printed >= head,
+            agent_removed: *self.ctx.removed.borrow(),
+            status_rejected: self.rejected.is_some(),
+            ..Wanted::of(&self.seen.job, self.ctx.config.start_timeout())
+        }
+    }
+
+    fn on_written(&mut self, written: Option<Written>) {
+        match written {
+            Some(Written::Gone { .. }) => self.seen.deleted = true,
+            Some(Written::Rejected { error, .. }) => {
+                warn!(%error, "the API server refused the status; stopping the trace");
+                self.rejected = Some(error);
+            }
+            Some(Written::Done { .. } | Written::Conflict { .. }) | None => {}
+        }
+    }
+
+    /// Reports Running once bpftrace is tracing.
+    fn check_attached(&mut self, run: &mut Run) {
+        if run.record.bpftrace.is_none() {
+            if let Some(started) = rundir::read_json::<Started>(&run.files.started) {
+                if let Some(e) = &started.cgroup_error {
+                    warn!(error = %e, "the trace stays in the agent's cgroup: it will end if the agent's container stops");
+                }
+                info!(pid = started.bpftrace.pid, "bpftrace started");
+                run.record.bpftrace = Some(started.bpftrace);
+                self.save(&run.record);
+            }
+        }
+        let Some(p) = run.record.bpftrace else { return };
+        let files = &run.files;
+        let printed = std::fs::metadata(&files.stdout).map_or(0, |m| m.len());
+        // Up to 0.23 the attach line is on stdout; 0.27 prints it on stderr.
+        let (line, printed_after) =
+            match bpftrace::attach_line(&bpftrace::head(&files.stdout, 4096)) {
+                Some(line) => (Some(line), printed > line.end as u64),
+                None => (
+                    bpftrace::attach_line(&bpftrace::head(&files.stderr, 16384)),
+                    printed > 0,
+                ),
+            };
+        let Some(probes) = decide::tracing(line, printed_after, process::is_polling(p.pid)) else {
+            return;
+        };
+        let latency = run.since.elapsed();
+        self.ctx.metrics.started.inc();
+        Metrics::observe(&self.ctx.metrics.start_latency, latency);
+        run.process = Process::Tracing {
+            since: Instant::now(),
+        };
+        run.record.probes = Some(probes);
+        run.record.tracing_since = Some(k8s_openapi::jiff::Timestamp::now().as_second());
+        self.save(&run.record);
+        info!(probes, ?latency, "probes attached; tracing");
+        if self.seen.deleted {
+            return;
+        }
+        self.ours = TraceJobStatus {
+            phase: Some(Phase::Running),
+            pid: Some(p.pid.into()),
+            probes: Some(probes.into()),
+            start_time: Some(writer::now()),
+            message: Some(format!("tracing with {probes} probes")),
+            ..self.ours.clone()
+        };
+        self.report("ProbesAttached");
+        self.ctx.writer.event(
+            &self.seen.job,
+            false,
+            "Started",
+            format!("bpftrace attached {probes} probes (pid {})", p.pid),
+        );
+    }
+
+    fn interrupt(&mut self, run: &mut Run, reason: StopReason) {
+        info!(reason = reason.describe(), "stopping: sending SIGINT");
+        let now = Instant::now();
+        run.process = Process::Interrupted {
+            at: now,
+            signalled: now,
+            reason,
+        };
+        run.stop_seen = Some(now);
+        run.record.stopped = Some(reason);
+        self.save(&run.record);
+        run.sigint_pending = true;
+        self.signal(run, Signal::SIGINT);
+        if self.seen.deleted {
+            return;
+        }
+        self.ours.phase = Some(Phase::Stopping);
+        self.ours.message = Some(format!(
+            "stopping: {}; waiting for bpftrace to print its maps",
+            reason.describe()
+        ));
+        self.report("Stopping");
+        self.ctx.writer.event(
+            &self.seen.job,
+            false,
+            "Stopping",
+            format!("sent SIGINT: {}", reason.describe()),
+        );
+    }
+
+    /// Signals bpftrace, once its shim has said which process it is.
+    fn signal(&mut self, run: &mut Run, signal: Signal) {
+        if run.record.bpftrace.is_none() {
+            run.record.bpftrace =
+                rundir::read_json::<Started>(&run.files.started).map(|s| s.bpftrace);
+        }
+        match run.record.bpftrace {
+            Some(p) => {
+                p.signal(signal);
+                if signal == Signal::SIGINT {
+                    run.sigint_pending = false;
+                }
+            }
+            // Not started yet: the shim is about to start it; SIGINT is sent once it has.
+            None => run.sigint_pending = signal == Signal::SIGINT,
+        }
+    }
+
+    /// Copies the newest output into the ConfigMap while the trace runs: at most every
+    /// `--live-interval`, only when it grew, past the attach line, within the node's budget.
+    fn copy_live(&mut self, run: &mut Run) {
+        let Some(interval) = self.ctx.config.live_interval() else {
+            return;
+        };
+        if self.seen.deleted
+            || run.live.in_flight.is_some()
+            || run.live.last.is_some_and(|t| t.elapsed() < interval)
+        {
+            return;
+        }
+        let printed = std::fs::metadata(&run.files.stdout).map_or(0, |m| m.len());
+        let from = bpftrace::attach_line(&bpftrace::head(&run.files.stdout, 4096))
+            .map_or(0, |l| l.end as u64);
+        if printed <= from || printed == run.live.size {
+            return;
+        }
+        run.live.last = Some(Instant::now());
+        let window = self.ctx.config.live_window_bytes;
+        let bytes = (printed - from).min(window);
+        let spent = self
+            .ctx
+            .live_budget
+            .lock()
+            .map(|mut b| b.spend(bytes, Instant::now()))
+            .unwrap_or(false);
+        if !spent {
+            self.ctx.metrics.live_skipped.inc();
+            return;
+        }
+        let (writer, job, run_id, path) = (
+            self.ctx.writer.clone(),
+            self.seen.job.clone(),
+            run.record.run_id.clone(),
+            run.files.stdout.clone(),
+        );
+        run.live.in_flight = Some(tokio::spawn(
+            async move {
+                let read = tokio::task::spawn_blocking(move || {
+                    collect::live_window(&path, from, window)
+                        .map(|(offset, bytes)| (offset, contents_of(bytes), printed))
+                })
+                .await;
+                let (offset, contents, printed) = match read {
+                    Ok(Ok(r)) => r,
+                    Ok(Err(e)) => return Err(writer::Error::Kube(kube::Error::Service(e.into()))),
+                    Err(e) => return Err(writer::Error::Kube(kube::Error::Service(e.into()))),
+                };
+                let name = writer
+                    .output(&job, &run_id, &contents, Some(offset))
+                    .await?;
+                Ok((name, printed))
+            }
+            .in_current_span(),
+        ));
+    }
+
+    fn on_live_copied(
+        &mut self,
+        run: &mut Run,
+        copied: Option<Result<(String, u64), writer::Error>>,
+    ) {
+        match copied {
+            Some(Ok((name, printed))) => {
+                self.ctx.metrics.live_bytes.inc_by(
+                    printed
+                        .saturating_sub(run.live.size)
+                        .min(self.ctx.config.live_window_bytes),
+                );
+                run.live.size = printed;
+                let output_ref = Some(OutputRef { name });
+                if self.ours.output_ref != output_ref && !self.seen.deleted {
+                    self.ours.output_ref = output_ref;
+                    let reason = self.reason.clone();
+                    self.report(&reason);
+                }
+            }
+            Some(Err(e)) => warn!(error = %e, "live output not written; trying again later"),
+            None => {}
+        }
+    }
+
+    /// Decides and records the outcome, has the output collected and stored, reports the end
+    /// and removes the run's files. Each step done is recorded, so an agent that takes the run
+    /// over after a restart goes on from there instead of doing it again.
+    async fn finish(&mut self, mut run: Run) {
+        let exit = match &run.process {
+            Process::Exited(e) => e.clone(),
+            _ => Exit::Unrecorded,
+        };
+        let outcome = match run.record.outcome.clone() {
+            Some(o) => o,
+            None => {
+                let stderr = tokio::fs::read(&run.files.stderr).await.unwrap_or_default();
+                let errors = bpftrace::error_text(&String::from_utf8_lossy(&stderr));
+                let o = decide::outcome(&exit, run.record.stopped, run.record.killed, &errors);
+                run.record.outcome = Some(o.clone());
+                self.save(&run.record);
+                o
+            }
+        };
+        info!(phase = %outcome.phase, ?exit, reason = %outcome.reason, "bpftrace ended");
+        if let Some(live) = run.live.in_flight.take() {
+            // A live copy must not land after the final output.
+            live.abort();
+            let _ = live.await;
+        }
+        let mut outcome = outcome;
+        let landed = match run.record.landed.clone() {
+            Some(l) => Some(l),
+            None if self.seen.deleted => None,
+            None => match self.store(&run).await {
+                Stored::Landed(l) => {
+                    run.record.landed = Some(l.clone());
+                    self.save(&run.record);
+                    Some(l)
+                }
+                Stored::Failed(e) => {
+                    outcome.phase = Phase::Failed;
+                    outcome.reason = "OutputNotStored".into();
+                    outcome.message =
+                        format!("{}; the output could not be stored: {e}", outcome.message);
+                    None
+                }
+                Stored::Interrupted => return,
+            },
+        };
+        if !self.seen.deleted && !self.seen.exiting {
+            self.report_outcome(&outcome, landed.as_ref(), run.stop_seen);
+            if !self.report_until_written().await {
+                // The agent is exiting: the next one reports from the record.
+                return;
+            }
+        }
+        if self.seen.exiting {
+            return;
+        }
+        if let Err(e) = self.ctx.state.remove(&run.record.run_id) {
+            warn!(error = %e, "could not remove the run's files");
+        }
+    }
+
+    /// Waits until the final status is written. If the API server refuses it, a plain Failed
+    /// status saying why is written instead; if that is refused too, both are tried again with
+    /// backoff while the record keeps the outcome. False: the agent is exiting first.
+    async fn report_until_written(&mut self) -> bool {
+        let wanted = (self.ours.clone(), self.reason.clone());
+        let mut delays = writer::backoff();
+        loop {
+            let error = match self.reported().await {
+                Reported::Written | Reported::Deleted => return true,
+                Reported::Exiting => return false,
+                Reported::Rejected(e) => e,
+            };
+            warn!(%error, "the API server refused the final status; reporting Failed instead");
+            self.ours.phase = Some(Phase::Failed);
+            self.ours.message = Some(format!(
+                "the API server refused the TraceJob's status: {error}"
+            ));
+            self.report("StatusRejected");
+            match self.reported().await {
+                Reported::Written | Reported::Deleted => return true,
+                Reported::Exiting => return false,
+                Reported::Rejected(error) => {
+                    let pause = delays.next().unwrap_or(Duration::from_secs(30));
+                    warn!(%error, retry_in = ?pause, "the API server refuses every status of this TraceJob; keeping its outcome on the node and trying again");
+                    if !self.pause(pause).await {
+                        return !self.seen.exiting;
+                    }
+                    (self.ours, self.reason) = wanted.clone();
+                    let reason = self.reason.clone();
+                    self.report(&reason);
+                }
+            }
+        }
+    }
+
+    /// Collects the output (a few runs at a time, on blocking threads) and stores it in the
+    /// ConfigMap, retrying transient failures, while following the TraceJob.
+    async fn store(&mut self, run: &Run) -> Stored {
+        let ctx = self.ctx.clone();
+        let stdout = run.files.stdout.clone();
+        let dropped = rundir::read_json::<Ended>(&run.files.ended).map_or(0, |e| e.stdout.dropped);
+        let (writer, job, run_id) = (
+            self.ctx.writer.clone(),
+            self.seen.job.clone(),
+            run.record.run_id.clone(),
+        );
+        let mut task = tokio::spawn(
+            async move {
+                let collected = {
+                    let _permit = ctx.collections.acquire().await;
+                    ctx.metrics.collecting.inc();
+                    ctx.metrics.collections.inc();
+                    let version = ctx.bpftrace_version.clone();
+                    let read = tokio::task::spawn_blocking(move || {
+                        collect::collect(&stdout, dropped, &version, CONFIGMAP_BUDGET)
+                    })
+                    .await;
+                    ctx.metrics.collecting.dec();
+                    match read {
+                        Ok(Ok(c)) => c,
+                        Ok(Err(e)) => return Err(format!("reading the output on the node: {e}")),
+                        Err(e) => return Err(format!("reading the output on the node: {e}")),
+                    }
+                };
+                let Collected { contents, stored } = collected;
+                let mut delays = writer::backoff();
+                loop {
+                    match writer.output(&job, &run_id, &contents, None).await {
+                        Ok(name) => {
+                            let (reason, message) = stored.describe(&name);
+                            return Ok(Landed {
+                                configmap: name,
+                                reason: reason.into(),
+                                message,
+                                bytes: stored.raw + stored.dropped_on_node,
+                            });
+                        }
+                        Err(e) if e.is_transient() => {
+                            let delay = delays.next().unwrap_or(Duration::from_secs(30));
+                            warn!(error = %e, retry_in = ?delay, "writing the output ConfigMap failed");
+                            tokio::time::sleep(delay).await;
+                        }
+                        Err(e) => return Err(e.to_string()),
+                    }
+                }
+            }
+            .in_current_span(),
+        );
+        loop {
+            tokio::select! {
+                done = &mut task => return match done {
+                    Ok(Ok(l)) => Stored::Landed(l),
+                    Ok(Err(e)) => Stored::Failed(e),
+                    Err(e) => Stored::Failed(e.to_string()),
+                },
+                alive = self.seen.next() => if !alive || self.seen.deleted {
+                    task.abort();
+                    return Stored::Interrupted;
+                },
+                written = self.status.written.recv() => self.on_written(written),
+            }
+        }
+    }
+
+    fn report_outcome(
+        &mut self,
+        outcome: &Outcome,
+        landed: Option<&Landed>,
+        stop_seen: Option<Instant>,
+    ) {
+        let mut message = outcome.message.clone();
+        let mut conditions = std::mem::take(&mut self.ours.conditions);
+        conditions.retain(|c| c.type_ != "OutputStored");
+        if let Some(l) = landed {
+            if l.reason != "Stored" || l.message.contains("binaryData") {
+                message = format!("{message}; {}", l.message);
+            }
+            conditions.push(status::output_stored(
+                &l.reason,
+                &l.message,
+                &self.seen.job,
+                writer::now(),
+            ));
+            if let Some(seen) = stop_seen {
+                Metrics::observe(&self.ctx.metrics.collect_latency, seen.elapsed());
+            }
+        }
+        self.ours = TraceJobStatus {
+            phase: Some(outcome.phase),
+            exit_code: outcome.exit_code,
+            completion_time: Some(writer::now()),
+            message: Some(message.clone()),
+            output_ref: landed.map(|l| OutputRef {
+                name: l.configmap.clone(),
+            }),
+            conditions,
+            ..self.ours.clone()
+        };
+        self.report(&outcome.reason);
+        if outcome.phase == Phase::Completed {
+            self.ctx.metrics.completed.inc();
+        } else {
+            self.ctx.metrics.failed(&outcome.reason);
+        }
+        let reported = Outcome {
+            message,
+            ..outcome.clone()
+        };
+        let (warning, reason, note) = decide::event(
+            &reported,
+            landed.map_or(0, |l| l.bytes),
+            landed.map(|l| l.configmap.as_str()),
+        );
+        self.ctx.writer.event(&self.seen.job, warning, reason, note);
+    }
+
+    /// Fails a TraceJob that has no run to collect from.
+    async fn fail_unstarted(&mut self, reason: &str, message: String) {
+        self.ours.phase = Some(Phase::Failed);
+        self.ours.completion_time = Some(writer::now());
+        self.ours.message = Some(message.clone());
+        self.report(reason);
+        self.ctx
+            .writer
+            .event(&self.seen.job, true, "Failed", message);
+        self.ctx.metrics.failed(reason);
+        if let Reported::Rejected(error) = self.reported().await {
+            warn!(%error, "the API server refused the status");
+        }
+    }
+
+    /// Waits until the last status handed to the writer is written, or will not be.
+    async fn reported(&mut self) -> Reported {
+        loop {
+            tokio::select! {
+                written = self.status.written.recv() => match written {
+                    Some(Written::Done { seq, .. }) if seq == self.seq => return Reported::Written,
+                    Some(Written::Gone { .. }) | None => return Reported::Deleted,
+                    Some(Written::Rejected { seq, error }) if seq == self.seq => {
+                        return Reported::Rejected(error);
+                    }
+                    Some(_) => {}
+                },
+                alive = self.seen.next() => if !alive {
+                    return Reported::Exiting;
+                } else if self.seen.deleted {
+                    return Reported::Deleted;
+                },
+            }
+        }
+    }
+
+    /// Hands the status this agent wants to the writer.
+    fn report(&mut self, reason: &str) {
+        self.report_if(None, reason);
+    }
+
+    fn report_if(&mut self, precondition: Option<String>, reason: &str) -> u64 {
+        self.reason = reason.to_string();
+        self.ours = status::complete(self.ours.clone(), reason, &self.seen.job, writer::now());
+        self.seq += 1;
+        self.status.write(Desired {
+            seq: self.seq,
+            status: self.ours.clone(),
+            precondition,
+        });
+        self.seq
+    }
+
+    fn save(&self, record: &Record) {
+        if let Err(e) = self.ctx.state.save(record) {
+            warn!(error = %e, "could not save the run's record");
+        }
+    }
+}
+
+/// What became of the last status handed to the writer.
+enum Reported {
+    Written,
+    Deleted,
+    Exiting,
+    Rejected(String),
+}
+
+enum Stored {
+    Landed(Landed),
+    Failed(String),
+    /// Deleted, or the agent is exiting: the next agent stores it.
+    Interrupted,
+}
+
+/// How bpftrace ended, from what its shim recorded (nothing: it could not record it).
+fn exit_of(ended: Option<Ended>) -> Exit {
+    match ended {
+        Some(Ended { error: Some(e), .. }) => Exit::CouldNotStart(e),
+        Some(Ended { code: Some(c), .. }) => Exit::Code(c),
+        Some(Ended {
+            signal: Some(s), ..
+        }) => Exit::Signal(s),
+        _ => Exit::Unrecorded,
+    }
+}
+
+/// The Instant of a Unix time in the past (`now` if it cannot be represented).
+fn instant_of(unix_seconds: i64, now: Instant) -> Instant {
+    let ago = k8s_openapi::jiff::Timestamp::now()
+        .as_second()
+        .saturating_sub(unix_seconds);
+    u64::try_from(ago)
+        .ok()
+        .and_then(|s| now.checked_sub(Duration::from_secs(s)))
+        .unwrap_or(now)
+}
+
+/// A live copy's contents: the output as text, or byte for byte when it is not UTF-8.
+fn contents_of(bytes: Vec<u8>) -> Contents {
+    let mut contents = Contents::default();
+    match String::from_utf8(bytes) {
+        Ok(text) => {
+            contents.data.insert("output".into(), text);
+        }
+        Err(e) => {
+            contents.binary.insert("output".into(), e.into_bytes());
+        }
+    }
+    contents
+}

@@ -1,0 +1,398 @@
+//! Everything the agent writes to the cluster, in one place: TraceJob status (through the status
+//! subresource, by server-side apply), the output ConfigMap, and Events.
+//!
+//! Status goes through one writer task per job: the job's actor hands it the status it wants
+//! and goes on; the task writes the newest one, retries transient failures with jittered
+//! backoff (a newer status replaces the one being retried), and reports each outcome back, so
+//! the actor never waits on a write.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use backon::BackoffBuilder;
+use k8s_openapi::api::core::v1::ConfigMap;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference, Time};
+use k8s_openapi::jiff::Timestamp;
+use k8s_openapi::ByteString;
+use kube::api::{Patch, PatchParams, PostParams};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::{Api, Client, Resource, ResourceExt};
+use serde_json::json;
+use tokio::sync::{mpsc, watch};
+use tracing::{warn, Instrument};
+
+use crate::output::fit::Contents;
+use crate::resource::{TraceJob, TraceJobStatus, LABEL_NODE, LABEL_RUN, LABEL_TRACEJOB};
+
+/// The field manager of the agent's server-side applies.
+pub const MANAGER: &str = "tracejob-agent";
+/// Annotations of an output ConfigMap that holds live output (the newest part of a running
+/// trace's output), and where in the whole output that part begins.
+pub const ANNOTATION_LIVE: &str = "observe.tracejob.dev/live";
+pub const ANNOTATION_LIVE_OFFSET: &str = "observe.tracejob.dev/live-offset";
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("ConfigMap {0} exists and does not belong to this TraceJob; it was left untouched")]
+    NotOurs(String),
+}
+
+impl Error {
+    /// Worth retrying: the API server is unreachable, overloaded or failing. Anything else (the
+    /// object is gone, was changed since it was read, or the write is invalid) will not heal.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Error::Kube(kube::Error::Api(s)) => s.code == 429 || s.code >= 500,
+            Error::Kube(_) => true,
+            Error::NotOurs(_) => false,
+        }
+    }
+
+    fn code(&self) -> Option<u16> {
+        match self {
+            Error::Kube(kube::Error::Api(s)) => Some(s.code),
+            _ => None,
+        }
+    }
+}
+
+/// Delays between retries of a failed write: exponential from 200 ms to 30 s, with jitter so
+/// that many jobs failing together do not retry together.
+pub fn backoff() -> impl Iterator<Item = Duration> {
+    backon::ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(200))
+        .with_max_delay(Duration::from_secs(30))
+        .with_jitter()
+        .without_max_times()
+        .build()
+}
+
+pub fn now() -> Time {
+    Time(Timestamp::now())
+}
+
+#[derive(Clone)]
+pub struct Writer {
+    client: Client,
+    recorder: Recorder,
+    node: String,
+}
+
+/// A status for the writer to write: the whole status as the agent knows it.
+#[derive(Debug, Clone)]
+pub struct Desired {
+    /// Increases with each status the actor hands over; outcomes carry it back.
+    pub seq: u64,
+    pub status: TraceJobStatus,
+    /// Write only if the object is still at this resourceVersion (the claim).
+    pub precondition: Option<String>,
+}
+
+/// What became of a status write.
+#[derive(Debug)]
+pub enum Written {
+    Done {
+        seq: u64,
+        job: Box<TraceJob>,
+    },
+    /// The precondition failed: the object changed; here is the newest, if it could be read.
+    Conflict {
+        seq: u64,
+        newest: Option<Box<TraceJob>>,
+    },
+    /// The TraceJob is gone.
+    Gone {
+        seq: u64,
+    },
+    /// The API server refuses this status for good (invalid, forbidden).
+    Rejected {
+        seq: u64,
+        error: String,
+    },
+}
+
+/// The actor's end of its job's status writer.
+pub struct StatusWriter {
+    tx: watch::Sender<Option<Desired>>,
+    pub written: mpsc::UnboundedReceiver<Written>,
+}
+
+impl StatusWriter {
+    /// Hands over the status to write; an older one not yet written is dropped.
+    pub fn write(&self, desired: Desired) {
+        // The task ends only after the actor drops this sender.
+        let _ = self.tx.send(Some(desired));
+    }
+}
+
+impl Writer {
+    pub fn new(client: Client, node: &str) -> Writer {
+        let reporter = Reporter {
+            controller: "tracejob-agent".into(),
+            instance: Some(node.to_string()),
+        };
+        Writer {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            node: node.to_string(),
+        }
+    }
+
+    pub fn node(&self) -> &str {
+        &self.node
+    }
+
+    fn api(&self, job: &TraceJob) -> Api<TraceJob> {
+        Api::namespaced(self.client.clone(), &job.namespace().unwrap_or_default())
+    }
+
+    /// Starts the status writer of one job; it ends when the returned handle is dropped.
+    pub fn status_writer(&self, job: &TraceJob) -> StatusWriter {
+        let (tx, rx) = watch::channel(None);
+        let (done, written) = mpsc::unbounded_channel();
+        let api = self.api(job);
+        let name = job.name_any();
+        tokio::spawn(write_statuses(api, name, rx, done).in_current_span());
+        StatusWriter { tx, written }
+    }
+
+    /// The TraceJob as the server has it now (None: gone).
+    pub async fn get(&self, job: &TraceJob) -> Result<Option<TraceJob>, Error> {
+        Ok(self.api(job).get_opt(&job.name_any()).await?)
+    }
+
+    /// Stores output in a ConfigMap owned by the TraceJob, or replaces it if it is already ours
+    /// (a retried write, or live output replaced). If a ConfigMap of that name exists and is not
+    /// ours, it is left alone and a second name (with the whole run id) is used. `live` marks
+    /// live output and where it begins in the whole output. One attempt: the caller retries.
+    pub async fn output(
+        &self,
+        job: &TraceJob,
+        run_id: &str,
+        contents: &Contents,
+        live: Option<u64>,
+    ) -> Result<String, Error> {
+        let short = output_name(&job.name_any(), run_id.split('-').next().unwrap_or(run_id));
+        let long = output_name(&job.name_any(), run_id);
+        match self
+            .write_configmap(job, run_id, &short, contents, live)
+            .await
+        {
+            Err(Error::NotOurs(_)) => {
+                self.write_configmap(job, run_id, &long, contents, live)
+                    .await
+            }
+            other => other,
+        }
+    }
+
+    async fn write_configmap(
+        &self,
+        job: &TraceJob,
+        run_id: &str,
+        name: &str,
+        contents: &Contents,
+        live: Option<u64>,
+    ) -> Result<String, Error> {
+        let ns = job.namespace().unwrap_or_default();
+        let api: Api<ConfigMap> = Api::namespaced(self.client.clone(), &ns);
+        let annotations = live.map(|offset| {
+            BTreeMap::from([
+                (ANNOTATION_LIVE.to_string(), "true".to_string()),
+                (ANNOTATION_LIVE_OFFSET.to_string(), offset.to_string()),
+            ])
+        });
+        let cm = ConfigMap {
+            metadata: ObjectMeta {
+                name: Some(name.to_string()),
+                namespace: Some(ns),
+                labels: Some(BTreeMap::from([
+                    (LABEL_TRACEJOB.to_string(), job.name_any()),
+                    (LABEL_NODE.to_string(), self.node.clone()),
+                    (LABEL_RUN.to_string(), run_id.to_string()),
+                ])),
+                annotations,
+                owner_references: Some(vec![owner(job)]),
+                ..Default::default()
+            },
+            data: Some(contents.data.clone()),
+            binary_data: Some(
+                contents
+                    .binary
+                    .iter()
+                    .map(|(k, v)| (k.clone(), ByteString(v.clone())))
+                    .collect(),
+            ),
+            ..Default::default()
+        };
+        match api.create(&PostParams::default(), &cm).await {
+            Ok(_) => Ok(name.to_string()),
+            Err(kube::Error::Api(s)) if s.code == 409 => {
+                let existing = api.get(name).await?;
+                let ours = existing
+                    .owner_references()
+                    .iter()
+                    .any(|o| Some(&o.uid) == job.uid().as_ref());
+                if !ours {
+                    warn!(
+                        configmap = name,
+                        "a ConfigMap of the output's name exists and is not ours; leaving it alone"
+                    );
+                    return Err(Error::NotOurs(name.to_string()));
+                }
+                let mut updated = cm;
+                updated.metadata.resource_version = existing.resource_version();
+                api.replace(name, &PostParams::default(), &updated).await?;
+                Ok(name.to_string())
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Publishes an Event on the TraceJob, in the background: Events are best effort, and never
+    /// hold anything up.
+    pub fn event(&self, job: &TraceJob, warning: bool, reason: &str, note: String) {
+        let event = Event {
+            type_: if warning {
+                EventType::Warning
+            } else {
+                EventType::Normal
+            },
+            reason: reason.to_string(),
+            note: Some(note),
+            action: reason.to_string(),
+            secondary: None,
+        };
+        let recorder = self.recorder.clone();
+        let object = job.object_ref(&());
+        let reason = reason.to_string();
+        tokio::spawn(
+            async move {
+                let published = tokio::time::timeout(
+                    Duration::from_secs(10),
+                    recorder.publish(&event, &object),
+                )
+                .await;
+                match published {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => warn!(error = %e, reason, "could not publish event"),
+                    Err(_) => warn!(reason, "could not publish event in 10 s"),
+                }
+            }
+            .in_current_span(),
+        );
+    }
+}
+
+/// The status writer of one job: writes the newest status it was handed, until the actor goes.
+async fn write_statuses(
+    api: Api<TraceJob>,
+    name: String,
+    mut rx: watch::Receiver<Option<Desired>>,
+    done: mpsc::UnboundedSender<Written>,
+) {
+    while rx.changed().await.is_ok() {
+        let mut delays = backoff();
+        loop {
+            let Some(desired) = rx.borrow_and_update().clone() else {
+                break;
+            };
+            let seq = desired.seq;
+            let written = match apply_status(&api, &name, &desired).await {
+                Ok(job) => Written::Done {
+                    seq,
+                    job: Box::new(job),
+                },
+                Err(e) if e.code() == Some(409) => Written::Conflict {
+                    seq,
+                    newest: api.get_opt(&name).await.ok().flatten().map(Box::new),
+                },
+                Err(e) if e.code() == Some(404) => Written::Gone { seq },
+                Err(e) if e.is_transient() => {
+                    let delay = delays.next().unwrap_or(Duration::from_secs(30));
+                    warn!(error = %e, retry_in = ?delay, "writing status failed");
+                    // A newer status is tried at once; otherwise this one after the delay.
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => {}
+                        changed = rx.changed() => if changed.is_err() { return },
+                    }
+                    continue;
+                }
+                Err(e) => Written::Rejected {
+                    seq,
+                    error: e.to_string(),
+                },
+            };
+            if done.send(written).is_err() {
+                return;
+            }
+            break;
+        }
+    }
+}
+
+async fn apply_status(
+    api: &Api<TraceJob>,
+    name: &str,
+    desired: &Desired,
+) -> Result<TraceJob, Error> {
+    let mut object = json!({
+        "apiVersion": TraceJob::api_version(&()),
+        "kind": TraceJob::kind(&()),
+        "metadata": { "name": name },
+        "status": desired.status,
+    });
+    if let Some(rv) = &desired.precondition {
+        object["metadata"]["resourceVersion"] = json!(rv);
+    }
+    let params = PatchParams::apply(MANAGER).force();
+    Ok(api
+        .patch_status(name, &params, &Patch::Apply(object))
+        .await?)
+}
+
+/// The ConfigMap name for a run: the TraceJob's name and (part of) the run id, so a TraceJob
+/// created again under the same name never meets the previous run's ConfigMap.
+pub fn output_name(tracejob: &str, run_id: &str) -> String {
+    let suffix = format!("-output-{run_id}");
+    let room = 253 - suffix.len();
+    let base: String = tracejob.chars().take(room).collect();
+    format!("{}{suffix}", base.trim_end_matches(['-', '.']))
+}
+
+fn owner(job: &TraceJob) -> OwnerReference {
+    OwnerReference {
+        api_version: TraceJob::api_version(&()).to_string(),
+        kind: TraceJob::kind(&()).to_string(),
+        name: job.name_any(),
+        uid: job.uid().unwrap_or_default(),
+        controller: Some(true),
+        block_owner_deletion: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn output_names_are_valid_and_unique_per_run() {
+        let a = output_name("biolatency", "0b6c1f1e");
+        assert_eq!(a, "biolatency-output-0b6c1f1e");
+        let long = output_name(&"x".repeat(253), "0b6c1f1e-0000-4000-8000-000000000000");
+        assert!(
+            long.len() <= 253 && long.ends_with("-output-0b6c1f1e-0000-4000-8000-000000000000")
+        );
+    }
+
+    #[test]
+    fn backoff_is_jittered_and_capped() {
+        let a: Vec<Duration> = backoff().take(12).collect();
+        let b: Vec<Duration> = backoff().take(12).collect();
+        assert!(a.iter().all(|d| *d <= Duration::from_secs(60)), "{a:?}");
+        assert!(a[0] >= Duration::from_millis(200), "{a:?}");
+        assert_ne!(a, b, "two jobs do not retry in step");
+    }
+}

@@ -1,0 +1,722 @@
+//! One job's lifecycle as pure decisions: given what the TraceJob asks and what the bpftrace
+//! process is doing, what the agent does next; and how a run that ended is reported. No I/O here;
+//! the job actor carries the decisions out.
+
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+use crate::host::bpftrace::AttachLine;
+use crate::resource::{Phase, TraceJob, MAX_DEADLINE_SECONDS, MAX_GRACE_SECONDS};
+
+/// What the agent does on first seeing a TraceJob for its node.
+#[derive(Debug, PartialEq, Eq)]
+pub enum FirstSight {
+    /// Never run: claim it (status.id, Pending) and start it.
+    Start,
+    /// Run by an earlier agent on this node whose record is on disk: take it over.
+    Resume,
+    /// Claimed, but this node has no record of the run: it cannot be resumed.
+    Lost,
+    /// Completed or Failed: never run again.
+    Ignore,
+}
+
+/// `has_record`: the state directory holds a record for the TraceJob's status.id. Also decides
+/// again after a claim lost to a newer version of the object.
+pub fn first_sight(job: &TraceJob, has_record: bool) -> FirstSight {
+    match (job.phase(), job.run_id()) {
+        (Some(p), _) if p.is_final() => FirstSight::Ignore,
+        (_, None) => FirstSight::Start,
+        (_, Some(_)) if has_record => FirstSight::Resume,
+        (_, Some(_)) => FirstSight::Lost,
+    }
+}
+
+/// Why a trace is being ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum StopReason {
+    Requested,
+    Deadline,
+    Deleted,
+    /// The output on disk reached the agent's per-job limit.
+    OutputLimit,
+    /// The agent is being removed from the node and no agent will take the trace over.
+    AgentRemoved,
+    /// bpftrace did not attach its probes within the start timeout.
+    StartTimeout,
+    /// The API server refuses this job's status: it cannot be reported, so it is not run on.
+    StatusRejected,
+}
+
+impl StopReason {
+    pub fn describe(self) -> &'static str {
+        match self {
+            StopReason::Requested => "spec.stop was set",
+            StopReason::Deadline => "the deadline was reached",
+            StopReason::Deleted => "the TraceJob was deleted",
+            StopReason::OutputLimit => {
+                "its output reached the agent's per-job limit (--max-output-bytes)"
+            }
+            StopReason::AgentRemoved => "the agent was removed from the node",
+            StopReason::StartTimeout => {
+                "bpftrace did not attach its probes within the agent's start timeout (--start-timeout)"
+            }
+            StopReason::StatusRejected => "the API server rejected the TraceJob's status",
+        }
+    }
+}
+
+/// The bpftrace process as the agent sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Process {
+    /// Started, probes not attached yet.
+    Starting { since: Instant },
+    /// Probes attached: tracing.
+    Tracing { since: Instant },
+    /// SIGINT sent at `at` (last sent at `signalled`): printing its maps.
+    Interrupted {
+        at: Instant,
+        signalled: Instant,
+        reason: StopReason,
+    },
+    /// SIGKILL sent after the grace period.
+    Killed { reason: StopReason },
+    /// Gone.
+    Exited(Exit),
+}
+
+/// How bpftrace ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Exit {
+    Code(i32),
+    Signal(i32),
+    /// Never started: spec.stop was already set when the TraceJob was claimed.
+    NotStarted,
+    /// bpftrace (or its shim) could not be started; says why.
+    CouldNotStart(String),
+    /// Its shim ended without recording how bpftrace ended (it was killed).
+    Unrecorded,
+}
+
+/// What the spec and the agent ask for right now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Wanted {
+    pub stop: bool,
+    pub deleted: bool,
+    /// The output on disk reached the soft limit.
+    pub output_full: bool,
+    /// The agent is exiting and no agent will take the trace over.
+    pub agent_removed: bool,
+    /// The API server refuses this job's status.
+    pub status_rejected: bool,
+    pub deadline: Duration,
+    pub grace: Duration,
+    pub start_timeout: Duration,
+}
+
+impl Wanted {
+    pub fn of(job: &TraceJob, start_timeout: Duration) -> Wanted {
+        Wanted {
+            stop: job.spec.stop,
+            deleted: false,
+            output_full: false,
+            agent_removed: false,
+            status_rejected: false,
+            deadline: secs(job.spec.deadline, MAX_DEADLINE_SECONDS),
+            grace: secs(job.spec.deadline_grace_period, MAX_GRACE_SECONDS),
+            start_timeout,
+        }
+    }
+
+    /// Why the trace should end now, regardless of time.
+    fn stop_reason(&self) -> Option<StopReason> {
+        if self.deleted {
+            Some(StopReason::Deleted)
+        } else if self.stop {
+            Some(StopReason::Requested)
+        } else if self.status_rejected {
+            Some(StopReason::StatusRejected)
+        } else if self.output_full {
+            Some(StopReason::OutputLimit)
+        } else if self.agent_removed {
+            Some(StopReason::AgentRemoved)
+        } else {
+            None
+        }
+    }
+}
+
+/// Seconds from the spec, within what the API server accepts (an older server may not enforce
+/// the maxima, so they hold here too).
+fn secs(n: i64, max: i64) -> Duration {
+    Duration::from_secs(n.clamp(1, max).unsigned_abs())
+}
+
+/// How long an interrupted bpftrace may go on before SIGINT is sent again. bpftrace acts on any
+/// number of SIGINTs the same way, but a trace was seen here, rarely and under load, still in
+/// its event loop minutes after a single one.
+pub const REPEAT_SIGINT: Duration = Duration::from_secs(10);
+
+/// The next step for a started job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// Send SIGINT (and report Stopping unless the TraceJob is gone).
+    Interrupt(StopReason),
+    /// Send SIGINT again: bpftrace has not ended REPEAT_SIGINT after the last one.
+    Reinterrupt,
+    /// Send SIGKILL: the grace period is over.
+    Kill,
+    /// The process is gone: decide the outcome, collect the output and report.
+    Collect,
+    /// Nothing to do until something changes, or until the given instant.
+    Wait(Option<Instant>),
+}
+
+pub fn next(wanted: Wanted, process: &Process, now: Instant) -> Step {
+    let reason = wanted.stop_reason();
+    // An instant too far ahead to represent is never reached.
+    let due = |at: Option<Instant>| at.is_some_and(|t| now >= t);
+    match *process {
+        Process::Exited(_) => Step::Collect,
+        Process::Starting { since } => {
+            let timeout = since.checked_add(wanted.start_timeout);
+            match reason {
+                Some(r) => Step::Interrupt(r),
+                None if due(timeout) => Step::Interrupt(StopReason::StartTimeout),
+                None => Step::Wait(timeout),
+            }
+        }
+        Process::Tracing { since } => {
+            let deadline = since.checked_add(wanted.deadline);
+            match reason {
+                Some(r) => Step::Interrupt(r),
+                None if due(deadline) => Step::Interrupt(StopReason::Deadline),
+                None => Step::Wait(deadline),
+            }
+        }
+        Process::Interrupted { at, signalled, .. } => {
+            let kill_at = at.checked_add(wanted.grace);
+            let again_at = signalled.checked_add(REPEAT_SIGINT);
+            if due(kill_at) {
+                Step::Kill
+            } else if due(again_at) {
+                Step::Reinterrupt
+            } else {
+                Step::Wait(match (kill_at, again_at) {
+                    (Some(k), Some(a)) => Some(k.min(a)),
+                    (k, a) => k.or(a),
+                })
+            }
+        }
+        Process::Killed { .. } => Step::Wait(None),
+    }
+}
+
+/// Whether a started bpftrace is tracing yet, and with how many probes. Up to 0.23 bpftrace
+/// prints "Attaching N probes..." before it attaches, and a probe can still fail after it, so
+/// the line alone is not enough: it is tracing once the line says so (0.27+), or it waits for
+/// events, or a probe has already printed something (a busy bpftrace may never sit idle).
+pub fn tracing(line: Option<AttachLine>, printed_after_it: bool, polling: bool) -> Option<u32> {
+    let line = line?;
+    (line.done || printed_after_it || polling).then_some(line.probes)
+}
+
+/// What a restarted agent finds of a run it takes over.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Found {
+    /// The shim still runs, so bpftrace has not finished.
+    pub running: bool,
+    /// How bpftrace ended, if the shim recorded it.
+    pub ended: Option<Exit>,
+    /// SIGINT was sent, and why.
+    pub stopped: Option<StopReason>,
+    pub killed: bool,
+    /// It was tracing (probes attached) since this instant.
+    pub tracing_since: Option<Instant>,
+}
+
+/// Where a taken-over run stands: its deadline still counts from when it began tracing, and a
+/// stop already sent is not sent as a first stop again.
+pub fn resume(found: Found, now: Instant) -> Process {
+    if !found.running {
+        return Process::Exited(found.ended.unwrap_or(Exit::Unrecorded));
+    }
+    match (found.stopped, found.killed, found.tracing_since) {
+        (Some(reason), true, _) => Process::Killed { reason },
+        (Some(reason), false, _) => Process::Interrupted {
+            at: now,
+            signalled: now,
+            reason,
+        },
+        (None, _, Some(since)) => Process::Tracing { since },
+        (None, _, None) => Process::Starting { since: now },
+    }
+}
+
+/// The outcome of a run, decided once (and recorded) before it is reported.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Outcome {
+    pub phase: Phase,
+    /// The reason of the Completed or Failed condition, and the metric's label.
+    pub reason: String,
+    pub exit_code: Option<i64>,
+    pub message: String,
+}
+
+/// The outcome of a run that ended: `stopped` says why SIGINT was sent, if it was; `errors` is
+/// bpftrace's error text.
+pub fn outcome(exit: &Exit, stopped: Option<StopReason>, killed: bool, errors: &str) -> Outcome {
+    let errors = errors.trim();
+    let with_errors = |msg: String| {
+        if errors.is_empty() {
+            msg
+        } else {
+            format!("{msg}: {errors}")
+        }
+    };
+    let failed = |reason: &str, exit_code: Option<i64>, message: String| Outcome {
+        phase: Phase::Failed,
+        reason: reason.to_string(),
+        exit_code,
+        message,
+    };
+    let code = match exit {
+        Exit::Code(c) => Some(i64::from(*c)),
+        _ => None,
+    };
+    if killed {
+        return failed(
+            "GracePeriodExceeded",
+            code,
+            "bpftrace did not exit within deadlineGracePeriod after SIGINT and was killed; its maps may be missing".into(),
+        );
+    }
+    if stopped == Some(StopReason::StartTimeout) {
+        return failed(
+            "StartTimeout",
+            code,
+            with_errors(format!("stopped: {}", StopReason::StartTimeout.describe())),
+        );
+    }
+    if stopped == Some(StopReason::StatusRejected) {
+        return failed(
+            "StatusRejected",
+            code,
+            "stopped: the API server rejected the TraceJob's status".into(),
+        );
+    }
+    match exit {
+        Exit::Code(0) => Outcome {
+            phase: Phase::Completed,
+            reason: "Collected".into(),
+            exit_code: code,
+            message: match stopped {
+                Some(r) => format!("bpftrace exited 0 after SIGINT ({})", r.describe()),
+                None => "bpftrace exited 0 on its own".into(),
+            },
+        },
+        Exit::Code(c) => failed(
+            "BpftraceFailed",
+            code,
+            with_errors(format!("bpftrace exited {c}")),
+        ),
+        Exit::Signal(sig) => failed(
+            "KilledBySignal",
+            None,
+            with_errors(format!("bpftrace was killed by signal {sig}")),
+        ),
+        Exit::NotStarted => Outcome {
+            phase: Phase::Completed,
+            reason: "Collected".into(),
+            exit_code: None,
+            message: "spec.stop was set before the trace started; bpftrace was not run".into(),
+        },
+        Exit::CouldNotStart(why) => failed("StartFailed", None, why.clone()),
+        Exit::Unrecorded => failed(
+            "EndedUnrecorded",
+            None,
+            with_errors("bpftrace's supervisor ended without recording how bpftrace ended; the output it left is kept".into()),
+        ),
+    }
+}
+
+/// The Event that reports an outcome: (warning, reason, note).
+pub fn event(
+    outcome: &Outcome,
+    output_bytes: u64,
+    configmap: Option<&str>,
+) -> (bool, &'static str, String) {
+    match (outcome.phase, configmap) {
+        (Phase::Completed, Some(cm)) => (
+            false,
+            "Completed",
+            format!("{output_bytes} bytes of output in ConfigMap {cm}"),
+        ),
+        _ => (true, "Failed", outcome.message.clone()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::resource::TraceJobStatus;
+
+    fn job(phase: Option<Phase>, id: Option<&str>) -> TraceJob {
+        let mut tj = crate::resource::example();
+        tj.status = Some(TraceJobStatus {
+            phase,
+            id: id.map(String::from),
+            ..Default::default()
+        });
+        tj
+    }
+
+    #[test]
+    fn first_sight_runs_each_job_at_most_once() {
+        assert_eq!(first_sight(&job(None, None), false), FirstSight::Start);
+        assert_eq!(
+            first_sight(&job(Some(Phase::Pending), Some("a")), true),
+            FirstSight::Resume
+        );
+        assert_eq!(
+            first_sight(&job(Some(Phase::Running), Some("a")), true),
+            FirstSight::Resume
+        );
+        assert_eq!(
+            first_sight(&job(Some(Phase::Running), Some("a")), false),
+            FirstSight::Lost
+        );
+        assert_eq!(
+            first_sight(&job(Some(Phase::Completed), Some("a")), true),
+            FirstSight::Ignore
+        );
+        assert_eq!(
+            first_sight(&job(Some(Phase::Failed), None), false),
+            FirstSight::Ignore
+        );
+    }
+
+    fn wanted() -> Wanted {
+        Wanted {
+            stop: false,
+            deleted: false,
+            output_full: false,
+            agent_removed: false,
+            status_rejected: false,
+            deadline: Duration::from_secs(10),
+            grace: Duration::from_secs(2),
+            start_timeout: Duration::from_secs(5),
+        }
+    }
+
+    #[test]
+    fn a_tracing_job_waits_for_its_deadline_then_stops() {
+        let t0 = Instant::now();
+        let p = Process::Tracing { since: t0 };
+        assert_eq!(
+            next(wanted(), &p, t0),
+            Step::Wait(Some(t0 + Duration::from_secs(10)))
+        );
+        assert_eq!(
+            next(wanted(), &p, t0 + Duration::from_secs(10)),
+            Step::Interrupt(StopReason::Deadline)
+        );
+    }
+
+    #[test]
+    fn durations_near_the_largest_never_overflow() {
+        let mut tj = crate::resource::example();
+        tj.spec.deadline = i64::MAX;
+        tj.spec.deadline_grace_period = i64::MAX;
+        let w = Wanted::of(&tj, Duration::MAX);
+        assert_eq!(w.deadline, Duration::from_secs(MAX_DEADLINE_SECONDS as u64));
+        assert_eq!(w.grace, Duration::from_secs(MAX_GRACE_SECONDS as u64));
+        let t0 = Instant::now();
+        // A start timeout too long to add to an Instant is never reached.
+        assert_eq!(
+            next(w, &Process::Starting { since: t0 }, t0),
+            Step::Wait(None)
+        );
+        let huge = Wanted {
+            deadline: Duration::MAX,
+            grace: Duration::MAX,
+            ..w
+        };
+        assert_eq!(
+            next(huge, &Process::Tracing { since: t0 }, t0),
+            Step::Wait(None)
+        );
+        let interrupted = Process::Interrupted {
+            at: t0,
+            signalled: t0,
+            reason: StopReason::Requested,
+        };
+        assert_eq!(
+            next(huge, &interrupted, t0),
+            Step::Wait(Some(t0 + REPEAT_SIGINT))
+        );
+        tj.spec.deadline = i64::MIN;
+        assert_eq!(
+            Wanted::of(&tj, Duration::ZERO).deadline,
+            Duration::from_secs(1)
+        );
+    }
+
+    #[test]
+    fn a_trace_that_never_attaches_is_stopped_at_the_start_timeout() {
+        let t0 = Instant::now();
+        let starting = Process::Starting { since: t0 };
+        assert_eq!(
+            next(wanted(), &starting, t0),
+            Step::Wait(Some(t0 + Duration::from_secs(5)))
+        );
+        assert_eq!(
+            next(wanted(), &starting, t0 + Duration::from_secs(5)),
+            Step::Interrupt(StopReason::StartTimeout)
+        );
+        let o = outcome(
+            &Exit::Code(0),
+            Some(StopReason::StartTimeout),
+            false,
+            "compiling",
+        );
+        assert_eq!(
+            (o.phase, o.reason.as_str()),
+            (Phase::Failed, "StartTimeout")
+        );
+        assert!(o.message.ends_with("compiling"), "{}", o.message);
+    }
+
+    #[test]
+    fn stop_and_delete_interrupt_even_before_attach() {
+        let t0 = Instant::now();
+        let starting = Process::Starting { since: t0 };
+        let stop = Wanted {
+            stop: true,
+            ..wanted()
+        };
+        assert_eq!(
+            next(stop, &starting, t0),
+            Step::Interrupt(StopReason::Requested)
+        );
+        let deleted = Wanted {
+            deleted: true,
+            stop: true,
+            ..wanted()
+        };
+        assert_eq!(
+            next(deleted, &Process::Tracing { since: t0 }, t0),
+            Step::Interrupt(StopReason::Deleted)
+        );
+    }
+
+    #[test]
+    fn a_full_output_or_a_rejected_status_stops_the_trace() {
+        let t0 = Instant::now();
+        let full = Wanted {
+            output_full: true,
+            ..wanted()
+        };
+        assert_eq!(
+            next(full, &Process::Tracing { since: t0 }, t0),
+            Step::Interrupt(StopReason::OutputLimit)
+        );
+        let rejected = Wanted {
+            status_rejected: true,
+            ..full
+        };
+        assert_eq!(
+            next(rejected, &Process::Tracing { since: t0 }, t0),
+            Step::Interrupt(StopReason::StatusRejected)
+        );
+    }
+
+    #[test]
+    fn an_agent_removed_for_good_stops_its_traces_unless_the_user_already_did() {
+        let t0 = Instant::now();
+        let removed = Wanted {
+            agent_removed: true,
+            ..wanted()
+        };
+        assert_eq!(
+            next(removed, &Process::Starting { since: t0 }, t0),
+            Step::Interrupt(StopReason::AgentRemoved)
+        );
+        assert_eq!(
+            next(
+                Wanted {
+                    stop: true,
+                    ..removed
+                },
+                &Process::Tracing { since: t0 },
+                t0
+            ),
+            Step::Interrupt(StopReason::Requested)
+        );
+    }
+
+    #[test]
+    fn an_interrupted_job_is_killed_after_the_grace_period_only() {
+        let t0 = Instant::now();
+        let p = Process::Interrupted {
+            at: t0,
+            signalled: t0,
+            reason: StopReason::Requested,
+        };
+        // Unsetting stop cannot take back a SIGINT.
+        assert_eq!(
+            next(wanted(), &p, t0),
+            Step::Wait(Some(t0 + Duration::from_secs(2)))
+        );
+        assert_eq!(next(wanted(), &p, t0 + Duration::from_secs(2)), Step::Kill);
+        assert_eq!(
+            next(wanted(), &Process::Exited(Exit::Code(0)), t0),
+            Step::Collect
+        );
+    }
+
+    #[test]
+    fn sigint_is_repeated_until_the_grace_period_ends() {
+        let t0 = Instant::now();
+        let long = Wanted {
+            grace: Duration::from_secs(300),
+            ..wanted()
+        };
+        let p = Process::Interrupted {
+            at: t0,
+            signalled: t0,
+            reason: StopReason::Requested,
+        };
+        assert_eq!(next(long, &p, t0), Step::Wait(Some(t0 + REPEAT_SIGINT)));
+        assert_eq!(next(long, &p, t0 + REPEAT_SIGINT), Step::Reinterrupt);
+        let again = Process::Interrupted {
+            at: t0,
+            signalled: t0 + REPEAT_SIGINT,
+            reason: StopReason::Requested,
+        };
+        assert_eq!(
+            next(long, &again, t0 + REPEAT_SIGINT),
+            Step::Wait(Some(t0 + 2 * REPEAT_SIGINT))
+        );
+        assert_eq!(next(long, &again, t0 + long.grace), Step::Kill);
+    }
+
+    #[test]
+    fn tracing_means_attached_not_only_announced() {
+        let announced = AttachLine {
+            probes: 3,
+            done: false,
+            end: 22,
+        };
+        assert_eq!(tracing(None, true, true), None);
+        assert_eq!(tracing(Some(announced), false, false), None);
+        assert_eq!(tracing(Some(announced), false, true), Some(3));
+        assert_eq!(tracing(Some(announced), true, false), Some(3));
+        let attached = AttachLine {
+            done: true,
+            ..announced
+        };
+        assert_eq!(tracing(Some(attached), false, false), Some(3));
+    }
+
+    #[test]
+    fn a_taken_over_run_keeps_its_stop_and_its_deadline() {
+        let t0 = Instant::now();
+        let found = Found {
+            running: true,
+            ended: None,
+            stopped: None,
+            killed: false,
+            tracing_since: Some(t0),
+        };
+        assert_eq!(resume(found.clone(), t0), Process::Tracing { since: t0 });
+        let stopped = Found {
+            stopped: Some(StopReason::Deadline),
+            ..found.clone()
+        };
+        assert!(matches!(
+            resume(stopped.clone(), t0),
+            Process::Interrupted {
+                reason: StopReason::Deadline,
+                ..
+            }
+        ));
+        assert_eq!(
+            resume(
+                Found {
+                    killed: true,
+                    ..stopped
+                },
+                t0
+            ),
+            Process::Killed {
+                reason: StopReason::Deadline
+            }
+        );
+        let starting = Found {
+            tracing_since: None,
+            ..found.clone()
+        };
+        assert_eq!(resume(starting, t0), Process::Starting { since: t0 });
+        // Ended while no agent watched: its shim recorded how.
+        let ended = Found {
+            running: false,
+            ended: Some(Exit::Code(0)),
+            ..found.clone()
+        };
+        assert_eq!(resume(ended, t0), Process::Exited(Exit::Code(0)));
+        let unrecorded = Found {
+            running: false,
+            ..found
+        };
+        assert_eq!(resume(unrecorded, t0), Process::Exited(Exit::Unrecorded));
+    }
+
+    #[test]
+    fn outcomes_and_their_events() {
+        let o = outcome(&Exit::Code(0), Some(StopReason::Requested), false, "");
+        assert_eq!((o.phase, o.exit_code), (Phase::Completed, Some(0)));
+        assert!(o.message.contains("spec.stop"), "{}", o.message);
+        assert_eq!(
+            event(&o, 10, Some("cm")),
+            (
+                false,
+                "Completed",
+                "10 bytes of output in ConfigMap cm".into()
+            )
+        );
+        let o = outcome(&Exit::Code(1), None, false, "x.bt:1:1: ERROR: syntax error");
+        assert_eq!((o.phase, o.exit_code), (Phase::Failed, Some(1)));
+        assert_eq!(o.reason, "BpftraceFailed");
+        assert!(o.message.ends_with("ERROR: syntax error"), "{}", o.message);
+        assert_eq!(event(&o, 0, Some("cm")).1, "Failed");
+        assert_eq!(
+            outcome(&Exit::Signal(9), None, false, "").reason,
+            "KilledBySignal"
+        );
+        let killed = outcome(&Exit::Signal(9), Some(StopReason::Requested), true, "");
+        assert_eq!(
+            (killed.phase, killed.reason.as_str()),
+            (Phase::Failed, "GracePeriodExceeded")
+        );
+        assert_eq!(
+            outcome(&Exit::Unrecorded, None, false, "").reason,
+            "EndedUnrecorded"
+        );
+        let not_run = outcome(&Exit::NotStarted, Some(StopReason::Requested), false, "");
+        assert_eq!(not_run.phase, Phase::Completed);
+        assert!(not_run.message.contains("bpftrace was not run"));
+        let no_start = outcome(
+            &Exit::CouldNotStart("cannot start /x: No such file".into()),
+            None,
+            false,
+            "",
+        );
+        assert_eq!(
+            (no_start.phase, no_start.reason.as_str()),
+            (Phase::Failed, "StartFailed")
+        );
+        assert!(no_start.message.contains("cannot start /x"));
+    }
+}

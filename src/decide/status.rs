@@ -1,0 +1,157 @@
+//! The status the agent reports, as a pure function of what it knows: the conditions follow the
+//! phase (Running, Completed, Failed; and OutputStored once output landed), each keeping its
+//! lastTransitionTime while its status does not change.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+
+use crate::resource::{Phase, TraceJob, TraceJobStatus};
+
+/// The condition types derived from the phase.
+const PHASE_CONDITIONS: [&str; 3] = ["Running", "Completed", "Failed"];
+
+/// The `OutputStored` condition: how the output was stored (reason Stored, Compressed or
+/// Truncated).
+pub fn output_stored(reason: &str, message: &str, job: &TraceJob, now: Time) -> Condition {
+    Condition {
+        type_: "OutputStored".to_string(),
+        status: "True".to_string(),
+        reason: reason.to_string(),
+        message: message.to_string(),
+        last_transition_time: now,
+        observed_generation: job.metadata.generation,
+    }
+}
+
+/// `status` as it is written: the conditions its phase implies (with `reason` on the one that is
+/// True), the other conditions it carries kept, and the generation it reflects.
+pub fn complete(
+    mut status: TraceJobStatus,
+    reason: &str,
+    job: &TraceJob,
+    now: Time,
+) -> TraceJobStatus {
+    let phase = status.phase.unwrap_or(Phase::Pending);
+    let message = status.message.clone().unwrap_or_default();
+    let mut extra: Vec<Condition> = std::mem::take(&mut status.conditions)
+        .into_iter()
+        .filter(|c| !PHASE_CONDITIONS.contains(&c.type_.as_str()))
+        .collect();
+    status.conditions = conditions(phase, reason, &message, job, now);
+    status.conditions.append(&mut extra);
+    status.observed_generation = job.metadata.generation;
+    status
+}
+
+/// The conditions for `phase`: `Running` (True while tracing), `Completed` and `Failed`, keeping
+/// each one's lastTransitionTime while its status does not change.
+pub fn conditions(
+    phase: Phase,
+    reason: &str,
+    message: &str,
+    job: &TraceJob,
+    now: Time,
+) -> Vec<Condition> {
+    let previous = job
+        .status
+        .as_ref()
+        .map(|s| s.conditions.as_slice())
+        .unwrap_or_default();
+    let wanted = [
+        ("Running", phase == Phase::Running),
+        ("Completed", phase == Phase::Completed),
+        ("Failed", phase == Phase::Failed),
+    ];
+    wanted
+        .iter()
+        .map(|(kind, on)| {
+            let status = if *on { "True" } else { "False" };
+            let last = previous
+                .iter()
+                .find(|c| c.type_ == *kind && c.status == status)
+                .map(|c| c.last_transition_time.clone())
+                .unwrap_or_else(|| now.clone());
+            Condition {
+                type_: kind.to_string(),
+                status: status.to_string(),
+                reason: if *on {
+                    reason.to_string()
+                } else {
+                    format!("Phase{phase}")
+                },
+                message: if *on {
+                    message.to_string()
+                } else {
+                    format!("phase is {phase}")
+                },
+                last_transition_time: last,
+                observed_generation: job.metadata.generation,
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::resource::example as job;
+    use k8s_openapi::jiff::Timestamp;
+
+    #[test]
+    fn conditions_follow_the_phase_and_keep_transition_times() {
+        let t0 = Time(Timestamp::from_second(1_000).expect("time"));
+        let t1 = Time(Timestamp::from_second(2_000).expect("time"));
+        let mut tj = job();
+        let running = conditions(
+            Phase::Running,
+            "ProbesAttached",
+            "3 probes",
+            &tj,
+            t0.clone(),
+        );
+        assert_eq!(running.iter().filter(|c| c.status == "True").count(), 1);
+        assert_eq!(running[0].type_, "Running");
+        assert_eq!(running[0].reason, "ProbesAttached");
+        tj.status = Some(TraceJobStatus {
+            conditions: running,
+            ..Default::default()
+        });
+        let done = conditions(Phase::Completed, "Collected", "", &tj, t1.clone());
+        let by = |t: &str| {
+            done.iter()
+                .find(|c| c.type_ == t)
+                .cloned()
+                .expect("condition")
+        };
+        assert_eq!(by("Completed").status, "True");
+        assert_eq!(by("Completed").last_transition_time, t1);
+        assert_eq!(by("Running").status, "False");
+        assert_eq!(
+            by("Failed").last_transition_time,
+            t0,
+            "Failed stayed False since t0"
+        );
+    }
+
+    #[test]
+    fn complete_keeps_output_stored_and_sets_the_generation() {
+        let now = Time(Timestamp::from_second(1_000).expect("time"));
+        let mut tj = job();
+        tj.metadata.generation = Some(4);
+        let status = TraceJobStatus {
+            phase: Some(Phase::Completed),
+            message: Some("done".into()),
+            conditions: vec![output_stored("Compressed", "gzip", &tj, now.clone())],
+            ..Default::default()
+        };
+        let written = complete(status, "Collected", &tj, now);
+        let types: Vec<&str> = written
+            .conditions
+            .iter()
+            .map(|c| c.type_.as_str())
+            .collect();
+        assert_eq!(types, ["Running", "Completed", "Failed", "OutputStored"]);
+        assert_eq!(written.observed_generation, Some(4));
+        assert_eq!(written.conditions[1].reason, "Collected");
+        assert_eq!(written.conditions[1].message, "done");
+    }
+}

@@ -1,0 +1,275 @@
+//! The agent's state directory on the node (a hostPath in the DaemonSet): one directory per run
+//! holding the program, bpftrace's stdout and stderr, what the shim recorded of the process, and
+//! the agent's record of the run, which a restarted agent needs to take it over and to report
+//! what was decided before it died. A run's directory is removed once its outcome is reported.
+//! Every record is written atomically and fsynced before anything it says is reported.
+
+use std::fs::{self, DirBuilder, File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::decide::job::{Outcome, StopReason};
+use crate::host::process::Identity;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot {what} {path}: {source}")]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("status.id {0:?} is not a UUID")]
+    BadRunId(String),
+}
+
+fn io<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> Error + 'a {
+    move |source| Error::Io {
+        what,
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Where one run's files live.
+#[derive(Debug, Clone)]
+pub struct RunFiles {
+    pub dir: PathBuf,
+    /// The program, mode 0600.
+    pub program: PathBuf,
+    pub stdout: PathBuf,
+    pub stderr: PathBuf,
+    /// What the shim recorded once bpftrace started (`shim::Started`).
+    pub started: PathBuf,
+    /// What the shim recorded once bpftrace ended (`shim::Ended`).
+    pub ended: PathBuf,
+    /// The agent's record of the run.
+    pub record: PathBuf,
+}
+
+impl RunFiles {
+    pub fn in_dir(dir: &Path) -> RunFiles {
+        RunFiles {
+            dir: dir.to_path_buf(),
+            program: dir.join("program.bt"),
+            stdout: dir.join("stdout"),
+            stderr: dir.join("stderr"),
+            started: dir.join("started.json"),
+            ended: dir.join("ended.json"),
+            record: dir.join("record.json"),
+        }
+    }
+
+    /// The circular file that keeps the newest bytes of `output` once its head is full.
+    pub fn ring(output: &Path) -> PathBuf {
+        let mut name = output.as_os_str().to_owned();
+        name.push(".ring");
+        PathBuf::from(name)
+    }
+}
+
+/// The output a run stored in its ConfigMap.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Landed {
+    pub configmap: String,
+    /// The `OutputStored` condition's reason and message.
+    pub reason: String,
+    pub message: String,
+    /// Bytes of stdout, as bpftrace printed them (dropped ones included).
+    pub bytes: u64,
+}
+
+/// What a restarted agent needs to resume a run, and what was decided of it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+pub struct Record {
+    pub namespace: String,
+    pub name: String,
+    pub uid: String,
+    pub run_id: String,
+    /// The shim supervising bpftrace, once started.
+    #[serde(default)]
+    pub shim: Option<Identity>,
+    /// bpftrace itself, once the shim reported it.
+    #[serde(default)]
+    pub bpftrace: Option<Identity>,
+    /// Set once bpftrace is tracing.
+    #[serde(default)]
+    pub probes: Option<u32>,
+    /// Unix seconds at which it began tracing (the deadline counts from then).
+    #[serde(default)]
+    pub tracing_since: Option<i64>,
+    /// Set once SIGINT was sent, with why.
+    #[serde(default)]
+    pub stopped: Option<StopReason>,
+    /// Set once bpftrace was killed after the grace period.
+    #[serde(default)]
+    pub killed: bool,
+    /// The outcome, decided before it is reported.
+    #[serde(default)]
+    pub outcome: Option<Outcome>,
+    /// The output ConfigMap, once written.
+    #[serde(default)]
+    pub landed: Option<Landed>,
+}
+
+#[derive(Debug, Clone)]
+pub struct StateDir {
+    root: PathBuf,
+}
+
+impl StateDir {
+    pub fn open(root: &Path) -> Result<StateDir, Error> {
+        let jobs = root.join("jobs");
+        DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&jobs)
+            .map_err(io("create", &jobs))?;
+        Ok(StateDir {
+            root: root.to_path_buf(),
+        })
+    }
+
+    /// The files of a run. The id comes from the cluster, so it must be a UUID before it becomes
+    /// part of a path.
+    pub fn files(&self, run_id: &str) -> Result<RunFiles, Error> {
+        let id = uuid::Uuid::parse_str(run_id).map_err(|_| Error::BadRunId(run_id.to_string()))?;
+        Ok(RunFiles::in_dir(
+            &self.root.join("jobs").join(id.hyphenated().to_string()),
+        ))
+    }
+
+    /// Creates the run's directory with the program in a private file (0600) and its record.
+    pub fn create(&self, record: &Record, program: &str) -> Result<RunFiles, Error> {
+        let files = self.files(&record.run_id)?;
+        DirBuilder::new()
+            .mode(0o700)
+            .create(&files.dir)
+            .map_err(io("create", &files.dir))?;
+        write_private(&files.program, program.as_bytes())?;
+        self.save(record)?;
+        Ok(files)
+    }
+
+    pub fn save(&self, record: &Record) -> Result<(), Error> {
+        let files = self.files(&record.run_id)?;
+        write_json(&files.record, record)
+    }
+
+    pub fn load(&self, run_id: &str) -> Option<Record> {
+        read_json(&self.files(run_id).ok()?.record)
+    }
+
+    /// Every record on disk, for resuming after a restart.
+    pub fn records(&self) -> Vec<Record> {
+        let Ok(entries) = fs::read_dir(self.root.join("jobs")) else {
+            return Vec::new();
+        };
+        entries
+            .flatten()
+            .filter_map(|e| self.load(&e.file_name().to_string_lossy()))
+            .collect()
+    }
+
+    pub fn remove(&self, run_id: &str) -> Result<(), Error> {
+        let dir = self.files(run_id)?.dir;
+        match fs::remove_dir_all(&dir) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(io("remove", &dir)(e)),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Writes `value` as JSON to `path` atomically and durably: a private temporary file, fsynced,
+/// renamed over `path`, and the directory fsynced, so after a crash `path` holds the old record
+/// or the new one, whole.
+pub fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<(), Error> {
+    let json = serde_json::to_vec_pretty(value).map_err(|e| io("encode", path)(e.into()))?;
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    let mut f = create_private(&tmp)?;
+    f.write_all(&json).map_err(io("write", &tmp))?;
+    f.sync_all().map_err(io("fsync", &tmp))?;
+    fs::rename(&tmp, path).map_err(io("rename", path))?;
+    if let Some(dir) = path.parent() {
+        File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io("fsync", dir))?;
+    }
+    Ok(())
+}
+
+/// The JSON at `path`; None when it is missing or unreadable (a torn write cannot happen).
+pub fn read_json<T: DeserializeOwned>(path: &Path) -> Option<T> {
+    serde_json::from_slice(&fs::read(path).ok()?).ok()
+}
+
+fn create_private(path: &Path) -> Result<File, Error> {
+    OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(io("create", path))
+}
+
+fn write_private(path: &Path, bytes: &[u8]) -> Result<(), Error> {
+    create_private(path)?
+        .write_all(bytes)
+        .map_err(io("write", path))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn record(id: &str) -> Record {
+        Record {
+            namespace: "ns".into(),
+            name: "n".into(),
+            uid: "u".into(),
+            run_id: id.into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn program_is_private_and_record_round_trips() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let state = StateDir::open(tmp.path()).expect("open");
+        let id = uuid::Uuid::new_v4().to_string();
+        let files = state.create(&record(&id), "BEGIN {}").expect("create");
+        let mode = fs::metadata(&files.program)
+            .expect("stat")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        assert_eq!(state.load(&id), Some(record(&id)));
+        let mut stopped = record(&id);
+        stopped.stopped = Some(StopReason::Deadline);
+        state.save(&stopped).expect("save");
+        assert_eq!(state.load(&id), Some(stopped));
+        assert_eq!(state.records().len(), 1);
+        assert!(
+            !files.dir.join("record.json.tmp").exists(),
+            "the temporary file was renamed"
+        );
+        state.remove(&id).expect("remove");
+        assert_eq!(state.load(&id), None);
+    }
+
+    #[test]
+    fn run_ids_that_are_not_uuids_never_become_paths() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let state = StateDir::open(tmp.path()).expect("open");
+        assert!(state.files("../../etc").is_err());
+        assert!(state.create(&record("../x"), "BEGIN {}").is_err());
+    }
+}
