@@ -1,6 +1,9 @@
 //! The benchmark: `cargo bench --bench tracejob` (as root). Real control plane, real bpftrace, the
-//! agent as a release build. Prints one Markdown table. Run by hand, not in CI.
+//! agent as a release build in its default configuration (live output on). Prints one Markdown
+//! table. Run by hand, not in CI.
 //!
+//! Agent and bare-bpftrace runs are interleaved (one of each in turn), so a slower moment of the
+//! machine falls on both; each latency is given as min / median / max.
 //! BENCH_RUNS (default 10) sets the latency runs, BENCH_FOOTPRINT_SECS (default 60) the footprint
 //! windows.
 
@@ -9,18 +12,34 @@
 mod support;
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read};
+use std::path::Path;
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::{Patch, PatchParams, PostParams};
 use kube::runtime::wait::await_condition;
 use kube::Api;
-use support::{must, wait_for, Agent, ControlPlane, Env};
+use support::{bpftrace_double, must, wait_for, Agent, ControlPlane, Env};
 use tracejob_agent::resource::{Phase, TraceJob, TraceJobSpec};
 
 const BIOLATENCY: &str = include_str!("../bpf-samples/biolatency.bt");
+/// About 800 KB of printf lines a second, whatever else the machine does.
+const PRINT_A_MIB: &str = "interval:us:100 { printf(\"%d 0123456789012345678901234567890123456789012345678901234567890123456789\\n\", nsecs); }";
+
+/// Peak resident memory of a process (VmHWM), in KiB.
+fn peak_rss_kib(pid: i32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no VmHWM for {pid}"))
+}
 
 fn env_num(name: &str, default: u64) -> u64 {
     std::env::var(name)
@@ -29,9 +48,32 @@ fn env_num(name: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
+/// Milliseconds of several runs.
+struct Spread(Vec<f64>);
+
+impl Spread {
+    fn sorted(&self) -> Vec<f64> {
+        let mut v = self.0.clone();
+        v.sort_by(|a, b| a.total_cmp(b));
+        v
+    }
+    fn median(&self) -> f64 {
+        let v = self.sorted();
+        v[v.len() / 2]
+    }
+}
+
+impl std::fmt::Display for Spread {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let v = self.sorted();
+        write!(
+            f,
+            "{:.0} / {:.0} / {:.0} ms",
+            v[0],
+            v[v.len() / 2],
+            v[v.len() - 1]
+        )
+    }
 }
 
 fn ms(d: Duration) -> f64 {
@@ -73,90 +115,119 @@ impl Bench {
         self.rows.push((what.to_string(), value));
     }
 
-    /// Create until Running, and stop until the ConfigMap is readable, through the API.
-    fn agent_latency(&self, ns: &str, node: &str, runs: u64) -> (Vec<f64>, Vec<f64>) {
-        let (mut start, mut collect) = (Vec::new(), Vec::new());
+    /// One run through the agent, timed with the Kubernetes API: create until the watch sees
+    /// Running; then `until_stop` (given the run's stdout on the node); then the stop patch until
+    /// the output ConfigMap is readable. (start ms, collect ms).
+    fn agent_run(
+        &self,
+        ns: &str,
+        agent: &Agent,
+        name: &str,
+        program: &str,
+        until_stop: &dyn Fn(&Path),
+    ) -> (f64, f64) {
         let api = self.api(ns);
         let cms: Api<ConfigMap> = Api::namespaced(self.client.clone(), ns);
-        for i in 0..runs {
-            let name = format!("lat-{i}");
-            self.rt.block_on(async {
-                let t0 = Instant::now();
-                must(
-                    api.create(&PostParams::default(), &tracejob(&name, node, BIOLATENCY))
-                        .await,
-                    "create",
-                );
-                must(
-                    await_condition(api.clone(), &name, phase_is(Phase::Running)).await,
-                    "await Running",
-                );
-                start.push(ms(t0.elapsed()));
-                tokio::time::sleep(Duration::from_millis(300)).await;
-                let t1 = Instant::now();
-                let stop = Patch::Merge(serde_json::json!({"spec": {"stop": true}}));
-                must(
-                    api.patch(&name, &PatchParams::default(), &stop).await,
-                    "stop",
-                );
-                let done = must(
-                    await_condition(api.clone(), &name, phase_is(Phase::Completed)).await,
-                    "await Completed",
-                );
-                let cm = done
-                    .and_then(|t| t.status)
-                    .and_then(|s| s.output_ref)
-                    .map(|r| r.name)
-                    .expect("outputRef");
-                must(cms.get(&cm).await, "ConfigMap readable");
-                collect.push(ms(t1.elapsed()));
-            });
-        }
-        (start, collect)
+        self.rt.block_on(async {
+            let t0 = Instant::now();
+            must(
+                api.create(
+                    &PostParams::default(),
+                    &tracejob(name, &agent.node, program),
+                )
+                .await,
+                "create",
+            );
+            let running = must(
+                await_condition(api.clone(), name, phase_is(Phase::Running)).await,
+                "await Running",
+            );
+            let start = ms(t0.elapsed());
+            let id = running
+                .and_then(|t| t.run_id().map(String::from))
+                .expect("run id");
+            until_stop(&agent.state_dir.join("jobs").join(id).join("stdout"));
+            let t1 = Instant::now();
+            let stop = Patch::Merge(serde_json::json!({"spec": {"stop": true}}));
+            must(
+                api.patch(name, &PatchParams::default(), &stop).await,
+                "stop",
+            );
+            let done = must(
+                await_condition(api.clone(), name, phase_is(Phase::Completed)).await,
+                "await Completed",
+            );
+            let cm = done
+                .and_then(|t| t.status)
+                .and_then(|s| s.output_ref)
+                .map(|r| r.name)
+                .expect("outputRef");
+            must(cms.get(&cm).await, "ConfigMap readable");
+            (start, ms(t1.elapsed()))
+        })
     }
 
-    /// Bare bpftrace on the same program: exec until attached (its attach line, and waiting for
-    /// events: the agent's own criterion), and SIGINT until it exited with its maps printed.
-    fn bare_latency(&self, runs: u64) -> (Vec<f64>, Vec<f64>) {
+    /// Bare bpftrace on the same program, timed to the same events: exec until attached (its
+    /// attach line, and waiting for events: the agent's own criterion); then `until_stop` (given
+    /// the bytes it has printed so far); then SIGINT until it exited and all it printed was read.
+    fn bare_run(program: &str, until_stop: &dyn Fn(&dyn Fn() -> u64)) -> (f64, f64) {
         let dir = must(tempfile::tempdir(), "tempdir");
-        let program = dir.path().join("biolatency.bt");
-        must(std::fs::write(&program, BIOLATENCY), "write program");
-        let (mut start, mut collect) = (Vec::new(), Vec::new());
-        for _ in 0..runs {
-            let t0 = Instant::now();
-            let mut child = must(
-                Command::new("bpftrace")
-                    .arg("--")
-                    .arg(&program)
-                    .stdout(Stdio::piped())
-                    .stderr(Stdio::null())
-                    .spawn(),
-                "spawn bpftrace",
-            );
-            let pid = child.id() as i32;
-            let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
-            let attach = lines.next().and_then(Result::ok).unwrap_or_default();
-            assert!(attach.starts_with("Attaching"), "{attach}");
-            // Polled tightly: the measure must not add its own delay.
-            while !tracejob_agent::host::process::is_polling(pid) {
-                std::thread::sleep(Duration::from_millis(1));
-            }
-            start.push(ms(t0.elapsed()));
-            std::thread::sleep(Duration::from_millis(300));
-            let t1 = Instant::now();
+        let path = dir.path().join("program.bt");
+        must(std::fs::write(&path, program), "write program");
+        let t0 = Instant::now();
+        let mut child = must(
+            Command::new("bpftrace")
+                .arg("--")
+                .arg(&path)
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null())
+                .spawn(),
+            "spawn bpftrace",
+        );
+        let pid = child.id() as i32;
+        let mut out = BufReader::new(child.stdout.take().expect("stdout"));
+        let mut attach = String::new();
+        must(out.read_line(&mut attach), "read the attach line");
+        assert!(attach.starts_with("Attaching"), "{attach}");
+        // Polled tightly: the measure must not add its own delay.
+        while !tracejob_agent::host::process::is_polling(pid) {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let start = ms(t0.elapsed());
+        let printed = Arc::new(AtomicU64::new(0));
+        let reader = {
+            let printed = printed.clone();
+            std::thread::spawn(move || {
+                let mut buf = vec![0u8; 64 * 1024];
+                while let Ok(n) = out.read(&mut buf) {
+                    if n == 0 {
+                        break;
+                    }
+                    printed.fetch_add(n as u64, Ordering::SeqCst);
+                }
+            })
+        };
+        until_stop(&|| printed.load(Ordering::SeqCst));
+        let t1 = Instant::now();
+        // SIGINT, repeated as the agent repeats it (bpftrace 0.17 rarely ignores a single one).
+        loop {
             let _ = nix::sys::signal::kill(
                 nix::unistd::Pid::from_raw(pid),
                 nix::sys::signal::Signal::SIGINT,
             );
-            let printed: Vec<String> = lines.map_while(Result::ok).collect();
-            must(child.wait(), "wait bpftrace");
-            collect.push(ms(t1.elapsed()));
-            assert!(
-                printed.iter().any(|l| l.starts_with("@usecs"))
-                    || printed.iter().all(|l| l.is_empty())
-            );
+            let again = Instant::now() + tracejob_agent::decide::job::REPEAT_SIGINT;
+            while Instant::now() < again {
+                if must(child.try_wait(), "wait bpftrace").is_some() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            if must(child.try_wait(), "wait bpftrace").is_some() {
+                break;
+            }
         }
-        (start, collect)
+        let _ = reader.join();
+        (start, ms(t1.elapsed()))
     }
 
     /// Resident memory (KiB) now, and CPU seconds used over `window`, of one process.
@@ -254,42 +325,46 @@ fn main() {
         ),
     );
 
-    // 1, 2 and 5: latency and API cost, one agent without live output.
+    // Latency and API cost: one agent, its default configuration.
     let ns = b.env.namespace("bench");
-    let agent = Agent::start_with(
-        &b.env,
-        "bench-node",
-        &b.env.cp.kubeconfig,
-        &["--live-interval", "0"],
-        &[],
-    );
+    let agent = Agent::start_with(&b.env, "bench-node", &b.env.cp.kubeconfig, &[], &[]);
     wait_for(Duration::from_secs(30), "agent ready", || {
         (agent.get("/readyz").0 == 200).then_some(())
     });
     let before = Bench::counts(&agent);
-    let (start, collect) = b.agent_latency(&ns, &agent.node, runs);
+    let (mut start, mut bare_start, mut collect, mut bare_collect) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let run_a_while = |_: &Path| std::thread::sleep(Duration::from_millis(300));
+    for i in 0..runs {
+        let (s, c) = b.agent_run(&ns, &agent, &format!("lat-{i}"), BIOLATENCY, &run_a_while);
+        start.push(s);
+        collect.push(c);
+        let (s, c) = Bench::bare_run(BIOLATENCY, &|_| {
+            std::thread::sleep(Duration::from_millis(300))
+        });
+        bare_start.push(s);
+        bare_collect.push(c);
+    }
     let after = Bench::counts(&agent);
-    let (bare_start, bare_collect) = b.bare_latency(runs);
-    let (s, bs, c, bc) = (
-        median(start),
-        median(bare_start),
-        median(collect),
-        median(bare_collect),
+    let (start, bare_start, collect, bare_collect) = (
+        Spread(start),
+        Spread(bare_start),
+        Spread(collect),
+        Spread(bare_collect),
     );
     b.row(
-        "start latency, median of runs (agent / bare bpftrace)",
+        "start latency, biolatency (agent / bare bpftrace), min / median / max",
         format!(
-            "{s:.0} ms / {bs:.0} ms: ratio {:.2}, goal <= 1.25 x bare + 100 ms = {:.0} ms",
-            s / bs,
-            1.25 * bs + 100.0
+            "{start} / {bare_start}: median ratio {:.2}, goal <= 1.25 x bare + 100 ms = {:.0} ms",
+            start.median() / bare_start.median(),
+            1.25 * bare_start.median() + 100.0
         ),
     );
     b.row(
-        "collect latency, median (agent / bare bpftrace)",
+        "collect latency, biolatency (agent / bare bpftrace), min / median / max",
         format!(
-            "{c:.0} ms / {bc:.0} ms: ratio {:.2}, goal <= bare + 100 ms = {:.0} ms",
-            c / bc,
-            bc + 100.0
+            "{collect} / {bare_collect}: goal <= bare + 100 ms = {:.0} ms",
+            bare_collect.median() + 100.0
         ),
     );
     let delta = |filter: &dyn Fn(&str) -> bool| -> f64 {
@@ -308,14 +383,115 @@ fn main() {
     let events = delta(&|k| k.contains("events"));
     b.row("API requests per lifecycle (counted by the agent)", format!("{all:.1} in all: {writes:.1} writes of status and ConfigMaps (goal <= 5), {events:.1} for Events"));
 
-    // 3: footprint.
-    let idle = Agent::start_with(
+    // Collect latency of a 1 MiB output: printf lines until a MiB is printed, then the stop.
+    let (mut big, mut bare_big) = (Vec::new(), Vec::new());
+    let mib = 1024 * 1024;
+    for i in 0..runs {
+        let (_, c) = b.agent_run(
+            &ns,
+            &agent,
+            &format!("mib-{i}"),
+            PRINT_A_MIB,
+            &|stdout: &Path| {
+                while std::fs::metadata(stdout).map_or(0, |m| m.len()) < mib {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+            },
+        );
+        big.push(c);
+        let (_, c) = Bench::bare_run(PRINT_A_MIB, &|printed: &dyn Fn() -> u64| {
+            while printed() < mib {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        });
+        bare_big.push(c);
+    }
+    let (big, bare_big) = (Spread(big), Spread(bare_big));
+    b.row(
+        "collect latency, 1 MiB of output (agent / bare bpftrace), min / median / max",
+        format!(
+            "{big} / {bare_big}: goal <= bare exit + 100 ms = {:.0} ms",
+            bare_big.median() + 100.0
+        ),
+    );
+
+    // 20 runs of 32 MiB of output each (the default per-job limit), collected at once: the
+    // agent's memory and /healthz meanwhile. The output comes from the test double (a flood of
+    // printf lines until SIGINT), which prints it faster and more evenly than a probe can.
+    let flood_ns = b.env.namespace("flood");
+    let double = bpftrace_double().to_string_lossy().into_owned();
+    let flooder = Agent::start_with(
         &b.env,
-        "idle-node",
+        "flood-node",
         &b.env.cp.kubeconfig,
-        &["--live-interval", "0"],
+        &["--bpftrace", &double],
         &[],
     );
+    wait_for(Duration::from_secs(30), "flood agent ready", || {
+        (flooder.get("/readyz").0 == 200).then_some(())
+    });
+    let slowest = Arc::new(Mutex::new(0f64));
+    let probing = Arc::new(AtomicBool::new(true));
+    let prober = {
+        let (slowest, probing, port) = (slowest.clone(), probing.clone(), flooder.port);
+        std::thread::spawn(move || {
+            while probing.load(Ordering::SeqCst) {
+                let t = Instant::now();
+                let ok = Command::new("curl")
+                    .args(["-sf", "-m", "10", "-o", "/dev/null"])
+                    .arg(format!("http://127.0.0.1:{port}/healthz"))
+                    .status()
+                    .is_ok_and(|s| s.success());
+                let took = if ok { ms(t.elapsed()) } else { f64::INFINITY };
+                if let Ok(mut s) = slowest.lock() {
+                    *s = s.max(took);
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        })
+    };
+    let api = b.api(&flood_ns);
+    let t0 = Instant::now();
+    b.rt.block_on(async {
+        for i in 0..20 {
+            must(
+                api.create(
+                    &PostParams::default(),
+                    &tracejob(
+                        &format!("f-{i}"),
+                        "flood-node",
+                        "// double: flood\nBEGIN {}",
+                    ),
+                )
+                .await,
+                "create",
+            );
+        }
+        for i in 0..20 {
+            must(
+                await_condition(api.clone(), &format!("f-{i}"), phase_is(Phase::Completed)).await,
+                "Completed",
+            );
+        }
+    });
+    let took = t0.elapsed();
+    probing.store(false, Ordering::SeqCst);
+    let _ = prober.join();
+    let pid = flooder.proc.as_ref().map(|p| p.pid()).unwrap_or(0);
+    let peak = peak_rss_kib(pid);
+    let slowest = *slowest.lock().expect("lock");
+    b.row(
+        "20 runs of 32 MiB output each, collected at once",
+        format!(
+            "all 20 Completed in {:.1} s; agent peak RSS {:.1} MiB (goal < 100); slowest /healthz {slowest:.0} ms (goal < 1000)",
+            took.as_secs_f64(),
+            peak as f64 / 1024.0
+        ),
+    );
+    drop(flooder);
+
+    // 3: footprint.
+    let idle = Agent::start_with(&b.env, "idle-node", &b.env.cp.kubeconfig, &[], &[]);
     wait_for(Duration::from_secs(30), "idle agent ready", || {
         (idle.get("/readyz").0 == 200).then_some(())
     });
@@ -369,13 +545,7 @@ fn main() {
 
     // 4: scale on one node, and many agents on one API server.
     let scale_ns = b.env.namespace("scale");
-    let fifty = Agent::start_with(
-        &b.env,
-        "scale-node",
-        &b.env.cp.kubeconfig,
-        &["--live-interval", "0"],
-        &[],
-    );
+    let fifty = Agent::start_with(&b.env, "scale-node", &b.env.cp.kubeconfig, &[], &[]);
     let api = b.api(&scale_ns);
     let cms: Api<ConfigMap> = Api::namespaced(b.client.clone(), &scale_ns);
     let (running, landed) = b.rt.block_on(async {
@@ -441,15 +611,7 @@ fn main() {
 
     let many_ns = b.env.namespace("many");
     let agents: Vec<Agent> = (0..20)
-        .map(|i| {
-            Agent::start_with(
-                &b.env,
-                &format!("many-{i}"),
-                &b.env.cp.kubeconfig,
-                &["--live-interval", "0"],
-                &[],
-            )
-        })
+        .map(|i| Agent::start_with(&b.env, &format!("many-{i}"), &b.env.cp.kubeconfig, &[], &[]))
         .collect();
     let api = b.api(&many_ns);
     let elapsed = b.rt.block_on(async {
@@ -487,7 +649,7 @@ fn main() {
     });
     let mut exactly_once = true;
     for a in &agents {
-        let started = a.logs().matches("bpftrace started").count();
+        let started = a.logs().matches("trace started under its shim").count();
         exactly_once &= started == 5;
     }
     let labels = b.env.kubectl.ok(&["get", "configmap", "-n", &many_ns, "-o", "jsonpath={range .items[*]}{.metadata.labels.observe\\.tracejob\\.dev/tracejob} {.metadata.labels.observe\\.tracejob\\.dev/node}{\"\\n\"}{end}"]);

@@ -7,6 +7,7 @@ use std::time::Duration;
 use clap::ValueEnum;
 
 use crate::cluster::handover::PodRef;
+use crate::decide::scope::Unannotated;
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct Config {
@@ -51,6 +52,11 @@ pub struct Config {
     /// How many finished runs are read, parsed and compressed at once.
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..))]
     pub max_concurrent_collections: u16,
+
+    /// What namespaces without the `observe.tracejob.dev/node-selector` annotation may trace:
+    /// every node but control-plane nodes (allow), or nothing (deny).
+    #[arg(long, value_enum, default_value = "allow")]
+    pub unannotated_namespaces: Unannotated,
 
     /// Address of /healthz, /readyz and /metrics.
     #[arg(long, env = "LISTEN_ADDRESS", default_value = "0.0.0.0:9469")]

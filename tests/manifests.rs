@@ -80,6 +80,7 @@ fn kustomization_lists_every_manifest() {
             "crd.yaml",
             "rbac-agent.yaml",
             "rbac-users.yaml",
+            "agent-fence.yaml",
             "daemonset.yaml"
         ]
     );
@@ -231,14 +232,13 @@ fn agent_role_grants_only_what_the_agent_uses() {
         "observe.tracejob.dev/tracejobs:get",
         "observe.tracejob.dev/tracejobs:list",
         "observe.tracejob.dev/tracejobs:watch",
-        "observe.tracejob.dev/tracejobs/status:get",
         "observe.tracejob.dev/tracejobs/status:patch",
-        "observe.tracejob.dev/tracejobs/status:update",
-        "/configmaps:get",
         "/configmaps:create",
         "/configmaps:update",
         "events.k8s.io/events:create",
         "events.k8s.io/events:patch",
+        "/namespaces:get",
+        "/nodes:get",
     ]
     .into_iter()
     .map(String::from)
@@ -296,7 +296,14 @@ fn dockerfile_is_multi_stage_pinned_and_runs_the_agent_with_bpftrace() {
 
 #[test]
 fn admission_policies_parse_and_reference_only_existing_fields() {
-    let docs = documents("daemonset/optional/admission-policy.yaml");
+    let docs: Vec<serde_json::Value> = [
+        "daemonset/agent-fence.yaml",
+        "daemonset/components/deny-unannotated/admission.yaml",
+        "daemonset/optional/deadline-cap.yaml",
+    ]
+    .into_iter()
+    .flat_map(documents)
+    .collect();
     let crd = tracejob_agent::resource::crd::crd();
     let schema = crd.spec.versions[0]
         .schema
@@ -325,14 +332,20 @@ fn admission_policies_parse_and_reference_only_existing_fields() {
                 for m in spec.match_conditions.unwrap_or_default() {
                     expressions.push(m.expression);
                 }
+                for v in spec.variables.unwrap_or_default() {
+                    expressions.push(v.expression);
+                }
                 let rules = spec
                     .match_constraints
                     .and_then(|m| m.resource_rules)
                     .unwrap_or_default();
-                assert!(rules
-                    .iter()
-                    .all(|r| r.api_groups.as_deref()
-                        == Some(&["observe.tracejob.dev".to_string()][..])));
+                // Each policy is about TraceJobs or about what the agent writes.
+                assert!(rules.iter().all(|r| {
+                    let groups = r.api_groups.clone().unwrap_or_default();
+                    groups == ["observe.tracejob.dev"]
+                        || groups == [""]
+                        || groups == ["events.k8s.io"]
+                }));
                 policies += 1;
             }
             Some("ValidatingAdmissionPolicyBinding") => {
@@ -345,7 +358,7 @@ fn admission_policies_parse_and_reference_only_existing_fields() {
             other => panic!("unexpected {other:?}"),
         }
     }
-    assert_eq!(policies, 2);
+    assert_eq!(policies, 6);
     for expr in &expressions {
         for (prefix, allowed) in [
             (

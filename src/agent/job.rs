@@ -15,11 +15,12 @@ use tokio::task::JoinHandle;
 use tracing::{info, warn, Instrument};
 
 use crate::agent::Ctx;
+use crate::cluster::lookup;
 use crate::cluster::writer::{self, Desired, StatusWriter, Written};
 use crate::decide::job::{
     self as decide, Exit, FirstSight, Found, Outcome, Process, Step, StopReason, Wanted,
 };
-use crate::decide::status;
+use crate::decide::{scope, status};
 use crate::host::bpftrace;
 use crate::host::process::{self, Identity};
 use crate::host::rundir::{self, Landed, Record, RunFiles};
@@ -103,6 +104,8 @@ struct Run {
     stop_seen: Option<Instant>,
     /// A SIGINT is due but bpftrace's PID is not known yet (its shim is starting it).
     sigint_pending: bool,
+    /// Bytes of output when SIGINT was last sent: none since, and still polling, is stuck.
+    printed_at_sigint: u64,
     live: Live,
 }
 
@@ -111,7 +114,7 @@ struct Live {
     last: Option<Instant>,
     /// Bytes of output when last copied.
     size: u64,
-    in_flight: Option<JoinHandle<Result<(String, u64), writer::Error>>>,
+    in_flight: Option<JoinHandle<Result<(String, u64), String>>>,
 }
 
 /// What a claim came to.
@@ -119,8 +122,22 @@ enum Claimed {
     Won(String),
     /// The TraceJob changed or the write failed: decide again from the newest.
     Again,
+    /// Ended as not allowed on this node.
+    Refused,
     Over,
 }
+
+/// Whether the TraceJob's namespace may trace this node.
+enum Scope {
+    Allowed,
+    Refused(String),
+    /// The namespace or node could not be read.
+    Unknown,
+    Over,
+}
+
+/// The reason of a TraceJob refused on this node.
+const NODE_NOT_ALLOWED: &str = "NodeNotAllowed";
 
 impl Actor {
     /// Decides what to do with the TraceJob: claim and start it, take over its run, or not.
@@ -147,20 +164,86 @@ impl Actor {
                     return None;
                 }
                 FirstSight::Resume => return record.map(|r| self.resume(r)),
-                FirstSight::Start => match self.claim().await {
-                    Claimed::Won(run_id) => return self.start(run_id).await,
-                    Claimed::Again => {
-                        // A conflict is decided again at once; a refused write after a pause.
-                        if self.rejected.take().is_some() {
-                            let pause = delays.next().unwrap_or(Duration::from_secs(30));
-                            if !self.pause(pause).await {
-                                return None;
+                FirstSight::Start => {
+                    let claimed = match self.scope().await {
+                        Scope::Allowed => self.claim().await,
+                        Scope::Refused(why) => self.refuse(why).await,
+                        Scope::Unknown => Claimed::Again,
+                        Scope::Over => Claimed::Over,
+                    };
+                    match claimed {
+                        Claimed::Won(run_id) => return self.start(run_id).await,
+                        Claimed::Again => {
+                            // A conflict is decided again at once; a refused write or a failed
+                            // lookup after a pause.
+                            if self.rejected.take().is_some() {
+                                let pause = delays.next().unwrap_or(Duration::from_secs(30));
+                                if !self.pause(pause).await {
+                                    return None;
+                                }
                             }
                         }
+                        Claimed::Refused | Claimed::Over => return None,
                     }
-                    Claimed::Over => return None,
+                }
+            }
+        }
+    }
+
+    /// Whether this TraceJob's namespace may trace this node (`decide::scope`), from the
+    /// namespace's annotation and the node's labels, read now.
+    async fn scope(&mut self) -> Scope {
+        let namespace = self.seen.job.namespace().unwrap_or_default();
+        let node = self.ctx.writer.node().to_string();
+        let client = self.ctx.client.clone();
+        let lookup = async {
+            let annotation = lookup::namespace_selector(&client, &namespace).await?;
+            let labels = lookup::node_labels(&client, &node).await?;
+            Ok::<_, lookup::Error>((annotation, labels))
+        };
+        tokio::pin!(lookup);
+        let found = loop {
+            tokio::select! {
+                found = &mut lookup => break found,
+                alive = self.seen.next() => if !alive || self.seen.deleted {
+                    return Scope::Over;
                 },
             }
+        };
+        match found {
+            Ok((annotation, labels)) => match scope::allowed(
+                annotation.as_deref(),
+                &node,
+                &labels,
+                self.ctx.config.unannotated_namespaces,
+            ) {
+                Ok(()) => Scope::Allowed,
+                Err(why) => Scope::Refused(why),
+            },
+            Err(e) => {
+                warn!(error = %e, "cannot tell whether this namespace may trace this node yet");
+                self.rejected = Some(e.to_string());
+                Scope::Unknown
+            }
+        }
+    }
+
+    /// Ends a TraceJob this node may not run: Failed, NodeNotAllowed, and no bpftrace.
+    async fn refuse(&mut self, why: String) -> Claimed {
+        info!(%why, "not running this TraceJob: its namespace may not trace this node");
+        self.ours = TraceJobStatus {
+            phase: Some(Phase::Failed),
+            completion_time: Some(writer::now()),
+            message: Some(why.clone()),
+            ..Default::default()
+        };
+        match self.write_claim(NODE_NOT_ALLOWED).await {
+            Claimed::Won(_) => {
+                self.ctx.writer.event(&self.seen.job, true, "Failed", why);
+                self.ctx.metrics.failed(NODE_NOT_ALLOWED);
+                Claimed::Refused
+            }
+            other => other,
         }
     }
 
@@ -177,13 +260,22 @@ impl Actor {
             )),
             ..Default::default()
         };
-        let seq = self.report_if(self.seen.job.resource_version(), "Starting");
+        let claimed = self.write_claim("Starting").await;
+        if let Claimed::Won(_) = claimed {
+            tracing::Span::current().record("id", run_id.as_str());
+            return Claimed::Won(run_id);
+        }
+        claimed
+    }
+
+    /// Writes `self.ours` only if the TraceJob is still the version read.
+    async fn write_claim(&mut self, reason: &str) -> Claimed {
+        let seq = self.report_if(self.seen.job.resource_version(), reason);
         loop {
             tokio::select! {
                 written = self.status.written.recv() => match written {
                     Some(Written::Done { seq: s, .. }) if s == seq => {
-                        tracing::Span::current().record("id", run_id.as_str());
-                        return Claimed::Won(run_id);
+                        return Claimed::Won(String::new());
                     }
                     Some(Written::Conflict { seq: s, newest }) if s == seq => {
                         info!("the TraceJob changed while it was claimed; deciding again");
@@ -257,6 +349,7 @@ impl Actor {
             since: Instant::now(),
             stop_seen: None,
             sigint_pending: false,
+            printed_at_sigint: 0,
             live: Live::default(),
         };
         if self.seen.job.spec.stop {
@@ -275,6 +368,7 @@ impl Actor {
         );
         match spawned {
             Ok(mut child) => {
+                info!(shim = child.id(), "trace started under its shim");
                 run.record.shim = child.id().and_then(|pid| Identity::of(pid as i32));
                 self.save(&run.record);
                 run.exit = tokio::spawn(async move {
@@ -328,6 +422,7 @@ impl Actor {
             exit,
             since: now,
             sigint_pending: false,
+            printed_at_sigint: 0,
             live: Live::default(),
         }
     }
@@ -415,9 +510,16 @@ impl Actor {
     fn wanted(&self, run: &Run) -> Wanted {
         let (head, _) = shim::split(self.ctx.config.max_output_bytes);
         let printed = std::fs::metadata(&run.files.stdout).map_or(0, |m| m.len());
+        let stuck = matches!(run.process, Process::Interrupted { .. })
+            && printed == run.printed_at_sigint
+            && run
+                .record
+                .bpftrace
+                .is_some_and(|p| process::is_polling(p.pid));
         Wanted {
             deleted: self.seen.deleted,
             output_full: printed >= head,
+            stuck,
             agent_removed: *self.ctx.removed.borrow(),
             status_rejected: self.rejected.is_some(),
             ..Wanted::of(&self.seen.job, self.ctx.config.start_timeout())
@@ -533,6 +635,8 @@ impl Actor {
                 p.signal(signal);
                 if signal == Signal::SIGINT {
                     run.sigint_pending = false;
+                    run.printed_at_sigint =
+                        std::fs::metadata(&run.files.stdout).map_or(0, |m| m.len());
                 }
             }
             // Not started yet: the shim is about to start it; SIGINT is sent once it has.
@@ -577,6 +681,7 @@ impl Actor {
             run.record.run_id.clone(),
             run.files.stdout.clone(),
         );
+        let ours = self.ours.output_ref.as_ref().map(|r| r.name.clone());
         run.live.in_flight = Some(tokio::spawn(
             async move {
                 let read = tokio::task::spawn_blocking(move || {
@@ -586,23 +691,20 @@ impl Actor {
                 .await;
                 let (offset, contents, printed) = match read {
                     Ok(Ok(r)) => r,
-                    Ok(Err(e)) => return Err(writer::Error::Kube(kube::Error::Service(e.into()))),
-                    Err(e) => return Err(writer::Error::Kube(kube::Error::Service(e.into()))),
+                    Ok(Err(e)) => return Err(format!("reading the output: {e}")),
+                    Err(e) => return Err(format!("reading the output: {e}")),
                 };
                 let name = writer
-                    .output(&job, &run_id, &contents, Some(offset))
-                    .await?;
+                    .output(&job, &run_id, &contents, Some(offset), ours.as_deref())
+                    .await
+                    .map_err(|e| e.to_string())?;
                 Ok((name, printed))
             }
             .in_current_span(),
         ));
     }
 
-    fn on_live_copied(
-        &mut self,
-        run: &mut Run,
-        copied: Option<Result<(String, u64), writer::Error>>,
-    ) {
+    fn on_live_copied(&mut self, run: &mut Run, copied: Option<Result<(String, u64), String>>) {
         match copied {
             Some(Ok((name, printed))) => {
                 self.ctx.metrics.live_bytes.inc_by(
@@ -631,6 +733,11 @@ impl Actor {
             Process::Exited(e) => e.clone(),
             _ => Exit::Unrecorded,
         };
+        let ended = rundir::read_json::<Ended>(&run.files.ended);
+        if run.record.stopped.is_none() && ended.as_ref().is_some_and(|e| e.limit_reached) {
+            // The shim stopped it at the output limit before this agent saw the limit reached.
+            run.record.stopped = Some(StopReason::OutputLimit);
+        }
         let outcome = match run.record.outcome.clone() {
             Some(o) => o,
             None => {
@@ -729,6 +836,7 @@ impl Actor {
             self.seen.job.clone(),
             run.record.run_id.clone(),
         );
+        let ours = self.ours.output_ref.as_ref().map(|r| r.name.clone());
         let mut task = tokio::spawn(
             async move {
                 let collected = {
@@ -749,8 +857,9 @@ impl Actor {
                 };
                 let Collected { contents, stored } = collected;
                 let mut delays = writer::backoff();
+                let mut ours = ours;
                 loop {
-                    match writer.output(&job, &run_id, &contents, None).await {
+                    match writer.output(&job, &run_id, &contents, None, ours.as_deref()).await {
                         Ok(name) => {
                             let (reason, message) = stored.describe(&name);
                             return Ok(Landed {
@@ -764,6 +873,12 @@ impl Actor {
                             let delay = delays.next().unwrap_or(Duration::from_secs(30));
                             warn!(error = %e, retry_in = ?delay, "writing the output ConfigMap failed");
                             tokio::time::sleep(delay).await;
+                        }
+                        // A name this run was writing is not ours after all (deleted and taken
+                        // meanwhile): start again from a new ConfigMap.
+                        Err(e) if ours.is_some() && e.is_refused() => {
+                            warn!(error = %e, "the run's ConfigMap cannot be updated; writing a new one");
+                            ours = None;
                         }
                         Err(e) => return Err(e.to_string()),
                     }

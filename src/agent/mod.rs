@@ -49,6 +49,7 @@ pub enum Error {
 /// What every job actor shares.
 pub struct Ctx {
     pub config: Config,
+    pub client: kube::Client,
     pub metrics: Arc<Metrics>,
     /// `bpftrace --version`, recorded in maps.json.
     pub bpftrace_version: String,
@@ -93,6 +94,7 @@ pub async fn run(config: Config) -> Result<(), Error> {
     let pod = config.pod();
     let node = config.node_name.clone();
     let ctx = Arc::new(Ctx {
+        client: client.clone(),
         metrics: metrics.clone(),
         bpftrace_version: version,
         writer: Writer::new(client.clone(), &node),

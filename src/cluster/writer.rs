@@ -35,7 +35,7 @@ pub const ANNOTATION_LIVE_OFFSET: &str = "observe.tracejob.dev/live-offset";
 pub enum Error {
     #[error("Kubernetes API: {0}")]
     Kube(#[from] kube::Error),
-    #[error("ConfigMap {0} exists and does not belong to this TraceJob; it was left untouched")]
+    #[error("ConfigMaps of the output's names exist and do not belong to this run (the last: {0}); they were left untouched")]
     NotOurs(String),
 }
 
@@ -48,6 +48,11 @@ impl Error {
             Error::Kube(_) => true,
             Error::NotOurs(_) => false,
         }
+    }
+
+    /// The API server refuses this write for this client (RBAC or an admission policy).
+    pub fn is_refused(&self) -> bool {
+        self.code() == Some(403)
     }
 
     fn code(&self) -> Option<u16> {
@@ -163,51 +168,68 @@ impl Writer {
         Ok(self.api(job).get_opt(&job.name_any()).await?)
     }
 
-    /// Stores output in a ConfigMap owned by the TraceJob, or replaces it if it is already ours
-    /// (a retried write, or live output replaced). If a ConfigMap of that name exists and is not
-    /// ours, it is left alone and a second name (with the whole run id) is used. `live` marks
-    /// live output and where it begins in the whole output. One attempt: the caller retries.
+    /// Stores output in a ConfigMap owned by the TraceJob. `ours` names the ConfigMap this run
+    /// already wrote (its status.outputRef): that one is replaced whole (a PUT without a
+    /// resourceVersion: nothing of the live copy's stays). Otherwise a new one is created; if a
+    /// ConfigMap of that name exists it is not ours (the agent never reads ConfigMaps, so it
+    /// cannot tell otherwise), and it is left alone for a second name with the whole run id.
+    /// `live` marks live output and where it begins in the whole output. One attempt: the caller
+    /// retries.
     pub async fn output(
         &self,
         job: &TraceJob,
         run_id: &str,
         contents: &Contents,
         live: Option<u64>,
+        ours: Option<&str>,
     ) -> Result<String, Error> {
+        let ns = job.namespace().unwrap_or_default();
+        let api: Api<ConfigMap> = Api::namespaced(self.client.clone(), &ns);
+        if let Some(name) = ours {
+            let cm = self.configmap(job, run_id, name, contents, live);
+            match api.replace(name, &PostParams::default(), &cm).await {
+                Ok(_) => return Ok(name.to_string()),
+                // Deleted meanwhile: created again below.
+                Err(kube::Error::Api(s)) if s.code == 404 => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
         let short = output_name(&job.name_any(), run_id.split('-').next().unwrap_or(run_id));
         let long = output_name(&job.name_any(), run_id);
-        match self
-            .write_configmap(job, run_id, &short, contents, live)
-            .await
-        {
-            Err(Error::NotOurs(_)) => {
-                self.write_configmap(job, run_id, &long, contents, live)
-                    .await
+        for name in [short, long] {
+            let cm = self.configmap(job, run_id, &name, contents, live);
+            match api.create(&PostParams::default(), &cm).await {
+                Ok(_) => return Ok(name),
+                Err(kube::Error::Api(s)) if s.code == 409 => {
+                    warn!(
+                        configmap = name,
+                        "a ConfigMap of the output's name exists and is not ours; leaving it alone"
+                    );
+                }
+                Err(e) => return Err(e.into()),
             }
-            other => other,
         }
+        Err(Error::NotOurs(output_name(&job.name_any(), run_id)))
     }
 
-    async fn write_configmap(
+    fn configmap(
         &self,
         job: &TraceJob,
         run_id: &str,
         name: &str,
         contents: &Contents,
         live: Option<u64>,
-    ) -> Result<String, Error> {
-        let ns = job.namespace().unwrap_or_default();
-        let api: Api<ConfigMap> = Api::namespaced(self.client.clone(), &ns);
+    ) -> ConfigMap {
         let annotations = live.map(|offset| {
             BTreeMap::from([
                 (ANNOTATION_LIVE.to_string(), "true".to_string()),
                 (ANNOTATION_LIVE_OFFSET.to_string(), offset.to_string()),
             ])
         });
-        let cm = ConfigMap {
+        ConfigMap {
             metadata: ObjectMeta {
                 name: Some(name.to_string()),
-                namespace: Some(ns),
+                namespace: job.namespace(),
                 labels: Some(BTreeMap::from([
                     (LABEL_TRACEJOB.to_string(), job.name_any()),
                     (LABEL_NODE.to_string(), self.node.clone()),
@@ -226,28 +248,6 @@ impl Writer {
                     .collect(),
             ),
             ..Default::default()
-        };
-        match api.create(&PostParams::default(), &cm).await {
-            Ok(_) => Ok(name.to_string()),
-            Err(kube::Error::Api(s)) if s.code == 409 => {
-                let existing = api.get(name).await?;
-                let ours = existing
-                    .owner_references()
-                    .iter()
-                    .any(|o| Some(&o.uid) == job.uid().as_ref());
-                if !ours {
-                    warn!(
-                        configmap = name,
-                        "a ConfigMap of the output's name exists and is not ours; leaving it alone"
-                    );
-                    return Err(Error::NotOurs(name.to_string()));
-                }
-                let mut updated = cm;
-                updated.metadata.resource_version = existing.resource_version();
-                api.replace(name, &PostParams::default(), &updated).await?;
-                Ok(name.to_string())
-            }
-            Err(e) => Err(e.into()),
         }
     }
 

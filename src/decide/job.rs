@@ -110,6 +110,8 @@ pub struct Wanted {
     pub agent_removed: bool,
     /// The API server refuses this job's status.
     pub status_rejected: bool,
+    /// An interrupted bpftrace is still in its event loop and printed nothing since SIGINT.
+    pub stuck: bool,
     pub deadline: Duration,
     pub grace: Duration,
     pub start_timeout: Duration,
@@ -123,6 +125,7 @@ impl Wanted {
             output_full: false,
             agent_removed: false,
             status_rejected: false,
+            stuck: false,
             deadline: secs(job.spec.deadline, MAX_DEADLINE_SECONDS),
             grace: secs(job.spec.deadline_grace_period, MAX_GRACE_SECONDS),
             start_timeout,
@@ -153,17 +156,20 @@ fn secs(n: i64, max: i64) -> Duration {
     Duration::from_secs(n.clamp(1, max).unsigned_abs())
 }
 
-/// How long an interrupted bpftrace may go on before SIGINT is sent again. bpftrace acts on any
-/// number of SIGINTs the same way, but a trace was seen here, rarely and under load, still in
-/// its event loop minutes after a single one.
-pub const REPEAT_SIGINT: Duration = Duration::from_secs(10);
+/// How long an interrupted bpftrace may sit stuck before SIGINT is sent again. bpftrace 0.17 was
+/// seen here, rarely and under load, still in its event loop minutes after a single SIGINT, the
+/// signal neither pending nor acted on; a second one ends it normally, maps printed. But a second
+/// SIGINT while bpftrace is ending (detaching, printing a large map) kills it and loses the maps,
+/// so it is sent only to a bpftrace that is stuck: still waiting for events, nothing printed
+/// since the last one.
+pub const REPEAT_SIGINT: Duration = Duration::from_secs(2);
 
 /// The next step for a started job.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Step {
     /// Send SIGINT (and report Stopping unless the TraceJob is gone).
     Interrupt(StopReason),
-    /// Send SIGINT again: bpftrace has not ended REPEAT_SIGINT after the last one.
+    /// Send SIGINT again: bpftrace has sat stuck for REPEAT_SIGINT since the last one.
     Reinterrupt,
     /// Send SIGKILL: the grace period is over.
     Kill,
@@ -200,7 +206,7 @@ pub fn next(wanted: Wanted, process: &Process, now: Instant) -> Step {
             let again_at = signalled.checked_add(REPEAT_SIGINT);
             if due(kill_at) {
                 Step::Kill
-            } else if due(again_at) {
+            } else if due(again_at) && wanted.stuck {
                 Step::Reinterrupt
             } else {
                 Step::Wait(match (kill_at, again_at) {
@@ -404,6 +410,7 @@ mod tests {
             output_full: false,
             agent_removed: false,
             status_rejected: false,
+            stuck: false,
             deadline: Duration::from_secs(10),
             grace: Duration::from_secs(2),
             start_timeout: Duration::from_secs(5),
@@ -577,11 +584,25 @@ mod tests {
     }
 
     #[test]
-    fn sigint_is_repeated_until_the_grace_period_ends() {
+    fn sigint_is_repeated_only_to_a_stuck_bpftrace_until_the_grace_period_ends() {
         let t0 = Instant::now();
-        let long = Wanted {
+        let ending = Wanted {
             grace: Duration::from_secs(300),
             ..wanted()
+        };
+        let p = Process::Interrupted {
+            at: t0,
+            signalled: t0,
+            reason: StopReason::Requested,
+        };
+        // Printing its maps (or detaching): a second SIGINT would kill it.
+        assert_eq!(
+            next(ending, &p, t0 + 3 * REPEAT_SIGINT),
+            Step::Wait(Some(t0 + REPEAT_SIGINT))
+        );
+        let long = Wanted {
+            stuck: true,
+            ..ending
         };
         let p = Process::Interrupted {
             at: t0,

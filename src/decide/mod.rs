@@ -1,7 +1,9 @@
 //! Every decision the agent makes, as pure functions with unit tests: one job's lifecycle
-//! (`job`), the status that reports it (`status`) and the node's live-output budget (`budget`).
+//! (`job`), the status that reports it (`status`), the node's live-output budget (`budget`) and
+//! which namespaces may trace this node (`scope`).
 //! No I/O here.
 
 pub mod budget;
 pub mod job;
+pub mod scope;
 pub mod status;

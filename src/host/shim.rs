@@ -55,6 +55,9 @@ pub struct Ended {
     /// bpftrace could not be started.
     #[serde(default)]
     pub error: Option<String>,
+    /// The shim sent SIGINT because stdout reached its soft limit.
+    #[serde(default)]
+    pub limit_reached: bool,
     pub stdout: Kept,
     pub stderr: Kept,
 }
@@ -176,10 +179,13 @@ fn supervise(args: &ShimArgs, files: &RunFiles) -> Result<Ended, rundir::Error> 
         },
     )?;
     let (head, ring) = split(args.max_output_bytes);
+    let limit_reached = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let stdout = child.stdout.take().map(|pipe| {
         let path = files.stdout.clone();
+        let reached = limit_reached.clone();
         // The soft limit: stdout's head is full, so bpftrace is asked to stop and print its maps.
         let stop = move || {
+            reached.store(true, std::sync::atomic::Ordering::SeqCst);
             bpftrace.signal(Signal::SIGINT);
         };
         std::thread::spawn(move || copy(pipe, &path, head, ring, stop))
@@ -205,6 +211,7 @@ fn supervise(args: &ShimArgs, files: &RunFiles) -> Result<Ended, rundir::Error> 
         code,
         signal,
         error: None,
+        limit_reached: limit_reached.load(std::sync::atomic::Ordering::SeqCst),
         stdout,
         stderr,
     })

@@ -3,7 +3,7 @@
 pub mod crd;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
-use kube::CustomResource;
+use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -22,7 +22,7 @@ pub const LABEL_RUN: &str = "observe.tracejob.dev/run-id";
 /// A bpftrace program to run on one node until it is stopped, ends itself, or reaches its deadline.
 // Several printer columns share `type_ = "string"`; clippy reads that as a duplicated attribute.
 #[allow(clippy::duplicated_attributes)]
-#[derive(CustomResource, Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[derive(CustomResource, KubeSchema, Deserialize, Serialize, Clone, Debug, PartialEq)]
 #[kube(
     group = "observe.tracejob.dev",
     version = "v1alpha1",
@@ -48,6 +48,11 @@ pub const LABEL_RUN: &str = "observe.tracejob.dev/run-id";
     // Each agent's watch asks the API server for its own node's TraceJobs only.
     selectable = ".spec.nodeName"
 )]
+// What runs where is fixed at creation: a change would make status and output describe a trace
+// that never ran.
+#[x_kube(validation = Rule::new("self.nodeName == oldSelf.nodeName").message("spec.nodeName cannot change once created; create a new TraceJob").field_path(".nodeName"))]
+#[x_kube(validation = Rule::new("self.program == oldSelf.program").message("spec.program cannot change once created; create a new TraceJob").field_path(".program"))]
+#[x_kube(validation = Rule::new("has(self.args) == has(oldSelf.args) && (!has(self.args) || self.args == oldSelf.args)").message("spec.args cannot change once created; create a new TraceJob").field_path(".args"))]
 #[serde(rename_all = "camelCase")]
 pub struct TraceJobSpec {
     /// The node whose agent runs the trace.

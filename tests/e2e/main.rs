@@ -3,13 +3,13 @@
 //! control plane it starts is ended exactly once, after every test, also when a test fails.
 
 mod api;
-mod deploy;
 mod hostile;
 mod lifecycle;
 mod native;
 mod releases;
 mod reliability;
 mod robust;
+mod security;
 mod support;
 
 use std::sync::Arc;
@@ -25,7 +25,7 @@ fn main() -> std::process::ExitCode {
     tests.extend(reliability::tests());
     tests.extend(hostile::tests());
     tests.extend(native::tests());
-    tests.extend(deploy::tests());
+    tests.extend(security::tests());
     tests.extend(releases::tests());
     tests.extend(robust::tests());
     if args.list {

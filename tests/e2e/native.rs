@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use crate::api::tracejob_yaml;
 use crate::lifecycle::{disk_io, output, stop, wait_phase, SYSCOUNT};
-use crate::support::{must, wait_for, Agent, ControlPlane, Env, Test};
+use crate::support::{must, register_node, wait_for, Agent, ControlPlane, Env, Test};
 
 pub fn tests() -> Vec<Test> {
     vec![
@@ -231,8 +231,9 @@ fn metrics_follow_a_lifecycle(env: &Env) {
 fn readyz_only_after_sync(_env: &Env) {
     let own = Env::new(ControlPlane::start());
     own.install_crd();
+    register_node(&own, "ready-node", &[]);
     own.cp.stop_apiserver();
-    let agent = Agent::start(&own, "ready-node");
+    let agent = Agent::start_registered("ready-node", &own.cp.kubeconfig, &[], &[]);
     wait_for(Duration::from_secs(20), "/healthz", || {
         (agent.get("/healthz").0 == 200).then_some(())
     });

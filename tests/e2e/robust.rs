@@ -9,6 +9,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use k8s_openapi::api::core::v1::ConfigMap;
+
 use crate::api::tracejob_yaml;
 use crate::lifecycle::{assert_no_bpftrace, output, stop, wait_phase, SYSCOUNT};
 use crate::support::{bpftrace_double, must, wait_for, Agent, ControlPlane, Env, Kubectl, Test};
@@ -110,27 +112,15 @@ fn double_program(lines: &[&str]) -> String {
 /// Bytes of a ConfigMap key, from `data` or `binaryData`, exactly.
 fn configmap_bytes(k: &Kubectl, ns: &str, cm: &str, key: &str) -> Vec<u8> {
     let json = k.ok(&["get", "configmap", "-n", ns, cm, "-o", "json"]);
-    let cm: serde_json::Value = must(serde_json::from_str(&json), "configmap json");
-    if let Some(text) = cm["data"][key].as_str() {
+    let cm: ConfigMap = must(serde_json::from_str(&json), "configmap json");
+    if let Some(text) = cm.data.as_ref().and_then(|d| d.get(key)) {
         return text.as_bytes().to_vec();
     }
-    let b64 = cm["binaryData"][key]
-        .as_str()
-        .unwrap_or_else(|| panic!("{key} is in neither data nor binaryData: {cm}"));
-    let out = must(
-        Command::new("base64")
-            .arg("-d")
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .and_then(|mut c| {
-                use std::io::Write;
-                c.stdin.take().map(|mut s| s.write_all(b64.as_bytes()));
-                c.wait_with_output()
-            }),
-        "base64 -d",
-    );
-    out.stdout
+    cm.binary_data
+        .as_ref()
+        .and_then(|b| b.get(key))
+        .map(|b| b.0.clone())
+        .unwrap_or_else(|| panic!("{key} is in neither data nor binaryData of {cm:?}"))
 }
 
 /// The run directories under an agent's state directory.
@@ -349,10 +339,8 @@ fn fast_printers_within_limit(env: &Env) {
             "gunzip",
         );
         assert!(text.contains("@calls: "), "{name}: the maps did not land");
-        assert_eq!(
-            condition(k, &ns, &name, "OutputStored", "reason"),
-            "Truncated"
-        );
+        let reason = condition(k, &ns, &name, "OutputStored", "reason");
+        assert!(reason == "Compressed" || reason == "Truncated", "{reason}");
     }
     let largest = disk.finish();
     assert_eq!(largest.len(), 4, "the runs were not seen on disk");
@@ -833,8 +821,8 @@ fn sigint_repeated(env: &Env) {
     wait_phase(k, &ns, "slow", "Completed", Duration::from_secs(60));
     let took = t0.elapsed();
     assert!(
-        took >= Duration::from_secs(10) && took < Duration::from_secs(15),
-        "ended {took:?} after the stop; the second SIGINT is due after 10 s"
+        took >= Duration::from_secs(2) && took < Duration::from_secs(5),
+        "ended {took:?} after the stop; the second SIGINT is due after 2 s"
     );
     assert!(output(k, &ns, "slow", "output").contains("@after: 2"));
     assert!(agent.logs().contains("sending SIGINT again"));

@@ -24,9 +24,21 @@ impl Agent {
         Agent::start_with(env, node, &env.cp.kubeconfig, &[], &[])
     }
 
-    /// An agent with extra flags and environment (which bpftrace inherits).
+    /// An agent with extra flags and environment (which bpftrace inherits). Its node is
+    /// registered first, as the kubelet would have done: the agent reads its labels.
     pub fn start_with(
-        _env: &Env,
+        env: &Env,
+        node: &str,
+        kubeconfig: &std::path::Path,
+        extra: &[&str],
+        envs: &[(&str, &str)],
+    ) -> Agent {
+        register_node(env, node, &[]);
+        Agent::start_registered(node, kubeconfig, extra, envs)
+    }
+
+    /// An agent for a node registered already (when the API server may be down at its start).
+    pub fn start_registered(
         node: &str,
         kubeconfig: &std::path::Path,
         extra: &[&str],
@@ -119,6 +131,26 @@ impl Agent {
     pub fn bpftraces(&self) -> Vec<i32> {
         bpftrace_pids(&self.state_dir)
     }
+}
+
+/// Creates a Node object named `node` with `labels`, unless one exists.
+pub fn register_node(env: &Env, node: &str, labels: &[(&str, &str)]) {
+    let labels: serde_json::Map<String, serde_json::Value> = labels
+        .iter()
+        .map(|(k, v)| (k.to_string(), serde_json::Value::from(*v)))
+        .collect();
+    let object = serde_json::json!({
+        "apiVersion": "v1", "kind": "Node",
+        "metadata": {"name": node, "labels": labels}
+    });
+    let r = env
+        .kubectl
+        .run_with_stdin(&["create", "-f", "-"], &object.to_string());
+    assert!(
+        r.ok || r.stderr.contains("AlreadyExists"),
+        "registering node {node}: {}",
+        r.stderr
+    );
 }
 
 impl Drop for Agent {

@@ -13,7 +13,7 @@ use std::process::{Child, Command};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-pub use agent::Agent;
+pub use agent::{register_node, Agent};
 pub use control_plane::ControlPlane;
 pub use double::bpftrace_double;
 pub use kubectl::Kubectl;
