@@ -84,7 +84,9 @@ fn tracejob(name: &str, node: &str, program: &str) -> TraceJob {
     TraceJob::new(
         name,
         TraceJobSpec {
-            node_name: node.into(),
+            node_name: Some(node.into()),
+            node_selector: None,
+            target: None,
             program: program.into(),
             args: vec![],
             stop: false,

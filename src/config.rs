@@ -35,6 +35,10 @@ pub struct Config {
     #[arg(long, default_value_t = 60)]
     pub start_timeout: u64,
 
+    /// Seconds a TraceJob's target container may take to be running before the TraceJob fails.
+    #[arg(long, default_value_t = 120)]
+    pub target_timeout: u64,
+
     /// Seconds between copies of a running trace's newest output into its ConfigMap; 0 turns
     /// live output off.
     #[arg(long, default_value_t = 5)]
@@ -99,6 +103,10 @@ impl Config {
 
     pub fn start_timeout(&self) -> Duration {
         Duration::from_secs(self.start_timeout)
+    }
+
+    pub fn target_timeout(&self) -> Duration {
+        Duration::from_secs(self.target_timeout)
     }
 
     pub fn pod(&self) -> Option<PodRef> {

@@ -11,4 +11,5 @@ pub mod decide;
 pub mod host;
 pub mod metrics;
 pub mod output;
+pub mod plugin;
 pub mod resource;

@@ -262,6 +262,199 @@ fn alive(pid: &str) -> bool {
 
 const COUNT_SYSCALLS: &str = "tracepoint:raw_syscalls:sys_enter { @calls[comm] = count(); }";
 
+/// The workload pod (tests/cluster/workload.c: getppid() 100 times a second), running.
+fn workload(cluster: &Cluster, name: &str) -> String {
+    cluster.apply(&format!(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\nspec:\n  terminationGracePeriodSeconds: 1\n  containers:\n  - name: work\n    image: {}\n    imagePullPolicy: Never\n",
+        cluster_setting("echo $workload_image")
+    ));
+    cluster.k(&[
+        "wait",
+        "--for=condition=Ready",
+        &format!("pod/{name}"),
+        "--timeout=120s",
+    ]);
+    let id = cluster.k(&[
+        "get",
+        "pod",
+        name,
+        "-o",
+        "jsonpath={.status.containerStatuses[0].containerID}",
+    ]);
+    id.rsplit('/').next().unwrap_or_default().to_string()
+}
+
+/// The host PID of the workload container's main process (`id`: its container ID).
+fn workload_pid(id: &str) -> String {
+    let procs = std::fs::read_dir("/proc").expect("/proc");
+    procs
+        .flatten()
+        .map(|p| p.file_name().to_string_lossy().into_owned())
+        .find(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                .is_ok_and(|c| c.trim() == "workload")
+                && std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
+                    .is_ok_and(|c| c.contains(id))
+        })
+        .unwrap_or_else(|| panic!("no workload process of container {id}"))
+}
+
+/// A TraceJob targeting `pod`, with no spec.nodeName: the pod's node takes it.
+fn targeted(cluster: &Cluster, name: &str, pod: &str, program: &str) {
+    let program: String = program.lines().map(|l| format!("    {l}\n")).collect();
+    cluster.apply(&format!(
+        "apiVersion: observe.tracejob.dev/v1alpha1\nkind: TraceJob\nmetadata:\n  name: {name}\nspec:\n  target:\n    pod: {pod}\n  deadlineGracePeriod: 300\n  program: |\n{program}"
+    ));
+}
+
+/// The keys of a `@name[key]: count` map in bpftrace's output.
+fn map_keys(output: &str, map: &str) -> Vec<String> {
+    output
+        .lines()
+        .filter_map(|l| l.strip_prefix(&format!("{map}[")))
+        .filter_map(|l| l.rsplit_once("]: ").map(|(k, _)| k.to_string()))
+        .collect()
+}
+
+fn pod_targets(cluster: &Cluster) {
+    step("a TraceJob naming a pod: its node takes it, and the filter keeps to its container");
+    let id = workload(cluster, "workload");
+    let pid = workload_pid(&id);
+    let by_comm = "tracepoint:raw_syscalls:sys_enter /cgroup == $container_cgroup/ { @calls[comm] = count(); }";
+    targeted(cluster, "in-pod", "workload", by_comm);
+    targeted(
+        cluster,
+        "everything",
+        "workload",
+        "tracepoint:raw_syscalls:sys_enter { @calls[comm] = count(); }",
+    );
+    targeted(
+        cluster,
+        "its-pid",
+        "workload",
+        "BEGIN { printf(\"pid %d\\n\", $container_pid); exit(); }",
+    );
+    let sample = std::fs::read_to_string(root().join("bpf-samples/podsyscount.yaml"))
+        .expect("the sample")
+        .replace("pod: my-pod", "pod: workload")
+        .replace("deadline: 600", "deadline: 600\n  deadlineGracePeriod: 300");
+    cluster.apply(&sample);
+    for name in ["in-pod", "everything", "podsyscount"] {
+        cluster.wait_condition(name, "Running", 120);
+    }
+    let running = Instant::now();
+    std::thread::sleep(Duration::from_secs(3));
+    for name in ["in-pod", "everything", "podsyscount"] {
+        cluster.stop(name);
+    }
+    for name in ["in-pod", "everything", "podsyscount", "its-pid"] {
+        cluster.wait_condition(name, "Completed", 180);
+        assert_eq!(
+            cluster.field(name, ".status.nodeName"),
+            cluster.node,
+            "{name}: status does not name the pod's node"
+        );
+    }
+    let traced = running.elapsed().as_secs_f64();
+    let inside = map_keys(&cluster.output("in-pod"), "@calls");
+    assert_eq!(
+        inside,
+        ["workload"],
+        "the filter let other processes through"
+    );
+    let outside = map_keys(&cluster.output("everything"), "@calls");
+    assert!(
+        outside.len() > 3 && outside.iter().any(|k| k != "workload"),
+        "without the filter the host's processes show: {outside:?}"
+    );
+    assert_eq!(
+        cluster
+            .output("its-pid")
+            .lines()
+            .find(|l| l.starts_with("pid ")),
+        Some(format!("pid {pid}").as_str()),
+        "$container_pid is not the workload's host PID"
+    );
+    // The sample counts the workload's system calls by name: getppid 100 times a second.
+    let counts = cluster.output("podsyscount");
+    let getppid: f64 = counts
+        .lines()
+        .find_map(|l| l.strip_prefix("@[tracepoint:syscalls:sys_enter_getppid]: "))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no getppid count:\n{counts}"));
+    assert!(
+        getppid >= 100.0 * 2.0 && getppid <= 100.0 * (traced + 5.0),
+        "{getppid} getppid calls in about {traced:.1} s of tracing"
+    );
+    // The program that ran, variables filled in, is beside the output.
+    let cm = cluster.field("in-pod", ".status.outputRef.name");
+    let ran = cluster.k(&["get", "configmap", &cm, "-o", "jsonpath={.data.program}"]);
+    assert!(
+        ran.contains("/cgroup == ") && !ran.contains("$container_cgroup"),
+        "{ran}"
+    );
+
+    step("kubectl tracejob run pod/NAME: the pod's node traces its container");
+    let plugin_dir = root().join("target/release");
+    let out = run(Command::new(&cluster.kubectl)
+        .env("KUBECONFIG", &cluster.kubeconfig)
+        .env(
+            "PATH",
+            format!(
+                "{}:{}",
+                plugin_dir.display(),
+                std::env::var("PATH").unwrap_or_default()
+            ),
+        )
+        .args([
+            "tracejob",
+            "run",
+            "pod/workload",
+            "-e",
+            by_comm,
+            "--deadline",
+            "3s",
+            "--grace",
+            "5m",
+        ]));
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "kubectl tracejob run pod/workload: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(map_keys(&printed, "@calls"), ["workload"], "{printed}");
+
+    step("the target container restarts: the trace stops and its output is collected");
+    targeted(cluster, "restarted", "workload", by_comm);
+    cluster.wait_condition("restarted", "Running", 120);
+    let _ = Command::new("kill").arg(&pid).status();
+    cluster.wait_condition("restarted", "Completed", 180);
+    let message = cluster.field("restarted", ".status.message");
+    assert!(
+        message.contains("restarted") || message.contains("stopped"),
+        "{message}"
+    );
+    assert!(cluster.output("restarted").contains("@calls[workload]"));
+
+    step("the target pod is deleted: the trace stops and its output is collected");
+    cluster.k(&[
+        "wait",
+        "--for=condition=Ready",
+        "pod/workload",
+        "--timeout=120s",
+    ]);
+    targeted(cluster, "deleted", "workload", by_comm);
+    cluster.wait_condition("deleted", "Running", 120);
+    cluster.k(&["delete", "pod", "workload", "--wait=false"]);
+    cluster.wait_condition("deleted", "Completed", 180);
+    let message = cluster.field("deleted", ".status.message");
+    assert!(
+        message.contains("deleted") || message.contains("stopped"),
+        "{message}"
+    );
+}
+
 fn step(what: &str) {
     eprintln!("cluster test: {what}");
 }
@@ -341,6 +534,8 @@ fn the_daemonset_runs_traces_on_a_real_kubelet() {
     cluster.wait_condition("broken", "Failed", 120);
     let message = cluster.field("broken", ".status.message");
     assert!(message.contains("no_such_group"), "message: {message}");
+
+    pod_targets(&cluster);
 
     step("deleting the agent's pod mid-trace: the DaemonSet's next pod takes the trace over");
     cluster.trace("survivor", COUNT_SYSCALLS);

@@ -239,6 +239,7 @@ fn agent_role_grants_only_what_the_agent_uses() {
         "events.k8s.io/events:patch",
         "/namespaces:get",
         "/nodes:get",
+        "/pods:get",
     ]
     .into_iter()
     .map(String::from)

@@ -20,15 +20,16 @@ use crate::cluster::writer::{self, Desired, StatusWriter, Written};
 use crate::decide::job::{
     self as decide, Exit, FirstSight, Found, Outcome, Process, Step, StopReason, Wanted,
 };
-use crate::decide::{scope, status};
-use crate::host::bpftrace;
+use crate::decide::{scope, status, target};
 use crate::host::process::{self, Identity};
 use crate::host::rundir::{self, Landed, Record, RunFiles};
 use crate::host::shim::{self, Ended, Started};
+use crate::host::{bpftrace, container};
 use crate::metrics::Metrics;
 use crate::output::collect::{self, Collected};
 use crate::output::fit::{Contents, CONFIGMAP_BUDGET};
-use crate::resource::{OutputRef, Phase, TraceJob, TraceJobStatus};
+use crate::resource::{OutputRef, Phase, Target, TraceJob, TraceJobStatus};
+use k8s_openapi::api::core::v1::Pod;
 
 /// Follows one TraceJob from first sight until its outcome is reported (or it is deleted, or the
 /// agent exits and leaves it to the next agent). `spec` brings its newest version; None when it
@@ -107,7 +108,19 @@ struct Run {
     /// Bytes of output when SIGINT was last sent: none since, and still polling, is stuck.
     printed_at_sigint: u64,
     live: Live,
+    /// The target container, looked at every few seconds while the trace runs.
+    target: Option<TargetWatch>,
 }
+
+struct TargetWatch {
+    target: Target,
+    started: target::Running,
+    next: Instant,
+    in_flight: Option<JoinHandle<Result<Option<Pod>, String>>>,
+}
+
+/// How often a running trace's target pod is looked at.
+const TARGET_CHECK: Duration = Duration::from_secs(2);
 
 #[derive(Default)]
 struct Live {
@@ -139,6 +152,87 @@ enum Scope {
 /// The reason of a TraceJob refused on this node.
 const NODE_NOT_ALLOWED: &str = "NodeNotAllowed";
 
+/// Which node runs a TraceJob with a target.
+enum Place {
+    Here,
+    /// Another node's agent runs it.
+    Elsewhere,
+    /// Nobody can: fail it, with this reason and message.
+    Fail(&'static str, String),
+    Over,
+}
+
+/// The target container, resolved on this node.
+enum Resolved {
+    Ready(target::Running, container::Container),
+    Fail(&'static str, String),
+    Over,
+}
+
+enum PodRead {
+    Found(Option<Box<Pod>>),
+    Over,
+}
+
+/// What a running trace's target is watched for, if it has one.
+fn target_watch(job: &TraceJob, record: &Record) -> Option<TargetWatch> {
+    let target = job.spec.target.clone()?;
+    let id = record.target_id.clone()?;
+    Some(TargetWatch {
+        started: target::Running {
+            name: record.target_name.clone().unwrap_or_default(),
+            id,
+            restarts: 0,
+        },
+        target,
+        next: Instant::now() + TARGET_CHECK,
+        in_flight: None,
+    })
+}
+
+/// The program with the target's variables filled in, or why it cannot be.
+fn filled_in(program: &str, c: &container::Container) -> Result<String, String> {
+    let cgroup = match c.cgroup {
+        Some(id) => id.to_string(),
+        None => {
+            let probe = target::substitute(program, &[(target::CONTAINER_CGROUP, String::new())]);
+            if probe != program {
+                return Err(format!(
+                    "{} cannot be filled in: this node has no cgroup v2 hierarchy (filter on {} instead)",
+                    target::CONTAINER_CGROUP,
+                    target::CONTAINER_PID
+                ));
+            }
+            String::new()
+        }
+    };
+    Ok(target::substitute(
+        program,
+        &[
+            (target::CONTAINER_PID, c.main.to_string()),
+            (target::CONTAINER_CGROUP, cgroup),
+        ],
+    ))
+}
+
+/// How long ago the TraceJob was created.
+fn age(job: &TraceJob) -> Duration {
+    job.metadata
+        .creation_timestamp
+        .as_ref()
+        .map(|t| (k8s_openapi::jiff::Timestamp::now() - t.0).get_seconds())
+        .and_then(|s| u64::try_from(s).ok())
+        .map_or(Duration::ZERO, Duration::from_secs)
+}
+
+/// A number below `n`, at random.
+fn rand_below(n: u64) -> u64 {
+    let bytes = uuid::Uuid::new_v4().into_bytes();
+    let mut x = [0u8; 8];
+    x.copy_from_slice(&bytes[..8]);
+    u64::from_le_bytes(x) % n.max(1)
+}
+
 impl Actor {
     /// Decides what to do with the TraceJob: claim and start it, take over its run, or not.
     async fn begin(&mut self) -> Option<Run> {
@@ -165,6 +259,16 @@ impl Actor {
                 }
                 FirstSight::Resume => return record.map(|r| self.resume(r)),
                 FirstSight::Start => {
+                    if let Some(target) = self.seen.job.spec.target.clone() {
+                        match self.place(&target).await {
+                            Place::Here => {}
+                            Place::Elsewhere | Place::Over => return None,
+                            Place::Fail(reason, why) => {
+                                self.fail_unclaimed(reason, why).await;
+                                return None;
+                            }
+                        }
+                    }
                     let claimed = match self.scope().await {
                         Scope::Allowed => self.claim().await,
                         Scope::Refused(why) => self.refuse(why).await,
@@ -231,16 +335,31 @@ impl Actor {
     /// Ends a TraceJob this node may not run: Failed, NodeNotAllowed, and no bpftrace.
     async fn refuse(&mut self, why: String) -> Claimed {
         info!(%why, "not running this TraceJob: its namespace may not trace this node");
+        self.fail_unclaimed(NODE_NOT_ALLOWED, why).await
+    }
+
+    /// Ends a TraceJob that was never started: Failed with `reason`, written only if it is still
+    /// the version read. A TraceJob without spec.nodeName is seen by every agent: each waits a
+    /// moment at random first, and none writes once one has.
+    async fn fail_unclaimed(&mut self, reason: &str, why: String) -> Claimed {
+        if self.seen.job.spec.node_name.is_none() {
+            let jitter = Duration::from_millis(rand_below(2000));
+            if !self.pause(jitter).await || self.seen.job.phase().is_some_and(|p| p.is_final()) {
+                return Claimed::Over;
+            }
+        }
         self.ours = TraceJobStatus {
             phase: Some(Phase::Failed),
+            node_name: Some(self.ctx.writer.node().to_string()),
             completion_time: Some(writer::now()),
             message: Some(why.clone()),
             ..Default::default()
         };
-        match self.write_claim(NODE_NOT_ALLOWED).await {
+        match self.write_claim(reason).await {
             Claimed::Won(_) => {
+                warn!(reason, %why, "the TraceJob failed before it started");
                 self.ctx.writer.event(&self.seen.job, true, "Failed", why);
-                self.ctx.metrics.failed(NODE_NOT_ALLOWED);
+                self.ctx.metrics.failed(reason);
                 Claimed::Refused
             }
             other => other,
@@ -254,6 +373,7 @@ impl Actor {
         self.ours = TraceJobStatus {
             phase: Some(Phase::Pending),
             id: Some(run_id.clone()),
+            node_name: Some(self.ctx.writer.node().to_string()),
             message: Some(format!(
                 "starting bpftrace on node {}",
                 self.ctx.writer.node()
@@ -323,14 +443,41 @@ impl Actor {
 
     /// Starts a claimed run: its directory and record, then the shim and bpftrace.
     async fn start(&mut self, run_id: String) -> Option<Run> {
-        let record = Record {
+        let mut record = Record {
             namespace: self.seen.job.namespace().unwrap_or_default(),
             name: self.seen.job.name_any(),
             uid: self.seen.job.uid().unwrap_or_default(),
             run_id,
             ..Default::default()
         };
-        let files = match self.ctx.state.create(&record, &self.seen.job.spec.program) {
+        let mut program = self.seen.job.spec.program.clone();
+        if let Some(target) = self.seen.job.spec.target.clone() {
+            if self.seen.job.spec.stop {
+                // Stopped before it started: nothing to resolve.
+            } else {
+                match self.resolve(&target).await {
+                    Resolved::Ready(running, container) => {
+                        match filled_in(&program, &container) {
+                            Ok(p) => program = p,
+                            Err(why) => {
+                                self.fail_started("TargetInvalid", why).await;
+                                return None;
+                            }
+                        }
+                        info!(container = %running.id, pid = container.main, cgroup = ?container.cgroup, "the target container runs here");
+                        record.target_id = Some(running.id);
+                        record.target_name = Some(running.name);
+                        record.program = Some(program.clone());
+                    }
+                    Resolved::Fail(reason, why) => {
+                        self.fail_started(reason, why).await;
+                        return None;
+                    }
+                    Resolved::Over => return None,
+                }
+            }
+        }
+        let files = match self.ctx.state.create(&record, &program) {
             Ok(f) => f,
             Err(e) => {
                 warn!(error = %e, "the run's directory could not be made");
@@ -351,7 +498,9 @@ impl Actor {
             sigint_pending: false,
             printed_at_sigint: 0,
             live: Live::default(),
+            target: None,
         };
+        run.target = target_watch(&self.seen.job, &run.record);
         if self.seen.job.spec.stop {
             info!("spec.stop was set before the trace started; not running bpftrace");
             run.process = Process::Exited(Exit::NotStarted);
@@ -384,6 +533,144 @@ impl Actor {
         Some(run)
     }
 
+    /// Whether this node runs a TraceJob with a target: the one its pod runs on. A pod not on a
+    /// node yet is waited for, up to `--target-timeout` from the TraceJob's creation.
+    async fn place(&mut self, target: &Target) -> Place {
+        let me = self.ctx.writer.node().to_string();
+        let timeout = self.ctx.config.target_timeout();
+        loop {
+            let namespace = self.seen.job.namespace().unwrap_or_default();
+            let pod = match self.read_pod(&namespace, &target.pod).await {
+                PodRead::Found(pod) => pod,
+                PodRead::Over => return Place::Over,
+            };
+            let Some(pod) = pod else {
+                return Place::Fail(
+                    "TargetNotFound",
+                    format!("pod {} not found in namespace {namespace}", target.pod),
+                );
+            };
+            let node = pod.spec.as_ref().and_then(|s| s.node_name.clone());
+            match (node, &self.seen.job.spec.node_name) {
+                (Some(n), _) if n == me => return Place::Here,
+                (Some(n), Some(named)) => {
+                    return Place::Fail(
+                        "TargetElsewhere",
+                        format!(
+                            "spec.nodeName is {named}, but pod {} runs on node {n}",
+                            target.pod
+                        ),
+                    )
+                }
+                (Some(_), None) => return Place::Elsewhere,
+                (None, _) if age(&self.seen.job) >= timeout => {
+                    return Place::Fail(
+                        "TargetNotRunning",
+                        format!(
+                            "pod {} was not scheduled to a node within {}s (--target-timeout)",
+                            target.pod,
+                            timeout.as_secs()
+                        ),
+                    )
+                }
+                (None, _) => {
+                    if !self.pause(Duration::from_secs(2)).await {
+                        return Place::Over;
+                    }
+                }
+            }
+        }
+    }
+
+    /// The target container, once it runs (waiting up to `--target-timeout` from the claim),
+    /// and its processes on this node.
+    async fn resolve(&mut self, target: &Target) -> Resolved {
+        let timeout = self.ctx.config.target_timeout();
+        let since = Instant::now();
+        let mut said = String::new();
+        loop {
+            let namespace = self.seen.job.namespace().unwrap_or_default();
+            let pod = match self.read_pod(&namespace, &target.pod).await {
+                PodRead::Found(pod) => pod,
+                PodRead::Over => return Resolved::Over,
+            };
+            let Some(pod) = pod else {
+                return Resolved::Fail(
+                    "TargetNotFound",
+                    format!("pod {} not found in namespace {namespace}", target.pod),
+                );
+            };
+            let waiting = match target::container(&pod, target) {
+                target::Found::Running(running) => {
+                    let root = self
+                        .ctx
+                        .config
+                        .host_cgroup_root
+                        .clone()
+                        .unwrap_or_else(|| "/sys/fs/cgroup".into());
+                    match container::find(&running.id, &root) {
+                        Ok(c) => return Resolved::Ready(running, c),
+                        Err(e) => e.to_string(),
+                    }
+                }
+                target::Found::NotRunning(why) => why,
+                target::Found::Wrong(why) => return Resolved::Fail("TargetInvalid", why),
+            };
+            if since.elapsed() >= timeout {
+                return Resolved::Fail(
+                    "TargetNotRunning",
+                    format!(
+                        "{waiting} (waited {}s, --target-timeout)",
+                        timeout.as_secs()
+                    ),
+                );
+            }
+            if waiting != said {
+                // Tell the user what it waits for.
+                self.ours.message = Some(format!("waiting for the target: {waiting}"));
+                self.report("Starting");
+                said = waiting;
+            }
+            if !self.pause(Duration::from_secs(2)).await {
+                return Resolved::Over;
+            }
+        }
+    }
+
+    /// Reads a pod, following spec changes meanwhile; a failed read is tried again after a pause.
+    async fn read_pod(&mut self, namespace: &str, name: &str) -> PodRead {
+        let mut delays = writer::backoff();
+        loop {
+            let client = self.ctx.client.clone();
+            let read = lookup::pod(&client, namespace, name);
+            tokio::pin!(read);
+            let found = loop {
+                tokio::select! {
+                    found = &mut read => break found,
+                    alive = self.seen.next() => if !alive || self.seen.deleted {
+                        return PodRead::Over;
+                    },
+                }
+            };
+            match found {
+                Ok(pod) => return PodRead::Found(pod.map(Box::new)),
+                Err(e) => {
+                    let pause = delays.next().unwrap_or(Duration::from_secs(30));
+                    warn!(error = %e, retry_in = ?pause, "cannot read the target pod yet");
+                    if !self.pause(pause).await {
+                        return PodRead::Over;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Ends a claimed TraceJob that could not start: Failed with `reason`, and no bpftrace.
+    async fn fail_started(&mut self, reason: &str, why: String) {
+        warn!(reason, %why, "the trace cannot start");
+        self.fail_unstarted(reason, why).await;
+    }
+
     /// Takes over a run an earlier agent on this node started.
     fn resume(&mut self, record: Record) -> Run {
         tracing::Span::current().record("id", record.run_id.as_str());
@@ -414,7 +701,7 @@ impl Actor {
             }
             _ => tokio::spawn(async {}),
         };
-        Run {
+        let mut run = Run {
             stop_seen: record.stopped.map(|_| now),
             record,
             files,
@@ -424,7 +711,10 @@ impl Actor {
             sigint_pending: false,
             printed_at_sigint: 0,
             live: Live::default(),
-        }
+            target: None,
+        };
+        run.target = target_watch(&self.seen.job, &run.record);
+        run
     }
 
     /// Follows the run until bpftrace has ended, then reports its outcome.
@@ -438,6 +728,12 @@ impl Actor {
             }
             if let Process::Tracing { .. } = run.process {
                 self.copy_live(&mut run);
+            }
+            if matches!(
+                run.process,
+                Process::Starting { .. } | Process::Tracing { .. }
+            ) {
+                self.check_target(&mut run);
             }
             let now = Instant::now();
             let wanted = self.wanted(&run);
@@ -491,6 +787,12 @@ impl Actor {
                 None => std::future::pending().await,
             }
         };
+        let looked = async {
+            match run.target.as_mut().and_then(|t| t.in_flight.as_mut()) {
+                Some(handle) => handle.await.ok(),
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             _ = &mut run.exit => {
                 run.process = Process::Exited(exit_of(rundir::read_json(&run.files.ended)));
@@ -502,6 +804,7 @@ impl Actor {
                 run.live.in_flight = None;
                 self.on_live_copied(run, copied);
             }
+            pod = looked => self.on_target_seen(run, pod),
             _ = tokio::time::sleep(nap) => {}
         }
         true
@@ -520,6 +823,7 @@ impl Actor {
             deleted: self.seen.deleted,
             output_full: printed >= head,
             stuck,
+            target_lost: run.record.target_lost.is_some(),
             agent_removed: *self.ctx.removed.borrow(),
             status_rejected: self.rejected.is_some(),
             ..Wanted::of(&self.seen.job, self.ctx.config.start_timeout())
@@ -610,17 +914,20 @@ impl Actor {
         if self.seen.deleted {
             return;
         }
+        let why = match (&run.record.target_lost, reason) {
+            (Some(lost), StopReason::TargetLost) => lost.clone(),
+            _ => reason.describe().to_string(),
+        };
         self.ours.phase = Some(Phase::Stopping);
         self.ours.message = Some(format!(
-            "stopping: {}; waiting for bpftrace to print its maps",
-            reason.describe()
+            "stopping: {why}; waiting for bpftrace to print its maps"
         ));
         self.report("Stopping");
         self.ctx.writer.event(
             &self.seen.job,
             false,
             "Stopping",
-            format!("sent SIGINT: {}", reason.describe()),
+            format!("sent SIGINT: {why}"),
         );
     }
 
@@ -641,6 +948,46 @@ impl Actor {
             }
             // Not started yet: the shim is about to start it; SIGINT is sent once it has.
             None => run.sigint_pending = signal == Signal::SIGINT,
+        }
+    }
+
+    /// Looks at the target pod every few seconds while the trace runs, in the background.
+    fn check_target(&mut self, run: &mut Run) {
+        let Some(watch) = run.target.as_mut() else {
+            return;
+        };
+        if watch.in_flight.is_some()
+            || Instant::now() < watch.next
+            || run.record.target_lost.is_some()
+        {
+            return;
+        }
+        watch.next = Instant::now() + TARGET_CHECK;
+        let client = self.ctx.client.clone();
+        let namespace = self.seen.job.namespace().unwrap_or_default();
+        let name = watch.target.pod.clone();
+        watch.in_flight = Some(tokio::spawn(async move {
+            lookup::pod(&client, &namespace, &name)
+                .await
+                .map_err(|e| e.to_string())
+        }));
+    }
+
+    fn on_target_seen(&mut self, run: &mut Run, seen: Option<Result<Option<Pod>, String>>) {
+        let Some(watch) = run.target.as_mut() else {
+            return;
+        };
+        watch.in_flight = None;
+        match seen {
+            Some(Ok(pod)) => {
+                if let Some(why) = target::lost(pod.as_ref(), &watch.target, &watch.started) {
+                    info!(%why, "the target is gone; stopping the trace");
+                    run.record.target_lost = Some(why);
+                    self.save(&run.record);
+                }
+            }
+            Some(Err(e)) => warn!(error = %e, "cannot read the target pod; trying again"),
+            None => {}
         }
     }
 
@@ -749,13 +1096,18 @@ impl Actor {
                 o
             }
         };
+        let mut outcome = outcome;
+        if let (Some(StopReason::TargetLost), Some(why)) =
+            (run.record.stopped, &run.record.target_lost)
+        {
+            outcome.message = format!("{}: {why}", outcome.message);
+        }
         info!(phase = %outcome.phase, ?exit, reason = %outcome.reason, "bpftrace ended");
         if let Some(live) = run.live.in_flight.take() {
             // A live copy must not land after the final output.
             live.abort();
             let _ = live.await;
         }
-        let mut outcome = outcome;
         let landed = match run.record.landed.clone() {
             Some(l) => Some(l),
             None if self.seen.deleted => None,
@@ -831,6 +1183,7 @@ impl Actor {
         let ctx = self.ctx.clone();
         let stdout = run.files.stdout.clone();
         let dropped = rundir::read_json::<Ended>(&run.files.ended).map_or(0, |e| e.stdout.dropped);
+        let program = run.record.program.clone();
         let (writer, job, run_id) = (
             self.ctx.writer.clone(),
             self.seen.job.clone(),
@@ -844,8 +1197,16 @@ impl Actor {
                     ctx.metrics.collecting.inc();
                     ctx.metrics.collections.inc();
                     let version = ctx.bpftrace_version.clone();
+                    // The program as it ran goes beside the output when it differs from the spec.
+                    let budget = CONFIGMAP_BUDGET
+                        .saturating_sub(program.as_ref().map_or(0, |p| p.len() as u64));
                     let read = tokio::task::spawn_blocking(move || {
-                        collect::collect(&stdout, dropped, &version, CONFIGMAP_BUDGET)
+                        collect::collect(&stdout, dropped, &version, budget).map(|mut c| {
+                            if let Some(p) = program {
+                                c.contents.data.insert("program".into(), p);
+                            }
+                            c
+                        })
                     })
                     .await;
                     ctx.metrics.collecting.dec();

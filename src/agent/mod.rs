@@ -23,7 +23,7 @@ use tracing::{info, warn, Instrument};
 
 use crate::cluster::client;
 use crate::cluster::handover::{self, Handover};
-use crate::cluster::watch::Update;
+use crate::cluster::watch::{Source, Update};
 use crate::cluster::writer::Writer;
 use crate::config::Config;
 use crate::decide::budget::Budget;
@@ -116,7 +116,7 @@ pub async fn run(config: Config) -> Result<(), Error> {
         ready,
         jobs: HashMap::new(),
         finished: HashSet::new(),
-        synced_once: false,
+        synced: HashMap::new(),
     };
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<String>();
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
@@ -157,12 +157,13 @@ struct Dispatcher {
     ctx: Arc<Ctx>,
     /// Set once the first list of TraceJobs is complete (/readyz).
     ready: Arc<AtomicBool>,
-    /// Live job actors by TraceJob UID; `None` sent to one means the TraceJob was deleted, and a
-    /// closed channel that the agent is exiting.
-    jobs: HashMap<String, watch::Sender<Option<TraceJob>>>,
+    /// Live job actors by TraceJob UID, with the watch they came from; `None` sent to one means
+    /// the TraceJob was deleted, and a closed channel that the agent is exiting.
+    jobs: HashMap<String, (Source, watch::Sender<Option<TraceJob>>)>,
     /// Jobs whose actor ended, so a stale event never starts or fails them again.
     finished: HashSet<String>,
-    synced_once: bool,
+    /// The watches that have listed TraceJobs at least once, and every UID they listed then.
+    synced: HashMap<Source, HashSet<String>>,
 }
 
 impl Dispatcher {
@@ -170,15 +171,19 @@ impl Dispatcher {
         match update {
             Update::Seen(job) => {
                 let uid = job.uid().unwrap_or_default();
-                if let Some(tx) = self.jobs.get(&uid) {
+                if let Some((_, tx)) = self.jobs.get(&uid) {
                     let _ = tx.send(Some(job));
                     return;
                 }
                 if self.finished.contains(&uid) {
                     return;
                 }
+                let source = match job.spec.node_name {
+                    Some(_) => Source::Node,
+                    None => Source::Unassigned,
+                };
                 let (tx, rx) = watch::channel(Some(job.clone()));
-                self.jobs.insert(uid.clone(), tx);
+                self.jobs.insert(uid.clone(), (source, tx));
                 let span = tracing::info_span!("job", namespace = %job.namespace().unwrap_or_default(), name = %job.name_any(), id = job.run_id().unwrap_or_default());
                 let ctx = self.ctx.clone();
                 let done = done.clone();
@@ -192,22 +197,24 @@ impl Dispatcher {
             }
             Update::Deleted(job) => {
                 let uid = job.uid().unwrap_or_default();
-                if let Some(tx) = self.jobs.get(&uid) {
+                if let Some((_, tx)) = self.jobs.get(&uid) {
                     let _ = tx.send(None);
                 }
                 self.finished.remove(&uid);
             }
-            Update::Synced(existing) => {
-                for (uid, tx) in &self.jobs {
-                    if !existing.contains(uid) {
+            Update::Synced(source, existing) => {
+                for (uid, (from, tx)) in &self.jobs {
+                    if *from == source && !existing.contains(uid) {
                         let _ = tx.send(None);
                     }
                 }
-                self.finished.retain(|uid| existing.contains(uid));
-                if !self.synced_once {
-                    self.synced_once = true;
+                let first = self.synced.insert(source, existing).is_none();
+                let all: HashSet<String> = self.synced.values().flatten().cloned().collect();
+                self.finished.retain(|uid| all.contains(uid));
+                // Ready, and runs without a TraceJob ended, once both watches have listed.
+                if first && self.synced.len() == 2 {
                     self.ready.store(true, Ordering::Relaxed);
-                    self.end_orphans(&existing);
+                    self.end_orphans(&all);
                 }
             }
         }

@@ -1,10 +1,11 @@
 //! What the agent reads besides its TraceJobs: the TraceJob's namespace (its node-selector
-//! annotation) and its own Node (its labels). One GET each, within a time limit.
+//! annotation), its own Node (its labels) and a TraceJob's target pod. One GET each, within a
+//! time limit.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{Namespace, Node};
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
 use kube::{Api, Client};
 
 use crate::decide::scope::ANNOTATION;
@@ -57,4 +58,13 @@ pub async fn node_labels(client: &Client, node: &str) -> Result<BTreeMap<String,
     )
     .await?;
     Ok(n.metadata.labels.unwrap_or_default())
+}
+
+/// A pod, if it exists.
+pub async fn pod(client: &Client, namespace: &str, name: &str) -> Result<Option<Pod>, Error> {
+    let api = Api::<Pod>::namespaced(client.clone(), namespace);
+    match tokio::time::timeout(TIMEOUT, api.get_opt(name)).await {
+        Ok(found) => Ok(found?),
+        Err(_) => Err(Error::Timeout(TIMEOUT)),
+    }
 }

@@ -1,7 +1,8 @@
-//! The TraceJobs of this node, as a stream of updates: seen, deleted, and "the list is complete"
-//! after every (re)list, so deletions missed while disconnected are noticed too. The API server
-//! filters by `spec.nodeName` (a selectable field of the CRD), so nothing of other nodes'
-//! TraceJobs reaches the agent; each event that does is counted.
+//! The TraceJobs this node may run, as a stream of updates: seen, deleted, and "the list is
+//! complete" after every (re)list, so deletions missed while disconnected are noticed too. Two
+//! watches, both filtered by the API server on `spec.nodeName` (a selectable field of the CRD):
+//! this node's TraceJobs, and the unassigned ones (no `spec.nodeName`: a target pod, wherever it
+//! runs). Nothing of other nodes' TraceJobs reaches the agent; each event that does is counted.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -15,17 +16,38 @@ use crate::metrics::Metrics;
 use crate::resource::crd::NODE_FIELD;
 use crate::resource::TraceJob;
 
+/// Which watch an update came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Source {
+    /// TraceJobs whose spec.nodeName is this node.
+    Node,
+    /// TraceJobs without a spec.nodeName.
+    Unassigned,
+}
+
 #[derive(Debug)]
 pub enum Update {
     Seen(TraceJob),
     Deleted(TraceJob),
-    /// A (re)list finished: these are the UIDs of every TraceJob of this node that exists.
-    Synced(HashSet<String>),
+    /// A (re)list of one watch finished: these are the UIDs of every TraceJob of it that exists.
+    Synced(Source, HashSet<String>),
 }
 
-/// Watches TraceJobs of `node` in every namespace, retrying with backoff on errors.
+/// Watches the TraceJobs this node may run in every namespace, retrying with backoff on errors.
 pub fn updates(
     api: Api<TraceJob>,
+    node: &str,
+    metrics: Arc<Metrics>,
+) -> impl Stream<Item = Update> {
+    futures::stream::select(
+        watch(api.clone(), Source::Node, node, metrics.clone()),
+        watch(api, Source::Unassigned, "", metrics),
+    )
+}
+
+fn watch(
+    api: Api<TraceJob>,
+    source: Source,
     node: &str,
     metrics: Arc<Metrics>,
 ) -> impl Stream<Item = Update> {
@@ -51,7 +73,7 @@ pub fn updates(
                     listing.clear();
                     None
                 }
-                Ok(Event::InitDone) => Some(Update::Synced(std::mem::take(&mut listing))),
+                Ok(Event::InitDone) => Some(Update::Synced(source, std::mem::take(&mut listing))),
                 Err(e) => {
                     tracing::warn!(error = %e, "watching TraceJobs failed; retrying");
                     None

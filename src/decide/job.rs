@@ -47,6 +47,8 @@ pub enum StopReason {
     StartTimeout,
     /// The API server refuses this job's status: it cannot be reported, so it is not run on.
     StatusRejected,
+    /// The target container restarted or stopped, or its pod was deleted.
+    TargetLost,
 }
 
 impl StopReason {
@@ -63,6 +65,7 @@ impl StopReason {
                 "bpftrace did not attach its probes within the agent's start timeout (--start-timeout)"
             }
             StopReason::StatusRejected => "the API server rejected the TraceJob's status",
+            StopReason::TargetLost => "the target container is gone",
         }
     }
 }
@@ -112,6 +115,8 @@ pub struct Wanted {
     pub status_rejected: bool,
     /// An interrupted bpftrace is still in its event loop and printed nothing since SIGINT.
     pub stuck: bool,
+    /// The target container restarted, stopped or went with its pod.
+    pub target_lost: bool,
     pub deadline: Duration,
     pub grace: Duration,
     pub start_timeout: Duration,
@@ -126,6 +131,7 @@ impl Wanted {
             agent_removed: false,
             status_rejected: false,
             stuck: false,
+            target_lost: false,
             deadline: secs(job.spec.deadline, MAX_DEADLINE_SECONDS),
             grace: secs(job.spec.deadline_grace_period, MAX_GRACE_SECONDS),
             start_timeout,
@@ -140,6 +146,8 @@ impl Wanted {
             Some(StopReason::Requested)
         } else if self.status_rejected {
             Some(StopReason::StatusRejected)
+        } else if self.target_lost {
+            Some(StopReason::TargetLost)
         } else if self.output_full {
             Some(StopReason::OutputLimit)
         } else if self.agent_removed {
@@ -411,6 +419,7 @@ mod tests {
             agent_removed: false,
             status_rejected: false,
             stuck: false,
+            target_lost: false,
             deadline: Duration::from_secs(10),
             grace: Duration::from_secs(2),
             start_timeout: Duration::from_secs(5),

@@ -3,6 +3,7 @@
 
 pub mod bpftrace;
 pub mod cgroup;
+pub mod container;
 pub mod process;
 pub mod rundir;
 pub mod shim;

@@ -114,6 +114,18 @@ pub struct Record {
     /// The output ConfigMap, once written.
     #[serde(default)]
     pub landed: Option<Landed>,
+    /// The target container's name and ID, when the TraceJob has a target: a restart changes
+    /// the ID.
+    #[serde(default)]
+    pub target_id: Option<String>,
+    #[serde(default)]
+    pub target_name: Option<String>,
+    /// Why the target was lost, if it was (the trace was stopped for it).
+    #[serde(default)]
+    pub target_lost: Option<String>,
+    /// The program as it ran, when the agent filled in variables ($container_pid, ...).
+    #[serde(default)]
+    pub program: Option<String>,
 }
 
 #[derive(Debug, Clone)]

@@ -4,4 +4,5 @@
 pub mod collect;
 pub mod fit;
 pub mod maps;
+pub mod merge;
 pub mod parse;

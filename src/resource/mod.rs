@@ -2,7 +2,7 @@
 
 pub mod crd;
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector, Time};
 use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -32,7 +32,8 @@ pub const LABEL_RUN: &str = "observe.tracejob.dev/run-id";
     namespaced,
     status = "TraceJobStatus",
     doc = "TraceJob runs a bpftrace program on one node; when it stops, the maps bpftrace printed are written to a ConfigMap named by status.outputRef.",
-    printcolumn(name = "Node", type_ = "string", json_path = ".spec.nodeName"),
+    printcolumn(name = "Node", type_ = "string", json_path = ".status.nodeName"),
+    printcolumn(name = "Nodes", type_ = "string", json_path = ".status.progress"),
     printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
     printcolumn(name = "Probes", type_ = "integer", json_path = ".status.probes"),
     printcolumn(
@@ -48,15 +49,35 @@ pub const LABEL_RUN: &str = "observe.tracejob.dev/run-id";
     // Each agent's watch asks the API server for its own node's TraceJobs only.
     selectable = ".spec.nodeName"
 )]
+#[x_kube(validation = Rule::new("has(self.nodeName) || has(self.nodeSelector) || has(self.target)").message("spec.nodeName, spec.nodeSelector or spec.target must be given: where the trace runs"))]
+#[x_kube(validation = Rule::new("!(has(self.nodeName) && has(self.nodeSelector))").message("give spec.nodeName or spec.nodeSelector, not both"))]
+#[x_kube(validation = Rule::new("!(has(self.target) && has(self.nodeSelector))").message("spec.target runs on its pod's node: it takes no spec.nodeSelector"))]
 // What runs where is fixed at creation: a change would make status and output describe a trace
 // that never ran.
-#[x_kube(validation = Rule::new("self.nodeName == oldSelf.nodeName").message("spec.nodeName cannot change once created; create a new TraceJob").field_path(".nodeName"))]
+#[x_kube(validation = Rule::new("has(self.nodeName) == has(oldSelf.nodeName) && (!has(self.nodeName) || self.nodeName == oldSelf.nodeName)").message("spec.nodeName cannot change once created; create a new TraceJob").field_path(".nodeName"))]
+#[x_kube(validation = Rule::new("has(self.target) == has(oldSelf.target) && (!has(self.target) || self.target == oldSelf.target)").message("spec.target cannot change once created; create a new TraceJob").field_path(".target"))]
+#[x_kube(validation = Rule::new("has(self.nodeSelector) == has(oldSelf.nodeSelector) && (!has(self.nodeSelector) || self.nodeSelector == oldSelf.nodeSelector)").message("spec.nodeSelector cannot change once created; create a new TraceJob").field_path(".nodeSelector"))]
 #[x_kube(validation = Rule::new("self.program == oldSelf.program").message("spec.program cannot change once created; create a new TraceJob").field_path(".program"))]
 #[x_kube(validation = Rule::new("has(self.args) == has(oldSelf.args) && (!has(self.args) || self.args == oldSelf.args)").message("spec.args cannot change once created; create a new TraceJob").field_path(".args"))]
 #[serde(rename_all = "camelCase")]
 pub struct TraceJobSpec {
-    /// The node whose agent runs the trace.
-    pub node_name: String,
+    /// The node whose agent runs the trace. May be left out when spec.target names a pod: the
+    /// agent of the pod's node then runs it (and says so in status.nodeName).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_name: Option<String>,
+
+    /// Nodes by their labels, instead of spec.nodeName: the agent of every node that matches
+    /// when it first sees the TraceJob (while it is not stopped) runs the trace, and reports in
+    /// status.nodes; each node's output is in a ConfigMap of its own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_selector: Option<LabelSelector>,
+
+    /// A pod (and container) the program is about. The agent fills in $container_pid (the
+    /// container's main process, a host PID) and $container_cgroup (its cgroup v2 id, for
+    /// `cgroup == $container_cgroup`), and stops the trace if the container restarts or the pod
+    /// goes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<Target>,
 
     /// The bpftrace program text, at most 64 KiB. It runs as root on the node, without --unsafe.
     #[schemars(length(min = 1, max = 65536))]
@@ -81,6 +102,17 @@ pub struct TraceJobSpec {
     #[serde(default = "default_grace")]
     #[schemars(range(min = 1, max = 3600))]
     pub deadline_grace_period: i64,
+}
+
+/// A container of a pod in the TraceJob's namespace.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+pub struct Target {
+    /// The pod's name.
+    #[schemars(length(min = 1, max = 253))]
+    pub pod: String,
+    /// The container's name; may be left out when the pod has one container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container: Option<String>,
 }
 
 fn default_false() -> bool {
@@ -139,6 +171,10 @@ pub struct TraceJobStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub id: Option<String>,
 
+    /// The node whose agent runs the trace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_name: Option<String>,
+
     /// Host PID of the bpftrace process.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pid: Option<i64>,
@@ -171,10 +207,53 @@ pub struct TraceJobStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
 
+    /// For a TraceJob with spec.nodeSelector: each node's run, one entry per node, written by
+    /// that node's agent.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["node"]))]
+    pub nodes: Vec<NodeStatus>,
+
+    /// For a TraceJob with spec.nodeSelector: nodes done of the nodes running it ("3/4").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress: Option<String>,
+
     /// Standard conditions: Running, Completed and Failed, and OutputStored once output landed.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
+}
+
+/// One node's run of a TraceJob with spec.nodeSelector: the same fields as a single node's
+/// status, for that node.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeStatus {
+    /// The node.
+    pub node: String,
+    /// Pending, Running, Stopping, Completed or Failed, on this node.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<Phase>,
+    /// Why it is in that phase (the reason a single node's condition would give).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// A UUID naming this node's run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub probes: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_time: Option<Time>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completion_time: Option<Time>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// This node's output ConfigMap.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output_ref: Option<OutputRef>,
 }
 
 impl TraceJob {
@@ -193,7 +272,9 @@ pub(crate) fn example() -> TraceJob {
     TraceJob::new(
         "t",
         TraceJobSpec {
-            node_name: "n".into(),
+            node_name: Some("n".into()),
+            node_selector: None,
+            target: None,
             program: "BEGIN {}".into(),
             args: vec![],
             stop: false,

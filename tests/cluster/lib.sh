@@ -12,6 +12,8 @@ node=$(hostname | tr '[:upper:]' '[:lower:]')
 kubeconfig="$cluster_dir/admin.kubeconfig"
 containerd_sock="$cluster_dir/containerd/containerd.sock"
 pause_image=localhost/tracejob-pause:1
+# A container doing one known system call at a known rate (tests/cluster/workload.c).
+workload_image=localhost/tracejob-workload:1
 agent_image=localhost/tracejob-agent:dev
 bridge=tracejob0
 # The kubelet sets these on start (it will not run otherwise); down restores what was there.

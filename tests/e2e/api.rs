@@ -110,9 +110,17 @@ fn invalid_tracejobs_are_rejected(env: &Env) {
 
 fn get_shows_printer_columns(env: &Env) {
     let ns = env.namespace("api-columns");
+    let agent = crate::support::Agent::start(env, &format!("{ns}-node"));
     env.kubectl.apply(
         &ns,
-        &tracejob_yaml("cols", "node-x", "BEGIN { exit(); }", ""),
+        &tracejob_yaml("cols", &agent.node, "BEGIN { exit(); }", ""),
+    );
+    crate::lifecycle::wait_phase(
+        &env.kubectl,
+        &ns,
+        "cols",
+        "Completed",
+        Duration::from_secs(30),
     );
     let out = env.kubectl.ok(&["get", "tj", "-n", &ns]);
     let header: Vec<&str> = out
@@ -126,15 +134,14 @@ fn get_shows_printer_columns(env: &Env) {
         ["NAME", "NODE", "PHASE", "PROBES", "OUTPUT", "AGE"],
         "{out}"
     );
-    assert!(
-        out.lines()
-            .nth(1)
-            .unwrap_or_default()
-            .split_whitespace()
-            .nth(1)
-            == Some("node-x"),
-        "{out}"
-    );
+    let row: Vec<&str> = out
+        .lines()
+        .nth(1)
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect();
+    assert_eq!(row.get(1), Some(&agent.node.as_str()), "{out}");
+    assert_eq!(row.get(2), Some(&"Completed"), "{out}");
 }
 
 fn explain_describes_fields(env: &Env) {

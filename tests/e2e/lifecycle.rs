@@ -241,6 +241,24 @@ fn every_sample_runs_and_collects(env: &Env) {
     let agent = Agent::start(env, &format!("{ns}-node"));
     let k = &env.kubectl;
     let names = ["syscount", "rwsize", "runqlat", "biolatency"];
+    // Every sample is run: these here, podsyscount (it needs a running pod) in the cluster test.
+    let mut samples: Vec<String> = must(
+        std::fs::read_dir(crate::support::repo_root().join("bpf-samples")),
+        "bpf-samples",
+    )
+    .flatten()
+    .filter_map(|e| {
+        e.file_name()
+            .to_string_lossy()
+            .strip_suffix(".yaml")
+            .map(String::from)
+    })
+    .collect();
+    samples.sort();
+    let mut covered: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+    covered.push("podsyscount".into());
+    covered.sort();
+    assert_eq!(samples, covered, "a sample no test runs");
     for name in names {
         k.apply(&ns, &sample(name, &agent.node));
     }

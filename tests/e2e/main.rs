@@ -6,11 +6,13 @@ mod api;
 mod hostile;
 mod lifecycle;
 mod native;
+mod plugin;
 mod releases;
 mod reliability;
 mod robust;
 mod security;
 mod support;
+mod target;
 
 use std::sync::Arc;
 
@@ -25,7 +27,9 @@ fn main() -> std::process::ExitCode {
     tests.extend(reliability::tests());
     tests.extend(hostile::tests());
     tests.extend(native::tests());
+    tests.extend(plugin::tests());
     tests.extend(security::tests());
+    tests.extend(target::tests());
     tests.extend(releases::tests());
     tests.extend(robust::tests());
     if args.list {

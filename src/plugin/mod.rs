@@ -1,0 +1,395 @@
+//! `kubectl tracejob`: run a trace and read its output with one command. The binary
+//! `kubectl-tracejob` on PATH is found by kubectl as a plugin. It follows kubectl's conventions:
+//! `--kubeconfig`, `--context`, `-n/--namespace`, `-o json|yaml|name`; progress on stderr,
+//! results on stdout.
+//!
+//! Exit codes: 0 done (for `run`: the trace completed and its output was printed); 1 the trace
+//! failed (bpftrace's error is on stderr); 2 usage error; 3 the cluster could not be reached or
+//! refused (or the TraceJob does not exist); 130 interrupted by a second Ctrl-C while the trace
+//! stopped (the command to fetch the output later is on stderr).
+
+pub mod cli;
+pub mod show;
+
+use std::io::Write;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{ConfigMap, Pod};
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::{Api, Client, ResourceExt};
+
+use crate::cluster::writer::{ANNOTATION_LIVE, ANNOTATION_LIVE_OFFSET};
+use crate::resource::{Phase, Target, TraceJob, TraceJobSpec};
+use cli::{Cli, Command, Format, RunArgs};
+
+/// How the command ended.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{0}")]
+    TraceFailed(String),
+    #[error("{0}")]
+    Usage(String),
+    #[error("{0}")]
+    Cluster(String),
+    #[error("interrupted")]
+    Interrupted,
+}
+
+impl Error {
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Error::TraceFailed(_) => 1,
+            Error::Usage(_) => 2,
+            Error::Cluster(_) => 3,
+            Error::Interrupted => 130,
+        }
+    }
+}
+
+impl From<kube::Error> for Error {
+    fn from(e: kube::Error) -> Error {
+        Error::Cluster(match e {
+            kube::Error::Api(s) => s.message.clone(),
+            other => other.to_string(),
+        })
+    }
+}
+
+/// How often the TraceJob and its ConfigMap are looked at while a command waits on them.
+const POLL: Duration = Duration::from_millis(500);
+
+/// Runs one command line.
+pub async fn main(cli: Cli) -> Result<(), Error> {
+    if let Command::Completion { shell } = &cli.command {
+        let mut cmd = <Cli as clap::CommandFactory>::command();
+        // For `kubectl-tracejob ...` (kubectl's own completion does not reach plugins' flags).
+        cmd = cmd.bin_name("kubectl-tracejob");
+        clap_complete::generate(*shell, &mut cmd, "kubectl-tracejob", &mut std::io::stdout());
+        return Ok(());
+    }
+    let (client, default_namespace) = connect(&cli).await?;
+    let namespace = cli.namespace.clone().unwrap_or(default_namespace);
+    let jobs: Api<TraceJob> = Api::namespaced(client.clone(), &namespace);
+    let maps: Api<ConfigMap> = Api::namespaced(client.clone(), &namespace);
+    match cli.command {
+        Command::Run(args) => run(&client, &jobs, &maps, &namespace, *args, cli.output).await,
+        Command::Get { name } => {
+            let list = match name {
+                Some(n) => vec![jobs.get(&n).await?],
+                None => jobs.list(&ListParams::default()).await?.items,
+            };
+            print!("{}", show::tracejobs(&list, cli.output)?);
+            Ok(())
+        }
+        Command::Stop { name } => {
+            stop(&jobs, &name).await?;
+            eprintln!("tracejob {name} stopping");
+            Ok(())
+        }
+        Command::Output { name, per_node } => {
+            let job = jobs.get(&name).await?;
+            output(&maps, &job, cli.output, per_node).await
+        }
+        Command::Logs { name, follow } => logs(&jobs, &maps, &name, follow).await,
+        Command::Delete { name } => {
+            jobs.delete(&name, &DeleteParams::default()).await?;
+            println!("tracejob.observe.tracejob.dev \"{name}\" deleted");
+            Ok(())
+        }
+        Command::Completion { .. } => Ok(()),
+    }
+}
+
+/// A client for the kubeconfig and context asked for, and the context's namespace.
+async fn connect(cli: &Cli) -> Result<(Client, String), Error> {
+    let options = kube::config::KubeConfigOptions {
+        context: cli.context.clone(),
+        ..Default::default()
+    };
+    let config = match &cli.kubeconfig {
+        Some(path) => {
+            let kubeconfig = kube::config::Kubeconfig::read_from(path)
+                .map_err(|e| Error::Cluster(format!("reading {}: {e}", path.display())))?;
+            kube::Config::from_custom_kubeconfig(kubeconfig, &options)
+                .await
+                .map_err(|e| Error::Cluster(e.to_string()))?
+        }
+        None if cli.context.is_some() => kube::Config::from_kubeconfig(&options)
+            .await
+            .map_err(|e| Error::Cluster(e.to_string()))?,
+        None => kube::Config::infer()
+            .await
+            .map_err(|e| Error::Cluster(e.to_string()))?,
+    };
+    let namespace = config.default_namespace.clone();
+    let client = Client::try_from(config).map_err(|e| Error::Cluster(e.to_string()))?;
+    Ok((client, namespace))
+}
+
+async fn stop(jobs: &Api<TraceJob>, name: &str) -> Result<(), Error> {
+    let patch = Patch::Merge(serde_json::json!({"spec": {"stop": true}}));
+    jobs.patch(name, &PatchParams::default(), &patch).await?;
+    Ok(())
+}
+
+/// `run`: creates the TraceJob, follows it, stops it on Ctrl-C, prints its output.
+async fn run(
+    client: &Client,
+    jobs: &Api<TraceJob>,
+    maps: &Api<ConfigMap>,
+    namespace: &str,
+    args: RunArgs,
+    format: Option<Format>,
+) -> Result<(), Error> {
+    let program = match (&args.expression, &args.file) {
+        (Some(e), None) => e.clone(),
+        (None, Some(f)) => std::fs::read_to_string(f)
+            .map_err(|e| Error::Usage(format!("reading {}: {e}", f.display())))?,
+        _ => {
+            return Err(Error::Usage(
+                "give the program with -e PROGRAM or -f FILE".into(),
+            ))
+        }
+    };
+    let mut node_selector = None;
+    let (node_name, target) = match args.what.split_once('/') {
+        None if args.what == "nodes" => {
+            let text = args.selector.as_deref().ok_or_else(|| {
+                Error::Usage("nodes takes a label selector: nodes -l KEY=VALUE".into())
+            })?;
+            let selector = crate::decide::scope::parse(text)
+                .map_err(|e| Error::Usage(format!("-l {text}: {e}")))?;
+            node_selector = Some(selector.into());
+            (None, None)
+        }
+        Some(("node" | "nodes" | "no", node)) if !node.is_empty() => (Some(node.to_string()), None),
+        Some(("pod" | "pods" | "po", pod)) if !pod.is_empty() => {
+            // The pod's node, when it has one: that node's agent alone then sees the TraceJob.
+            let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
+            let node = pods
+                .get_opt(pod)
+                .await?
+                .and_then(|p| p.spec.and_then(|s| s.node_name));
+            let target = Target {
+                pod: pod.to_string(),
+                container: args.container.clone(),
+            };
+            (node, Some(target))
+        }
+        _ => {
+            return Err(Error::Usage(format!(
+                "{}: say where to trace, as node/NAME, pod/NAME or nodes -l SELECTOR",
+                args.what
+            )))
+        }
+    };
+    let mut job = TraceJob::new(
+        args.name.as_deref().unwrap_or_default(),
+        TraceJobSpec {
+            node_name,
+            node_selector,
+            target,
+            program,
+            args: args.args.clone(),
+            stop: false,
+            deadline: seconds(args.deadline, 3600),
+            deadline_grace_period: seconds(args.grace, 30),
+        },
+    );
+    if args.name.is_none() {
+        job.metadata.name = None;
+        job.metadata.generate_name = Some("trace-".into());
+    }
+    let created = jobs.create(&PostParams::default(), &job).await?;
+    let name = created.name_any();
+    eprintln!("tracejob {name} created");
+    let mut shown_phase = None;
+    let mut printed = Printed::default();
+    let mut interrupts = std::pin::pin!(ctrl_c_stream());
+    let mut stopping = false;
+    loop {
+        let job = jobs.get(&name).await?;
+        let phase = job.phase();
+        if phase != shown_phase {
+            match (phase, job.status.as_ref()) {
+                (Some(Phase::Running), Some(s)) => eprintln!(
+                    "Running on {} with {} probes",
+                    s.node_name.as_deref().unwrap_or("its node"),
+                    s.probes.unwrap_or(0)
+                ),
+                (Some(p), _) if !p.is_final() => eprintln!("{p}"),
+                _ => {}
+            }
+            shown_phase = phase;
+        }
+        if args.detach && phase == Some(Phase::Running) {
+            match format {
+                Some(Format::Name) => println!("tracejob.observe.tracejob.dev/{name}"),
+                _ => println!("{name}"),
+            }
+            return Ok(());
+        }
+        if phase.is_some_and(Phase::is_final) {
+            return finished(maps, &job, format).await;
+        }
+        // Live output, as it arrives, goes to stderr: stdout gets the final output alone.
+        if let Some(cm) = output_configmap(maps, &job).await? {
+            printed.live(&cm, &mut std::io::stderr());
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(POLL) => {}
+            _ = interrupts.next() => {
+                if stopping {
+                    eprintln!(
+                        "\nleft while tracejob {name} stops; its output will be there: kubectl tracejob output {name} -n {namespace}"
+                    );
+                    return Err(Error::Interrupted);
+                }
+                stopping = true;
+                eprintln!("\nstopping (Ctrl-C again to leave; the output stays in the cluster)");
+                stop(jobs, &name).await?;
+            }
+        }
+    }
+}
+
+/// A stream of Ctrl-Cs.
+fn ctrl_c_stream() -> impl futures::Stream<Item = ()> {
+    futures::stream::unfold((), |()| async {
+        tokio::signal::ctrl_c().await.ok().map(|()| ((), ()))
+    })
+}
+
+use futures::StreamExt;
+
+/// The output of a finished trace on stdout, or its error on stderr.
+async fn finished(
+    maps: &Api<ConfigMap>,
+    job: &TraceJob,
+    format: Option<Format>,
+) -> Result<(), Error> {
+    let status = job.status.clone().unwrap_or_default();
+    if job.phase() == Some(Phase::Failed) {
+        if let Some(cm) = output_configmap(maps, job).await? {
+            let _ = std::io::stdout().write_all(&show::output_bytes(&cm)?);
+        }
+        return Err(Error::TraceFailed(
+            status.message.unwrap_or_else(|| "the trace failed".into()),
+        ));
+    }
+    output(maps, job, format, false).await
+}
+
+/// `output`: the trace's output as bpftrace printed it, or its maps as JSON.
+async fn output(
+    maps: &Api<ConfigMap>,
+    job: &TraceJob,
+    format: Option<Format>,
+    _per_node: bool,
+) -> Result<(), Error> {
+    let Some(cm) = output_configmap(maps, job).await? else {
+        return Err(Error::Cluster(format!(
+            "tracejob {} has no output yet (phase {})",
+            job.name_any(),
+            job.phase().map_or("none".into(), |p| p.to_string())
+        )));
+    };
+    let mut out = std::io::stdout();
+    match format {
+        Some(Format::Json) => {
+            let maps = show::maps_of(&cm)?;
+            let json =
+                serde_json::to_string_pretty(&maps).map_err(|e| Error::Cluster(e.to_string()))?;
+            let _ = writeln!(out, "{json}");
+        }
+        Some(Format::Yaml) => {
+            let maps = show::maps_of(&cm)?;
+            let yaml = serde_saphyr::to_string(&maps).map_err(|e| Error::Cluster(e.to_string()))?;
+            let _ = write!(out, "{yaml}");
+        }
+        _ => {
+            let _ = out.write_all(&show::output_bytes(&cm)?);
+        }
+    }
+    Ok(())
+}
+
+/// `logs`: the trace's newest output; with `follow`, what it prints next too, until it ends.
+async fn logs(
+    jobs: &Api<TraceJob>,
+    maps: &Api<ConfigMap>,
+    name: &str,
+    follow: bool,
+) -> Result<(), Error> {
+    let mut printed = Printed::default();
+    let mut out = std::io::stdout();
+    loop {
+        let job = jobs.get(name).await?;
+        let done = job.phase().is_some_and(Phase::is_final);
+        if let Some(cm) = output_configmap(maps, &job).await? {
+            printed.live(&cm, &mut out);
+        }
+        if done || !follow {
+            return Ok(());
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// The output ConfigMap of a TraceJob, once it has one.
+async fn output_configmap(
+    maps: &Api<ConfigMap>,
+    job: &TraceJob,
+) -> Result<Option<ConfigMap>, Error> {
+    let Some(name) = job
+        .status
+        .as_ref()
+        .and_then(|s| s.output_ref.as_ref())
+        .map(|r| r.name.clone())
+    else {
+        return Ok(None);
+    };
+    Ok(maps.get_opt(&name).await?)
+}
+
+/// How much of a trace's output has been printed, so each copy adds only what is new.
+#[derive(Default)]
+struct Printed {
+    /// Bytes of the whole output printed so far.
+    upto: u64,
+}
+
+impl Printed {
+    /// Prints what `cm` holds beyond what was printed: a live copy says where it starts in the
+    /// whole output; a final one holds it all.
+    fn live(&mut self, cm: &ConfigMap, out: &mut impl Write) {
+        let annotations = cm.metadata.annotations.clone().unwrap_or_default();
+        let live = annotations
+            .get(ANNOTATION_LIVE)
+            .is_some_and(|v| v == "true");
+        let offset: u64 = annotations
+            .get(ANNOTATION_LIVE_OFFSET)
+            .and_then(|o| o.parse().ok())
+            .unwrap_or(0);
+        let Ok(bytes) = show::output_bytes(cm) else {
+            return;
+        };
+        let start = if live { offset } else { 0 };
+        let end = start + bytes.len() as u64;
+        if end <= self.upto {
+            return;
+        }
+        let from = self.upto.saturating_sub(start) as usize;
+        let _ = out.write_all(&bytes[from.min(bytes.len())..]);
+        let _ = out.flush();
+        self.upto = end;
+    }
+}
+
+fn seconds(d: Option<humantime::Duration>, default: i64) -> i64 {
+    d.map_or(default, |d| {
+        i64::try_from(Duration::from(d).as_secs())
+            .unwrap_or(i64::MAX)
+            .max(1)
+    })
+}

@@ -1,0 +1,167 @@
+//! What the plugin prints: TraceJobs as a table or as JSON/YAML/names, and a trace's output and
+//! maps out of its ConfigMap (plain, byte for byte, or gzip-compressed).
+
+use std::io::Read;
+
+use k8s_openapi::api::core::v1::ConfigMap;
+use kube::ResourceExt;
+
+use super::cli::Format;
+use super::Error;
+use crate::output::maps::Maps;
+use crate::output::parse;
+use crate::resource::TraceJob;
+
+/// TraceJobs as `kubectl get` prints them (or in `format`).
+pub fn tracejobs(jobs: &[TraceJob], format: Option<Format>) -> Result<String, Error> {
+    let encode = |e: String| Error::Cluster(e);
+    match format {
+        Some(Format::Json) if jobs.len() == 1 => serde_json::to_string_pretty(&jobs[0])
+            .map(|s| s + "\n")
+            .map_err(|e| encode(e.to_string())),
+        Some(Format::Json) => serde_json::to_string_pretty(&serde_json::json!({
+            "apiVersion": "v1", "kind": "List", "items": jobs
+        }))
+        .map(|s| s + "\n")
+        .map_err(|e| encode(e.to_string())),
+        Some(Format::Yaml) if jobs.len() == 1 => {
+            serde_saphyr::to_string(&jobs[0]).map_err(|e| encode(e.to_string()))
+        }
+        Some(Format::Yaml) => serde_saphyr::to_string(&serde_json::json!({
+            "apiVersion": "v1", "kind": "List", "items": jobs
+        }))
+        .map_err(|e| encode(e.to_string())),
+        Some(Format::Name) => Ok(jobs
+            .iter()
+            .map(|j| format!("tracejob.observe.tracejob.dev/{}\n", j.name_any()))
+            .collect()),
+        None => Ok(table(jobs)),
+    }
+}
+
+fn table(jobs: &[TraceJob]) -> String {
+    let rows: Vec<[String; 5]> = jobs
+        .iter()
+        .map(|j| {
+            let s = j.status.clone().unwrap_or_default();
+            [
+                j.name_any(),
+                s.node_name
+                    .or_else(|| j.spec.node_name.clone())
+                    .unwrap_or_else(|| "<none>".into()),
+                s.phase.map_or("<none>".into(), |p| p.to_string()),
+                s.probes.map_or("<none>".into(), |p| p.to_string()),
+                s.output_ref.map_or("<none>".into(), |r| r.name),
+            ]
+        })
+        .collect();
+    let header = ["NAME", "NODE", "PHASE", "PROBES", "OUTPUT"];
+    let widths: Vec<usize> = (0..header.len())
+        .map(|i| {
+            rows.iter()
+                .map(|r| r[i].len())
+                .chain([header[i].len()])
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let line = |cells: Vec<&str>| -> String {
+        let mut l: String = cells
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}   "))
+            .collect();
+        l.truncate(l.trim_end().len());
+        l + "\n"
+    };
+    let mut out = line(header.to_vec());
+    for r in &rows {
+        out += &line(r.iter().map(String::as_str).collect());
+    }
+    out
+}
+
+/// The output bytes a ConfigMap holds: `data.output`, `binaryData.output`, or the gzip in
+/// `binaryData.output.gz` expanded.
+pub fn output_bytes(cm: &ConfigMap) -> Result<Vec<u8>, Error> {
+    if let Some(text) = cm.data.as_ref().and_then(|d| d.get("output")) {
+        return Ok(text.as_bytes().to_vec());
+    }
+    let binary = cm.binary_data.clone().unwrap_or_default();
+    if let Some(bytes) = binary.get("output") {
+        return Ok(bytes.0.clone());
+    }
+    match binary.get("output.gz") {
+        Some(gz) => gunzip(&gz.0),
+        None => Ok(Vec::new()),
+    }
+}
+
+/// The maps a ConfigMap holds (maps.json, plain or gzip), or, where maps.json was left out for
+/// size, read again from the output.
+pub fn maps_of(cm: &ConfigMap) -> Result<Maps, Error> {
+    let json = match cm.data.as_ref().and_then(|d| d.get("maps.json")) {
+        Some(text) => Some(text.as_bytes().to_vec()),
+        None => cm
+            .binary_data
+            .as_ref()
+            .and_then(|b| b.get("maps.json.gz"))
+            .map(|gz| gunzip(&gz.0))
+            .transpose()?,
+    };
+    match json {
+        Some(j) => {
+            serde_json::from_slice(&j).map_err(|e| Error::Cluster(format!("maps.json: {e}")))
+        }
+        None => Ok(parse::parse(&String::from_utf8_lossy(&output_bytes(cm)?))),
+    }
+}
+
+fn gunzip(bytes: &[u8]) -> Result<Vec<u8>, Error> {
+    let mut out = Vec::new();
+    flate2::read::GzDecoder::new(bytes)
+        .read_to_end(&mut out)
+        .map_err(|e| Error::Cluster(format!("the stored output is not gzip: {e}")))?;
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::ByteString;
+    use std::collections::BTreeMap;
+    use std::io::Write;
+
+    fn gzip(bytes: &[u8]) -> Vec<u8> {
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        e.write_all(bytes).expect("gzip");
+        e.finish().expect("gzip")
+    }
+
+    #[test]
+    fn output_comes_from_data_binary_data_or_gzip() {
+        let plain = ConfigMap {
+            data: Some(BTreeMap::from([("output".into(), "@x: 1\n".into())])),
+            ..Default::default()
+        };
+        assert_eq!(output_bytes(&plain).expect("plain"), b"@x: 1\n");
+        let bytes = ConfigMap {
+            binary_data: Some(BTreeMap::from([(
+                "output".into(),
+                ByteString(b"\xff\n@x: 1\n".to_vec()),
+            )])),
+            ..Default::default()
+        };
+        assert_eq!(output_bytes(&bytes).expect("bytes"), b"\xff\n@x: 1\n");
+        let gz = ConfigMap {
+            binary_data: Some(BTreeMap::from([(
+                "output.gz".into(),
+                ByteString(gzip(b"@x: 2\n")),
+            )])),
+            ..Default::default()
+        };
+        assert_eq!(output_bytes(&gz).expect("gz"), b"@x: 2\n");
+        // maps.json left out for size: read from the output.
+        assert_eq!(maps_of(&gz).expect("maps").maps[0].name, "@x");
+    }
+}
