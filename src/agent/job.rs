@@ -30,6 +30,8 @@ use crate::output::collect::{self, Collected};
 use crate::output::fit::{Contents, CONFIGMAP_BUDGET};
 use crate::resource::{OutputRef, Phase, Target, TraceJob, TraceJobStatus};
 use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use kube::core::{Selector, SelectorExt};
 
 /// Follows one TraceJob from first sight until its outcome is reported (or it is deleted, or the
 /// agent exits and leaves it to the next agent). `spec` brings its newest version; None when it
@@ -259,6 +261,12 @@ impl Actor {
                 }
                 FirstSight::Resume => return record.map(|r| self.resume(r)),
                 FirstSight::Start => {
+                    if let Some(selector) = self.seen.job.spec.node_selector.clone() {
+                        match self.selects_this_node(selector).await {
+                            Some(true) => {}
+                            Some(false) | None => return None,
+                        }
+                    }
                     if let Some(target) = self.seen.job.spec.target.clone() {
                         match self.place(&target).await {
                             Place::Here => {}
@@ -288,6 +296,44 @@ impl Actor {
                             }
                         }
                         Claimed::Refused | Claimed::Over => return None,
+                    }
+                }
+            }
+        }
+    }
+
+    /// Whether spec.nodeSelector selects this node (its labels read now). None: deleted or the
+    /// agent exits meanwhile.
+    async fn selects_this_node(&mut self, selector: LabelSelector) -> Option<bool> {
+        let node = self.ctx.writer.node().to_string();
+        let mut delays = writer::backoff();
+        loop {
+            let client = self.ctx.client.clone();
+            let read = lookup::node_labels(&client, &node);
+            tokio::pin!(read);
+            let labels = loop {
+                tokio::select! {
+                    labels = &mut read => break labels,
+                    alive = self.seen.next() => if !alive || self.seen.deleted {
+                        return None;
+                    },
+                }
+            };
+            match labels {
+                Ok(labels) => {
+                    return Some(match Selector::try_from(selector) {
+                        Ok(s) => s.matches(&labels),
+                        Err(e) => {
+                            warn!(error = %e, "spec.nodeSelector cannot be read");
+                            false
+                        }
+                    })
+                }
+                Err(e) => {
+                    let pause = delays.next().unwrap_or(Duration::from_secs(30));
+                    warn!(error = %e, retry_in = ?pause, "cannot read this node's labels yet");
+                    if !self.pause(pause).await {
+                        return None;
                     }
                 }
             }
@@ -388,9 +434,14 @@ impl Actor {
         claimed
     }
 
-    /// Writes `self.ours` only if the TraceJob is still the version read.
+    /// Writes `self.ours` only if the TraceJob is still the version read (a node's entry of a
+    /// TraceJob on several nodes is its own: it needs no precondition).
     async fn write_claim(&mut self, reason: &str) -> Claimed {
-        let seq = self.report_if(self.seen.job.resource_version(), reason);
+        let precondition = match self.seen.job.spec.node_selector {
+            Some(_) => None,
+            None => self.seen.job.resource_version(),
+        };
+        let seq = self.report_if(precondition, reason);
         loop {
             tokio::select! {
                 written = self.status.written.recv() => match written {

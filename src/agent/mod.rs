@@ -171,11 +171,25 @@ impl Dispatcher {
         match update {
             Update::Seen(job) => {
                 let uid = job.uid().unwrap_or_default();
+                // A TraceJob on several nodes: this node's entry is its status here.
+                let node = self.ctx.writer.node().to_string();
+                let late = job.spec.node_selector.is_some()
+                    && !job
+                        .status
+                        .as_ref()
+                        .is_some_and(|s| s.nodes.iter().any(|n| n.node == node))
+                    && (job.spec.stop || job.phase().is_some_and(|p| p.is_final()));
+                let job = job.view_for(&node);
                 if let Some((_, tx)) = self.jobs.get(&uid) {
                     let _ = tx.send(Some(job));
                     return;
                 }
                 if self.finished.contains(&uid) {
+                    return;
+                }
+                if late {
+                    // Stopped or over before this node joined: it does not.
+                    self.finished.insert(uid);
                     return;
                 }
                 let source = match job.spec.node_name {

@@ -5,6 +5,12 @@
 //! and goes on; the task writes the newest one, retries transient failures with jittered
 //! backoff (a newer status replaces the one being retried), and reports each outcome back, so
 //! the actor never waits on a write.
+//!
+//! A TraceJob run on several nodes (spec.nodeSelector) has one entry per node in status.nodes:
+//! each node's agent applies only its own entry, with a field manager of its own, so agents never
+//! conflict; after each write it recomputes the summary (phase, progress, conditions) from the
+//! newest object and applies it only if the object has not changed since it was read, so the
+//! agent that writes last sees every node's entry.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -21,11 +27,25 @@ use serde_json::json;
 use tokio::sync::{mpsc, watch};
 use tracing::{warn, Instrument};
 
+use crate::decide::status;
 use crate::output::fit::Contents;
-use crate::resource::{TraceJob, TraceJobStatus, LABEL_NODE, LABEL_RUN, LABEL_TRACEJOB};
+use crate::resource::{
+    NodeStatus, TraceJob, TraceJobStatus, LABEL_NODE, LABEL_RUN, LABEL_TRACEJOB,
+};
 
 /// The field manager of the agent's server-side applies.
 pub const MANAGER: &str = "tracejob-agent";
+/// The field manager of a fan-out TraceJob's summary, whichever node's agent writes it.
+pub const SUMMARY_MANAGER: &str = "tracejob-agent-summary";
+
+/// What of the status a job's writer writes.
+#[derive(Debug, Clone)]
+enum Shape {
+    /// All of it: the TraceJob runs on one node.
+    Whole,
+    /// This node's entry of status.nodes, then the summary.
+    Entry(String),
+}
 /// Annotations of an output ConfigMap that holds live output (the newest part of a running
 /// trace's output), and where in the whole output that part begins.
 pub const ANNOTATION_LIVE: &str = "observe.tracejob.dev/live";
@@ -159,7 +179,11 @@ impl Writer {
         let (done, written) = mpsc::unbounded_channel();
         let api = self.api(job);
         let name = job.name_any();
-        tokio::spawn(write_statuses(api, name, rx, done).in_current_span());
+        let shape = match job.spec.node_selector {
+            Some(_) => Shape::Entry(self.node.clone()),
+            None => Shape::Whole,
+        };
+        tokio::spawn(write_statuses(api, name, shape, rx, done).in_current_span());
         StatusWriter { tx, written }
     }
 
@@ -290,6 +314,7 @@ impl Writer {
 async fn write_statuses(
     api: Api<TraceJob>,
     name: String,
+    shape: Shape,
     mut rx: watch::Receiver<Option<Desired>>,
     done: mpsc::UnboundedSender<Written>,
 ) {
@@ -300,11 +325,16 @@ async fn write_statuses(
                 break;
             };
             let seq = desired.seq;
-            let written = match apply_status(&api, &name, &desired).await {
-                Ok(job) => Written::Done {
-                    seq,
-                    job: Box::new(job),
-                },
+            let written = match apply_status(&api, &name, &shape, &desired).await {
+                Ok(job) => {
+                    if matches!(shape, Shape::Entry(_)) {
+                        summarise(&api, &name).await;
+                    }
+                    Written::Done {
+                        seq,
+                        job: Box::new(job),
+                    }
+                }
                 Err(e) if e.code() == Some(409) => Written::Conflict {
                     seq,
                     newest: api.get_opt(&name).await.ok().flatten().map(Box::new),
@@ -336,21 +366,106 @@ async fn write_statuses(
 async fn apply_status(
     api: &Api<TraceJob>,
     name: &str,
+    shape: &Shape,
     desired: &Desired,
 ) -> Result<TraceJob, Error> {
+    let (status, manager) = match shape {
+        Shape::Whole => (json!(desired.status), MANAGER.to_string()),
+        Shape::Entry(node) => (
+            json!({ "nodes": [entry(node, &desired.status)] }),
+            entry_manager(node),
+        ),
+    };
     let mut object = json!({
         "apiVersion": TraceJob::api_version(&()),
         "kind": TraceJob::kind(&()),
         "metadata": { "name": name },
-        "status": desired.status,
+        "status": status,
     });
     if let Some(rv) = &desired.precondition {
         object["metadata"]["resourceVersion"] = json!(rv);
     }
-    let params = PatchParams::apply(MANAGER).force();
+    let params = PatchParams::apply(&manager).force();
     Ok(api
         .patch_status(name, &params, &Patch::Apply(object))
         .await?)
+}
+
+/// The field manager of one node's entry.
+fn entry_manager(node: &str) -> String {
+    let manager = format!("{MANAGER}@{node}");
+    // Field managers are at most 128 characters; node names may be longer.
+    manager.chars().take(128).collect()
+}
+
+/// A node's entry of status.nodes, from the status its actor wants.
+fn entry(node: &str, s: &TraceJobStatus) -> NodeStatus {
+    let reason = s
+        .conditions
+        .iter()
+        .find(|c| {
+            c.status == "True" && ["Running", "Completed", "Failed"].contains(&c.type_.as_str())
+        })
+        .map(|c| c.reason.clone());
+    NodeStatus {
+        node: node.to_string(),
+        phase: s.phase,
+        reason,
+        id: s.id.clone(),
+        pid: s.pid,
+        probes: s.probes,
+        start_time: s.start_time.clone(),
+        completion_time: s.completion_time.clone(),
+        exit_code: s.exit_code,
+        message: s.message.clone(),
+        output_ref: s.output_ref.clone(),
+    }
+}
+
+/// Writes a fan-out TraceJob's summary from its newest entries, if it changed; only onto the
+/// version read, so a summary never overwrites one that saw a newer entry.
+async fn summarise(api: &Api<TraceJob>, name: &str) {
+    let mut delays = backoff();
+    for _ in 0..10 {
+        let job = match api.get_opt(name).await {
+            Ok(Some(job)) => job,
+            Ok(None) => return,
+            Err(e) => {
+                warn!(error = %e, "reading the TraceJob to summarise it failed");
+                return;
+            }
+        };
+        let want = status::summary(&job, now());
+        let have = job.status.clone().unwrap_or_default();
+        if (have.phase, &have.progress, &have.message)
+            == (want.phase, &want.progress, &want.message)
+        {
+            return;
+        }
+        let object = json!({
+            "apiVersion": TraceJob::api_version(&()),
+            "kind": TraceJob::kind(&()),
+            "metadata": { "name": name, "resourceVersion": job.resource_version() },
+            "status": {
+                "phase": want.phase,
+                "progress": want.progress,
+                "message": want.message,
+                "conditions": want.conditions,
+                "observedGeneration": want.observed_generation,
+            },
+        });
+        let params = PatchParams::apply(SUMMARY_MANAGER).force();
+        match api.patch_status(name, &params, &Patch::Apply(object)).await {
+            Ok(_) => return,
+            Err(kube::Error::Api(s)) if s.code == 409 => {
+                tokio::time::sleep(delays.next().unwrap_or(Duration::from_secs(1)) / 4).await;
+            }
+            Err(e) => {
+                warn!(error = %e, "writing the TraceJob's summary failed");
+                return;
+            }
+        }
+    }
 }
 
 /// The ConfigMap name for a run: the TraceJob's name and (part of) the run id, so a TraceJob

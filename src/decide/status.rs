@@ -4,7 +4,7 @@
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
-use crate::resource::{Phase, TraceJob, TraceJobStatus};
+use crate::resource::{NodeStatus, Phase, TraceJob, TraceJobStatus};
 
 /// The condition types derived from the phase.
 const PHASE_CONDITIONS: [&str; 3] = ["Running", "Completed", "Failed"];
@@ -90,6 +90,62 @@ pub fn conditions(
         .collect()
 }
 
+/// The summary of a TraceJob run on several nodes (spec.nodeSelector): its phase, progress
+/// ("done/total"), message and conditions, from its nodes' entries. Pending until a node runs
+/// it; then Stopping while any node stops, else Running while any runs; once every node is done,
+/// Completed if any node completed (the message names those that failed), else Failed.
+pub fn summary(job: &TraceJob, now: Time) -> TraceJobStatus {
+    let nodes: &[NodeStatus] = job
+        .status
+        .as_ref()
+        .map(|s| s.nodes.as_slice())
+        .unwrap_or_default();
+    let is = |p: Phase| nodes.iter().filter(|n| n.phase == Some(p)).count();
+    let done = nodes
+        .iter()
+        .filter(|n| n.phase.is_some_and(Phase::is_final))
+        .count();
+    let total = nodes.len();
+    let failed: Vec<String> = nodes
+        .iter()
+        .filter(|n| n.phase == Some(Phase::Failed))
+        .map(|n| {
+            format!(
+                "{} ({})",
+                n.node,
+                n.reason
+                    .as_deref()
+                    .or(n.message.as_deref())
+                    .unwrap_or("failed")
+            )
+        })
+        .collect();
+    let (phase, reason) = if total == 0 {
+        (Phase::Pending, "NoNodeYet")
+    } else if done == total && is(Phase::Completed) > 0 {
+        (Phase::Completed, "NodesDone")
+    } else if done == total {
+        (Phase::Failed, "NodesFailed")
+    } else if is(Phase::Stopping) > 0 {
+        (Phase::Stopping, "NodesStopping")
+    } else if is(Phase::Running) > 0 {
+        (Phase::Running, "NodesRunning")
+    } else {
+        (Phase::Pending, "NodesStarting")
+    };
+    let mut message = format!("{done} of {total} nodes done");
+    if !failed.is_empty() {
+        message += &format!("; failed on {}", failed.join(", "));
+    }
+    let status = TraceJobStatus {
+        phase: Some(phase),
+        progress: Some(format!("{done}/{total}")),
+        message: Some(message),
+        ..Default::default()
+    };
+    complete(status, reason, job, now)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -130,6 +186,59 @@ mod tests {
             t0,
             "Failed stayed False since t0"
         );
+    }
+
+    #[test]
+    fn a_fan_out_summary_follows_its_nodes() {
+        let now = Time(Timestamp::from_second(1_000).expect("time"));
+        let entry = |node: &str, phase: Phase| NodeStatus {
+            node: node.into(),
+            phase: Some(phase),
+            reason: (phase == Phase::Failed).then(|| "NodeNotAllowed".to_string()),
+            ..Default::default()
+        };
+        let with = |nodes: Vec<NodeStatus>| {
+            let mut tj = job();
+            tj.status = Some(TraceJobStatus {
+                nodes,
+                ..Default::default()
+            });
+            summary(&tj, now.clone())
+        };
+        let s = with(vec![]);
+        assert_eq!(
+            (s.phase, s.progress.as_deref()),
+            (Some(Phase::Pending), Some("0/0"))
+        );
+        let s = with(vec![entry("a", Phase::Running), entry("b", Phase::Pending)]);
+        assert_eq!(
+            (s.phase, s.progress.as_deref()),
+            (Some(Phase::Running), Some("0/2"))
+        );
+        let s = with(vec![
+            entry("a", Phase::Completed),
+            entry("b", Phase::Stopping),
+        ]);
+        assert_eq!(
+            (s.phase, s.progress.as_deref()),
+            (Some(Phase::Stopping), Some("1/2"))
+        );
+        let s = with(vec![
+            entry("a", Phase::Completed),
+            entry("b", Phase::Failed),
+        ]);
+        assert_eq!(s.phase, Some(Phase::Completed));
+        assert_eq!(s.progress.as_deref(), Some("2/2"));
+        assert!(s
+            .message
+            .as_deref()
+            .is_some_and(|m| m.contains("failed on b (NodeNotAllowed)")));
+        assert!(s
+            .conditions
+            .iter()
+            .any(|c| c.type_ == "Completed" && c.status == "True"));
+        let s = with(vec![entry("a", Phase::Failed), entry("b", Phase::Failed)]);
+        assert_eq!(s.phase, Some(Phase::Failed));
     }
 
     #[test]

@@ -280,19 +280,20 @@ async fn finished(
     output(maps, job, format, false).await
 }
 
-/// `output`: the trace's output as bpftrace printed it, or its maps as JSON.
+/// `output`: the trace's output as bpftrace printed it, or its maps as JSON. A TraceJob on
+/// several nodes shows each node's printf lines under its name, then the maps merged (`per_node`:
+/// each node's output apart).
 async fn output(
     maps: &Api<ConfigMap>,
     job: &TraceJob,
     format: Option<Format>,
-    _per_node: bool,
+    per_node: bool,
 ) -> Result<(), Error> {
+    if job.spec.node_selector.is_some() {
+        return fan_out_output(maps, job, format, per_node).await;
+    }
     let Some(cm) = output_configmap(maps, job).await? else {
-        return Err(Error::Cluster(format!(
-            "tracejob {} has no output yet (phase {})",
-            job.name_any(),
-            job.phase().map_or("none".into(), |p| p.to_string())
-        )));
+        return Err(no_output(job));
     };
     let mut out = std::io::stdout();
     match format {
@@ -309,6 +310,57 @@ async fn output(
         }
         _ => {
             let _ = out.write_all(&show::output_bytes(&cm)?);
+        }
+    }
+    Ok(())
+}
+
+fn no_output(job: &TraceJob) -> Error {
+    Error::Cluster(format!(
+        "tracejob {} has no output yet (phase {})",
+        job.name_any(),
+        job.phase().map_or("none".into(), |p| p.to_string())
+    ))
+}
+
+async fn fan_out_output(
+    maps: &Api<ConfigMap>,
+    job: &TraceJob,
+    format: Option<Format>,
+    per_node: bool,
+) -> Result<(), Error> {
+    let mut nodes = Vec::new();
+    for entry in job.status.iter().flat_map(|s| &s.nodes) {
+        let Some(r) = &entry.output_ref else { continue };
+        if let Some(cm) = maps.get_opt(&r.name).await? {
+            nodes.push((entry.node.clone(), cm));
+        }
+    }
+    if nodes.is_empty() {
+        return Err(no_output(job));
+    }
+    let mut out = std::io::stdout();
+    if per_node && format.is_none() {
+        for (node, cm) in &nodes {
+            let _ = writeln!(out, "==> node {node} <==");
+            let _ = out.write_all(&show::output_bytes(cm)?);
+        }
+        return Ok(());
+    }
+    let merged = show::merged(&nodes, &job.spec.program)?;
+    match format {
+        Some(Format::Json) => {
+            let json = serde_json::to_string_pretty(&merged.json())
+                .map_err(|e| Error::Cluster(e.to_string()))?;
+            let _ = writeln!(out, "{json}");
+        }
+        Some(Format::Yaml) => {
+            let yaml = serde_saphyr::to_string(&merged.json())
+                .map_err(|e| Error::Cluster(e.to_string()))?;
+            let _ = write!(out, "{yaml}");
+        }
+        _ => {
+            let _ = out.write_all(merged.text().as_bytes());
         }
     }
     Ok(())

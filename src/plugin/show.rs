@@ -9,6 +9,7 @@ use kube::ResourceExt;
 use super::cli::Format;
 use super::Error;
 use crate::output::maps::Maps;
+use crate::output::merge::{self, Merged};
 use crate::output::parse;
 use crate::resource::TraceJob;
 
@@ -46,12 +47,21 @@ fn table(jobs: &[TraceJob]) -> String {
             let s = j.status.clone().unwrap_or_default();
             [
                 j.name_any(),
-                s.node_name
-                    .or_else(|| j.spec.node_name.clone())
-                    .unwrap_or_else(|| "<none>".into()),
+                match (
+                    &s.progress,
+                    s.node_name.clone().or_else(|| j.spec.node_name.clone()),
+                ) {
+                    (Some(p), _) => format!("{p} nodes"),
+                    (None, Some(n)) => n,
+                    (None, None) => "<none>".into(),
+                },
                 s.phase.map_or("<none>".into(), |p| p.to_string()),
                 s.probes.map_or("<none>".into(), |p| p.to_string()),
-                s.output_ref.map_or("<none>".into(), |r| r.name),
+                match (&s.output_ref, s.nodes.is_empty()) {
+                    (Some(r), _) => r.name.clone(),
+                    (None, false) => "<per node>".into(),
+                    (None, true) => "<none>".into(),
+                },
             ]
         })
         .collect();
@@ -115,6 +125,84 @@ pub fn maps_of(cm: &ConfigMap) -> Result<Maps, Error> {
         }
         None => Ok(parse::parse(&String::from_utf8_lossy(&output_bytes(cm)?))),
     }
+}
+
+/// The outputs of a TraceJob's nodes, merged: each node's printf lines, and the maps.
+pub struct NodesOutput {
+    pub bpftrace: Option<String>,
+    /// Each node and its printf lines (what it printed before its maps).
+    pub printed: Vec<(String, String)>,
+    pub merged: Merged,
+}
+
+impl NodesOutput {
+    /// As bpftrace would print it: each node's printf lines under its name, then the merged
+    /// maps, then the maps that cannot be merged, under their node's name.
+    pub fn text(&self) -> String {
+        let mut text = String::new();
+        for (node, lines) in &self.printed {
+            if !lines.trim().is_empty() {
+                text += &format!("==> node {node} <==\n{}\n", lines.trim_end());
+            }
+        }
+        text += &merge::render(&self.merged.maps, self.bpftrace.as_deref());
+        for (node, map) in &self.merged.apart {
+            text += &format!(
+                "==> {} of node {node}, not merged <==\n{}",
+                map.name,
+                merge::render(std::slice::from_ref(map), self.bpftrace.as_deref())
+            );
+        }
+        text
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        let apart: Vec<serde_json::Value> = self
+            .merged
+            .apart
+            .iter()
+            .map(|(node, map)| serde_json::json!({"node": node, "map": map}))
+            .collect();
+        serde_json::json!({
+            "bpftrace": self.bpftrace,
+            "nodes": self.printed.iter().map(|(n, _)| n).collect::<Vec<_>>(),
+            "maps": self.merged.maps,
+            "apart": apart,
+        })
+    }
+}
+
+/// Merges the output ConfigMaps of a TraceJob's nodes (`program`: its program, which says how
+/// each map merges).
+pub fn merged(nodes: &[(String, ConfigMap)], program: &str) -> Result<NodesOutput, Error> {
+    let mut per_node: Vec<(String, Maps)> = Vec::new();
+    let mut printed = Vec::new();
+    let mut bpftrace = None;
+    for (node, cm) in nodes {
+        let maps = maps_of(cm)?;
+        bpftrace = bpftrace.or(maps.bpftrace.clone());
+        let bytes = output_bytes(cm)?;
+        let parsed =
+            parse::parse_reader(&bytes[..], 0).map_err(|e| Error::Cluster(e.to_string()))?;
+        let head = &bytes[..usize::try_from(parsed.maps_start)
+            .unwrap_or(bytes.len())
+            .min(bytes.len())];
+        let text = String::from_utf8_lossy(head);
+        // bpftrace's attach line is not the program's output.
+        let lines: String = text
+            .lines()
+            .filter(|l| crate::host::bpftrace::attach_line(l).is_none())
+            .map(|l| format!("{l}\n"))
+            .collect();
+        printed.push((node.clone(), lines));
+        per_node.push((node.clone(), maps));
+    }
+    let merged = merge::merge(&per_node, &merge::kinds(program));
+    Ok(NodesOutput {
+        bpftrace,
+        printed,
+        merged,
+    })
 }
 
 fn gunzip(bytes: &[u8]) -> Result<Vec<u8>, Error> {

@@ -257,6 +257,34 @@ pub struct NodeStatus {
 }
 
 impl TraceJob {
+    /// The TraceJob as the agent of `node` sees it: for a TraceJob with spec.nodeSelector, its
+    /// status is that node's entry of status.nodes (none before the node has one); any other
+    /// TraceJob is as it is.
+    pub fn view_for(&self, node: &str) -> TraceJob {
+        let mut view = self.clone();
+        if self.spec.node_selector.is_none() {
+            return view;
+        }
+        view.status = self
+            .status
+            .as_ref()
+            .and_then(|s| s.nodes.iter().find(|n| n.node == node))
+            .map(|n| TraceJobStatus {
+                phase: n.phase,
+                id: n.id.clone(),
+                node_name: Some(n.node.clone()),
+                pid: n.pid,
+                probes: n.probes,
+                start_time: n.start_time.clone(),
+                completion_time: n.completion_time.clone(),
+                exit_code: n.exit_code,
+                message: n.message.clone(),
+                output_ref: n.output_ref.clone(),
+                ..Default::default()
+            });
+        view
+    }
+
     pub fn phase(&self) -> Option<Phase> {
         self.status.as_ref().and_then(|s| s.phase)
     }

@@ -3,6 +3,7 @@
 //! control plane it starts is ended exactly once, after every test, also when a test fails.
 
 mod api;
+mod fanout;
 mod hostile;
 mod lifecycle;
 mod native;
@@ -28,6 +29,7 @@ fn main() -> std::process::ExitCode {
     tests.extend(hostile::tests());
     tests.extend(native::tests());
     tests.extend(plugin::tests());
+    tests.extend(fanout::tests());
     tests.extend(security::tests());
     tests.extend(target::tests());
     tests.extend(releases::tests());

@@ -358,6 +358,34 @@ fn agent_token_fenced(env: &Env) {
         "regarding": {"apiVersion": "v1", "kind": "Pod", "name": "some-pod", "namespace": ns}
     });
     denied(&apply(&event.to_string()), "creating an Event about a Pod");
+    // A TraceJob on several nodes: node A's token writes its own entry, never node B's.
+    let fanned = serde_json::json!({
+        "apiVersion": "observe.tracejob.dev/v1alpha1", "kind": "TraceJob",
+        "metadata": {"name": "wide"},
+        "spec": {"nodeSelector": {"matchLabels": {"pool": "nowhere"}}, "program": "BEGIN {}"}
+    });
+    k.apply(&ns, &fanned.to_string());
+    let entry = |node: &str| {
+        serde_json::json!({
+            "apiVersion": "observe.tracejob.dev/v1alpha1", "kind": "TraceJob",
+            "metadata": {"name": "wide", "namespace": ns},
+            "status": {"nodes": [{"node": node, "phase": "Completed", "message": "forged?"}]}
+        })
+        .to_string()
+    };
+    let apply_status = |yaml: &str| {
+        as_a.run_with_stdin(
+            &[
+                "apply", "--server-side", "--subresource=status", "--field-manager=test",
+                "-f", "-",
+            ],
+            yaml,
+        )
+    };
+    denied(&apply_status(&entry(&node_b)), "writing node B's entry");
+    let own = apply_status(&entry(&node_a));
+    assert!(own.ok, "its own entry was refused: {}", own.stderr);
+
     // A token of the agent's ServiceAccount that is not bound to a node writes nothing.
     let unbound = k
         .ok(&[
