@@ -12,7 +12,7 @@ use kube::ResourceExt;
 use nix::sys::signal::Signal;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tracing::{info, warn, Instrument};
+use tracing::{debug, info, warn, Instrument};
 
 use crate::agent::Ctx;
 use crate::cluster::lookup;
@@ -245,7 +245,7 @@ impl Actor {
                 .job
                 .run_id()
                 .and_then(|id| self.ctx.state.load(id));
-            match decide::first_sight(&self.seen.job, record.is_some()) {
+            match decide::first_sight(&self.seen.job, self.ctx.writer.node(), record.is_some()) {
                 FirstSight::Ignore => {
                     // Reported, but the agent stopped before cleaning up.
                     if let Some(r) = record {
@@ -1155,15 +1155,20 @@ impl Actor {
         }
         info!(phase = %outcome.phase, ?exit, reason = %outcome.reason, "bpftrace ended");
         if let Some(live) = run.live.in_flight.take() {
-            // A live copy must not land after the final output.
-            live.abort();
-            let _ = live.await;
+            // A live copy must land before the final output, and the ConfigMap it made is the
+            // run's own (an aborted one could have made it unseen).
+            let abort = live.abort_handle();
+            match tokio::time::timeout(Duration::from_secs(30), live).await {
+                Ok(copied) => self.on_live_copied(&mut run, copied.ok()),
+                Err(_) => abort.abort(),
+            }
         }
         let landed = match run.record.landed.clone() {
             Some(l) => Some(l),
             None if self.seen.deleted => None,
             None => match self.store(&run).await {
                 Stored::Landed(l) => {
+                    info!(configmap = %l.configmap, bytes = l.bytes, stored = %l.reason, "output stored");
                     run.record.landed = Some(l.clone());
                     self.save(&run.record);
                     Some(l)
@@ -1201,7 +1206,10 @@ impl Actor {
         let mut delays = writer::backoff();
         loop {
             let error = match self.reported().await {
-                Reported::Written | Reported::Deleted => return true,
+                Reported::Written | Reported::Deleted => {
+                    debug!("final status written");
+                    return true;
+                }
                 Reported::Exiting => return false,
                 Reported::Rejected(e) => e,
             };

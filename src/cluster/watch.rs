@@ -60,7 +60,16 @@ fn watch(
                 event,
                 Ok(Event::Apply(_) | Event::InitApply(_) | Event::Delete(_))
             ) {
-                metrics.watch_events.inc();
+                let watch = match source {
+                    Source::Node => "node",
+                    Source::Unassigned => "unassigned",
+                };
+                metrics
+                    .watch_events
+                    .get_or_create(&crate::metrics::Watch {
+                        watch: watch.into(),
+                    })
+                    .inc();
             }
             let update = match event {
                 Ok(Event::Apply(tj)) => Some(Update::Seen(tj)),

@@ -18,16 +18,24 @@ pub enum FirstSight {
     Resume,
     /// Claimed, but this node has no record of the run: it cannot be resumed.
     Lost,
-    /// Completed or Failed: never run again.
+    /// Completed or Failed, or claimed by another node's agent: not this agent's to run.
     Ignore,
 }
 
-/// `has_record`: the state directory holds a record for the TraceJob's status.id. Also decides
-/// again after a claim lost to a newer version of the object.
-pub fn first_sight(job: &TraceJob, has_record: bool) -> FirstSight {
+/// `node`: this agent's node. `has_record`: the state directory holds a record for the
+/// TraceJob's status.id. Also decides again after a claim lost to a newer version of the object.
+pub fn first_sight(job: &TraceJob, node: &str, has_record: bool) -> FirstSight {
+    // A TraceJob without spec.nodeName (a pod target) is seen by every agent; only the one that
+    // claimed it may resume it or call it lost.
+    let claimed_elsewhere = job
+        .status
+        .as_ref()
+        .and_then(|s| s.node_name.as_deref())
+        .is_some_and(|n| n != node);
     match (job.phase(), job.run_id()) {
         (Some(p), _) if p.is_final() => FirstSight::Ignore,
         (_, None) => FirstSight::Start,
+        (_, Some(_)) if claimed_elsewhere => FirstSight::Ignore,
         (_, Some(_)) if has_record => FirstSight::Resume,
         (_, Some(_)) => FirstSight::Lost,
     }
@@ -381,32 +389,45 @@ mod tests {
         tj.status = Some(TraceJobStatus {
             phase,
             id: id.map(String::from),
+            node_name: id.map(|_| "n".into()),
             ..Default::default()
         });
         tj
     }
 
     #[test]
+    fn first_sight_leaves_another_nodes_run_alone() {
+        let mut other = job(Some(Phase::Running), Some("a"));
+        other.spec.node_name = None;
+        if let Some(s) = other.status.as_mut() {
+            s.node_name = Some("m".into());
+        }
+        assert_eq!(first_sight(&other, "n", false), FirstSight::Ignore);
+        assert_eq!(first_sight(&other, "m", false), FirstSight::Lost);
+        assert_eq!(first_sight(&other, "m", true), FirstSight::Resume);
+    }
+
+    #[test]
     fn first_sight_runs_each_job_at_most_once() {
-        assert_eq!(first_sight(&job(None, None), false), FirstSight::Start);
+        assert_eq!(first_sight(&job(None, None), "n", false), FirstSight::Start);
         assert_eq!(
-            first_sight(&job(Some(Phase::Pending), Some("a")), true),
+            first_sight(&job(Some(Phase::Pending), Some("a")), "n", true),
             FirstSight::Resume
         );
         assert_eq!(
-            first_sight(&job(Some(Phase::Running), Some("a")), true),
+            first_sight(&job(Some(Phase::Running), Some("a")), "n", true),
             FirstSight::Resume
         );
         assert_eq!(
-            first_sight(&job(Some(Phase::Running), Some("a")), false),
+            first_sight(&job(Some(Phase::Running), Some("a")), "n", false),
             FirstSight::Lost
         );
         assert_eq!(
-            first_sight(&job(Some(Phase::Completed), Some("a")), true),
+            first_sight(&job(Some(Phase::Completed), Some("a")), "n", true),
             FirstSight::Ignore
         );
         assert_eq!(
-            first_sight(&job(Some(Phase::Failed), None), false),
+            first_sight(&job(Some(Phase::Failed), None), "n", false),
             FirstSight::Ignore
         );
     }

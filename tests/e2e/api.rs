@@ -123,25 +123,53 @@ fn get_shows_printer_columns(env: &Env) {
         Duration::from_secs(30),
     );
     let out = env.kubectl.ok(&["get", "tj", "-n", &ns]);
-    let header: Vec<&str> = out
-        .lines()
-        .next()
-        .unwrap_or_default()
-        .split_whitespace()
-        .collect();
+    let table = columns(&out);
+    let names: Vec<&str> = table.iter().map(|(name, _)| name.as_str()).collect();
     assert_eq!(
-        header,
-        ["NAME", "NODE", "PHASE", "PROBES", "OUTPUT", "AGE"],
+        names,
+        ["NAME", "NODE", "NODES", "PHASE", "PROBES", "OUTPUT", "AGE"],
         "{out}"
     );
-    let row: Vec<&str> = out
-        .lines()
-        .nth(1)
-        .unwrap_or_default()
-        .split_whitespace()
+    let cell = |name: &str| {
+        table
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+            .unwrap_or_else(|| panic!("no column {name}:\n{out}"))
+    };
+    assert_eq!(cell("NODE"), agent.node, "{out}");
+    // A single-node TraceJob has no progress over nodes.
+    assert_eq!(cell("NODES"), "", "{out}");
+    assert_eq!(cell("PHASE"), "Completed", "{out}");
+    assert_eq!(cell("PROBES"), "1", "{out}");
+    assert!(cell("OUTPUT").starts_with("cols-output-"), "{out}");
+}
+
+/// The header and first row of a kubectl table, cut at the header's column starts (so an empty
+/// cell stays in its column).
+fn columns(table: &str) -> Vec<(String, String)> {
+    let mut lines = table.lines();
+    let header = lines.next().unwrap_or_default();
+    let row = lines.next().unwrap_or_default();
+    let starts: Vec<usize> = header
+        .char_indices()
+        .filter(|&(i, c)| c != ' ' && (i == 0 || header.as_bytes()[i - 1] == b' '))
+        .map(|(i, _)| i)
         .collect();
-    assert_eq!(row.get(1), Some(&agent.node.as_str()), "{out}");
-    assert_eq!(row.get(2), Some(&"Completed"), "{out}");
+    starts
+        .iter()
+        .enumerate()
+        .map(|(k, &start)| {
+            let end = starts.get(k + 1).copied().unwrap_or(usize::MAX);
+            let cut = |line: &str| {
+                line.get(start..end.min(line.len()))
+                    .unwrap_or_default()
+                    .trim()
+                    .to_string()
+            };
+            (cut(header), cut(row))
+        })
+        .collect()
 }
 
 fn explain_describes_fields(env: &Env) {

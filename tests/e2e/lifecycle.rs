@@ -425,7 +425,7 @@ fn other_nodes_tracejob_untouched(env: &Env) {
         "the agent to list TraceJobs",
         || (agent.get("/readyz").0 == 200).then_some(()),
     );
-    let before = agent.metric("tracejob_watch_events_total");
+    let before = agent.metric(r#"tracejob_watch_events_total{watch="node"}"#);
     let theirs: Vec<String> = (0..10).map(|i| format!("theirs-{i}")).collect();
     for name in &theirs {
         k.apply(
@@ -442,7 +442,7 @@ fn other_nodes_tracejob_untouched(env: &Env) {
         &tracejob_yaml("ours", &agent.node, "BEGIN { exit(); }", "  stop: true\n"),
     );
     wait_phase(k, &ns, "ours", "Completed", Duration::from_secs(30));
-    let received = agent.metric("tracejob_watch_events_total") - before;
+    let received = agent.metric(r#"tracejob_watch_events_total{watch="node"}"#) - before;
     // The 30 changes above would be 30 events; "ours" makes a few of its own (created, claimed,
     // completed).
     assert!(
@@ -486,12 +486,12 @@ fn apiserver_restart_runs_once(_env: &Env) {
         || (watches(&agent) > before).then_some(()),
     );
     // A change the agent must see through its new watch: metadata, as a labelling tool writes.
-    let events = agent.metric("tracejob_watch_events_total");
+    let events = agent.metric(r#"tracejob_watch_events_total{watch="node"}"#);
     k.ok(&["label", "-n", "restart", "tj", "r", "seen=again"]);
     wait_for(
         Duration::from_secs(30),
         "the agent to see the change",
-        || (agent.metric("tracejob_watch_events_total") > events).then_some(()),
+        || (agent.metric(r#"tracejob_watch_events_total{watch="node"}"#) > events).then_some(()),
     );
     assert_eq!(
         agent.bpftraces(),
