@@ -36,6 +36,8 @@ bash tests/harness/build-bpftrace.sh sid > /dev/null &
 sid=$!
 bin=$(bash tests/harness/build-kubernetes.sh)
 log "Kubernetes and etcd in $bin"
+oldest=$(bash tests/harness/build-kubernetes.sh tests/harness/kubernetes-1.34)
+log "the oldest supported Kubernetes, for the compatibility subset, in $oldest"
 wait "$trixie"
 wait "$sid"
 log "bpftrace releases: $(bash tests/harness/build-bpftrace.sh trixie) $(bash tests/harness/build-bpftrace.sh sid)"

@@ -376,8 +376,12 @@ fn agent_token_fenced(env: &Env) {
     let apply_status = |yaml: &str| {
         as_a.run_with_stdin(
             &[
-                "apply", "--server-side", "--subresource=status", "--field-manager=test",
-                "-f", "-",
+                "apply",
+                "--server-side",
+                "--subresource=status",
+                "--field-manager=test",
+                "-f",
+                "-",
             ],
             yaml,
         )

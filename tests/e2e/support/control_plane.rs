@@ -27,14 +27,18 @@ pub struct ControlPlane {
     _tmp: tempfile::TempDir,
 }
 
-/// Builds the binaries once (cached outside the repository) and returns their directory.
+/// Builds the binaries once (cached outside the repository) and returns their directory: the
+/// current release, or the one whose build module TRACEJOB_KUBERNETES_MODULE names (the
+/// compatibility run on the oldest supported release).
 pub fn binaries() -> PathBuf {
     let script = repo_root().join("tests/harness/build-kubernetes.sh");
+    let mut cmd = Command::new("bash");
+    cmd.arg(&script);
+    if let Some(module) = std::env::var_os("TRACEJOB_KUBERNETES_MODULE") {
+        cmd.arg(module);
+    }
     let out = must(
-        Command::new("bash")
-            .arg(&script)
-            .stderr(Stdio::inherit())
-            .output(),
+        cmd.stderr(Stdio::inherit()).output(),
         "run build-kubernetes.sh",
     );
     assert!(out.status.success(), "building Kubernetes failed");
@@ -193,6 +197,14 @@ impl ControlPlane {
             *a = Some(proc);
         }
         self.wait_ready();
+    }
+
+    /// The API server's PID, while it runs.
+    pub fn apiserver_pid(&self) -> Option<i32> {
+        self.apiserver
+            .lock()
+            .ok()
+            .and_then(|a| a.as_ref().map(|p| p.pid()))
     }
 
     pub fn stop_apiserver(&self) {
