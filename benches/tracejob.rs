@@ -15,15 +15,15 @@ use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read};
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::{Patch, PatchParams, PostParams};
 use kube::runtime::wait::await_condition;
 use kube::Api;
-use support::{bpftrace_double, must, wait_for, Agent, ControlPlane, Env};
+use support::{bpftrace_double, must, register_node, wait_for, Agent, ControlPlane, Env};
 use tracejob_agent::resource::{Phase, TraceJob, TraceJobSpec};
 
 const BIOLATENCY: &str = include_str!("../bpf-samples/biolatency.bt");
@@ -119,7 +119,8 @@ impl Bench {
 
     /// One run through the agent, timed with the Kubernetes API: create until the watch sees
     /// Running; then `until_stop` (given the run's stdout on the node); then the stop patch until
-    /// the output ConfigMap is readable. (start ms, collect ms).
+    /// a watch sees Completed (the output ConfigMap is written before it, and is read after).
+    /// (start ms, collect ms).
     fn agent_run(
         &self,
         ns: &str,
@@ -149,6 +150,9 @@ impl Bench {
                 .and_then(|t| t.run_id().map(String::from))
                 .expect("run id");
             until_stop(&agent.state_dir.join("jobs").join(id).join("stdout"));
+            // The benchmark's own client pays about 45 ms to set up a connection after an idle
+            // while here: warm it, so the agent is what is timed.
+            must(api.get(name).await, "warm the client");
             let t1 = Instant::now();
             let stop = Patch::Merge(serde_json::json!({"spec": {"stop": true}}));
             must(
@@ -159,13 +163,15 @@ impl Bench {
                 await_condition(api.clone(), name, phase_is(Phase::Completed)).await,
                 "await Completed",
             );
+            // The ConfigMap is written before Completed: it is readable now.
+            let collect = ms(t1.elapsed());
             let cm = done
                 .and_then(|t| t.status)
                 .and_then(|s| s.output_ref)
                 .map(|r| r.name)
                 .expect("outputRef");
             must(cms.get(&cm).await, "ConfigMap readable");
-            (start, ms(t1.elapsed()))
+            (start, collect)
         })
     }
 
@@ -211,12 +217,17 @@ impl Bench {
         };
         until_stop(&|| printed.load(Ordering::SeqCst));
         let t1 = Instant::now();
-        // SIGINT, repeated as the agent repeats it (bpftrace 0.17 rarely ignores a single one).
+        // SIGINT, repeated as the agent repeats it: only to a bpftrace still waiting for events
+        // (bpftrace 0.17 rarely ignores a single one).
+        let mut first = true;
         loop {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid),
-                nix::sys::signal::Signal::SIGINT,
-            );
+            if first || tracejob_agent::host::process::is_polling(pid) {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGINT,
+                );
+            }
+            first = false;
             let again = Instant::now() + tracejob_agent::decide::job::REPEAT_SIGINT;
             while Instant::now() < again {
                 if must(child.try_wait(), "wait bpftrace").is_some() {
@@ -273,6 +284,142 @@ impl Bench {
             })
             .collect()
     }
+}
+
+/// CPU seconds a process has used (user and system).
+fn cpu_seconds(pid: i32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let fields: Vec<f64> = stat
+        .rsplit_once(')')
+        .map(|(_, r)| {
+            r.split_whitespace()
+                .filter_map(|f| f.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    // After the command: utime and stime are fields 12 and 13 (from 1, state being 1).
+    (fields.get(10).copied().unwrap_or(0.0) + fields.get(11).copied().unwrap_or(0.0)) / 100.0
+}
+
+/// One agent's API use so far: requests other than watches, and bytes received on watches.
+fn api_use(agent: &Agent) -> (f64, f64) {
+    let (_, body) = agent.get("/metrics");
+    let mut requests = 0.0;
+    let mut watch_bytes = 0.0;
+    for line in body.lines().filter(|l| !l.starts_with('#')) {
+        let Some((series, value)) = line.rsplit_once(' ') else {
+            continue;
+        };
+        let value: f64 = value.parse().unwrap_or(0.0);
+        if series.starts_with("tracejob_api_requests_total") && !series.contains("WATCH") {
+            requests += value;
+        }
+        if series == "tracejob_api_received_bytes_total{kind=\"watch\"}" {
+            watch_bytes += value;
+        }
+    }
+    (requests, watch_bytes)
+}
+
+/// N agents with distinct node names against one API server, and one TraceJob whose node
+/// selector matches them all: times until every node runs it and until every output is stored,
+/// the API requests and watch bytes of each agent, and the API server's CPU. bpftrace is the
+/// test double here (a line every 200 ms until SIGINT), so what is measured is the agents and the
+/// API server, not N compilations of a program on two cores.
+fn scale(b: &Bench, n: usize) -> [String; 6] {
+    let pool = format!("scale-{n}");
+    let double = bpftrace_double().to_string_lossy().into_owned();
+    let agents: Vec<Agent> = (0..n)
+        .map(|i| {
+            let node = format!("{pool}-{i}");
+            register_node(&b.env, &node, &[("pool", &pool)]);
+            Agent::start_registered(&node, &b.env.cp.kubeconfig, &["--bpftrace", &double], &[])
+        })
+        .collect();
+    for a in &agents {
+        wait_for(Duration::from_secs(120), "agent ready", || {
+            (a.get("/readyz").0 == 200).then_some(())
+        });
+    }
+    let ns = b.env.namespace(&pool);
+    let api = b.api(&ns);
+    let apiserver = b.env.cp.apiserver_pid().expect("the API server runs");
+    let before: Vec<(f64, f64)> = agents.iter().map(api_use).collect();
+    let cpu0 = cpu_seconds(apiserver);
+    let entries = |job: &TraceJob, phase: Phase, stored: bool| {
+        job.status.as_ref().map_or(0, |s| {
+            s.nodes
+                .iter()
+                .filter(|e| e.phase == Some(phase) && (!stored || e.output_ref.is_some()))
+                .count()
+        })
+    };
+    let (running, stored) = b.rt.block_on(async {
+        let mut job = TraceJob::new(
+            "wide",
+            TraceJobSpec {
+                node_name: None,
+                node_selector: Some(
+                    serde_json::from_value(serde_json::json!({"matchLabels": {"pool": pool}}))
+                        .expect("selector"),
+                ),
+                target: None,
+                program: "// double: print-every-ms=200\nBEGIN {}".into(),
+                args: vec![],
+                stop: false,
+                deadline: 3600,
+                deadline_grace_period: 300,
+            },
+        );
+        job.metadata.namespace = Some(ns.clone());
+        let t0 = Instant::now();
+        must(api.create(&PostParams::default(), &job).await, "create");
+        loop {
+            let j = must(api.get("wide").await, "get");
+            if entries(&j, Phase::Running, false) == n {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let running = t0.elapsed();
+        let t1 = Instant::now();
+        let stop = Patch::Merge(serde_json::json!({"spec": {"stop": true}}));
+        must(
+            api.patch("wide", &PatchParams::default(), &stop).await,
+            "stop",
+        );
+        loop {
+            let j = must(api.get("wide").await, "get");
+            if entries(&j, Phase::Completed, true) == n {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        (running, t1.elapsed())
+    });
+    let cpu = cpu_seconds(apiserver) - cpu0;
+    let after: Vec<(f64, f64)> = agents.iter().map(api_use).collect();
+    let requests: f64 = after
+        .iter()
+        .zip(&before)
+        .map(|(a, b)| a.0 - b.0)
+        .sum::<f64>()
+        / n as f64;
+    let watch: f64 = after
+        .iter()
+        .zip(&before)
+        .map(|(a, b)| a.1 - b.1)
+        .sum::<f64>()
+        / n as f64;
+    drop(agents);
+    [
+        n.to_string(),
+        format!("{:.1}", running.as_secs_f64()),
+        format!("{:.1}", stored.as_secs_f64()),
+        format!("{requests:.1}"),
+        format!("{:.0}", watch / 1024.0),
+        format!("{cpu:.1}"),
+    ]
 }
 
 fn main() {
@@ -432,26 +579,7 @@ fn main() {
     wait_for(Duration::from_secs(30), "flood agent ready", || {
         (flooder.get("/readyz").0 == 200).then_some(())
     });
-    let slowest = Arc::new(Mutex::new(0f64));
-    let probing = Arc::new(AtomicBool::new(true));
-    let prober = {
-        let (slowest, probing, port) = (slowest.clone(), probing.clone(), flooder.port);
-        std::thread::spawn(move || {
-            while probing.load(Ordering::SeqCst) {
-                let t = Instant::now();
-                let ok = Command::new("curl")
-                    .args(["-sf", "-m", "10", "-o", "/dev/null"])
-                    .arg(format!("http://127.0.0.1:{port}/healthz"))
-                    .status()
-                    .is_ok_and(|s| s.success());
-                let took = if ok { ms(t.elapsed()) } else { f64::INFINITY };
-                if let Ok(mut s) = slowest.lock() {
-                    *s = s.max(took);
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-        })
-    };
+    let probe = flooder.probe_healthz();
     let api = b.api(&flood_ns);
     let t0 = Instant::now();
     b.rt.block_on(async {
@@ -477,11 +605,9 @@ fn main() {
         }
     });
     let took = t0.elapsed();
-    probing.store(false, Ordering::SeqCst);
-    let _ = prober.join();
+    let slowest = ms(probe.finish());
     let pid = flooder.proc.as_ref().map(|p| p.pid()).unwrap_or(0);
     let peak = peak_rss_kib(pid);
-    let slowest = *slowest.lock().expect("lock");
     b.row(
         "20 runs of 32 MiB output each, collected at once",
         format!(
@@ -669,5 +795,22 @@ fn main() {
     println!("\n| measure | result |\n|---|---|");
     for (what, value) in &b.rows {
         println!("| {what} | {value} |");
+    }
+
+    // Scale: BENCH_SCALE="10,50,100" (the default), one run per N, each on the same API server.
+    let sizes: Vec<usize> = std::env::var("BENCH_SCALE")
+        .unwrap_or_else(|_| "10,50,100".into())
+        .split(',')
+        .filter_map(|n| n.trim().parse().ok())
+        .collect();
+    let mut table = Vec::new();
+    for n in sizes {
+        let row = scale(&b, n);
+        eprintln!("bench: scale {row:?}");
+        table.push(row);
+    }
+    println!("\n| agents (N) | apply until all Running (s) | stop until all outputs stored (s) | API requests per agent (not watches) | watch KiB per agent | API server CPU (s) |\n|---|---|---|---|---|---|");
+    for row in table {
+        println!("| {} |", row.join(" | "));
     }
 }

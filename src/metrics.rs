@@ -23,6 +23,18 @@ pub struct Request {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Received {
+    /// watch or other.
+    pub kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Watch {
+    /// node (spec.nodeName is this node) or unassigned (no spec.nodeName).
+    pub watch: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct Version {
     pub version: String,
 }
@@ -38,9 +50,11 @@ pub struct Metrics {
     /// Stop seen until the output ConfigMap is written.
     pub collect_latency: Histogram,
     pub api_requests: Family<Request, Counter>,
+    /// Bytes received from the API server: watch streams, and everything else.
+    pub api_received: Family<Received, Counter>,
     pub api_errors: Counter,
-    /// TraceJob watch events that reached the agent (the API server filters by node).
-    pub watch_events: Counter,
+    /// TraceJob watch events that reached the agent, by watch (the API server filters them).
+    pub watch_events: Family<Watch, Counter>,
     /// Bytes of live output written to the API server.
     pub live_bytes: Counter,
     /// Live copies skipped because the node's budget was spent.
@@ -62,8 +76,9 @@ impl Metrics {
             start_latency: Histogram::new(exponential_buckets(0.025, 2.0, 12)),
             collect_latency: Histogram::new(exponential_buckets(0.025, 2.0, 12)),
             api_requests: Family::default(),
+            api_received: Family::default(),
             api_errors: Counter::default(),
-            watch_events: Counter::default(),
+            watch_events: Family::default(),
             live_bytes: Counter::default(),
             live_skipped: Counter::default(),
             collecting: Gauge::default(),
@@ -107,13 +122,24 @@ impl Metrics {
             m.api_requests.clone(),
         );
         registry.register(
+            "api_received_bytes",
+            "Bytes of responses received from the Kubernetes API, watch streams (kind=watch) apart",
+            m.api_received.clone(),
+        );
+        registry.register(
             "api_errors",
             "Kubernetes API writes that failed and were retried or given up",
             m.api_errors.clone(),
         );
+        // Both series exist from the start, so a count can be read before the first event.
+        for watch in ["node", "unassigned"] {
+            let _ = m.watch_events.get_or_create(&Watch {
+                watch: watch.into(),
+            });
+        }
         registry.register(
             "watch_events",
-            "TraceJob watch events received (the API server sends only this node's)",
+            "TraceJob watch events received, by watch: node (spec.nodeName is this node) or unassigned (no spec.nodeName)",
             m.watch_events.clone(),
         );
         registry.register(
@@ -158,6 +184,15 @@ impl Metrics {
             resource: resource.to_string(),
         };
         self.api_requests.get_or_create(&labels).inc();
+    }
+
+    /// The counter of bytes received of one kind (watch or other).
+    pub fn received(&self, kind: &str) -> Counter {
+        self.api_received
+            .get_or_create(&Received {
+                kind: kind.to_string(),
+            })
+            .clone()
     }
 
     pub fn observe(h: &Histogram, d: Duration) {

@@ -407,26 +407,7 @@ fn collection_bounded(env: &Env) {
             &tracejob_yaml(&format!("c{i}"), &agent.node, &program, ""),
         );
     }
-    let slowest = Arc::new(Mutex::new(Duration::ZERO));
-    let probing = Arc::new(AtomicBool::new(true));
-    let prober = {
-        let (slowest, probing, port) = (slowest.clone(), probing.clone(), agent.port);
-        std::thread::spawn(move || {
-            while probing.load(Ordering::SeqCst) {
-                let t = Instant::now();
-                let ok = Command::new("curl")
-                    .args(["-sf", "-m", "5", "-o", "/dev/null"])
-                    .arg(format!("http://127.0.0.1:{port}/healthz"))
-                    .status()
-                    .is_ok_and(|s| s.success());
-                let took = if ok { t.elapsed() } else { Duration::MAX };
-                if let Ok(mut s) = slowest.lock() {
-                    *s = (*s).max(took);
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-        })
-    };
+    let probe = agent.probe_healthz();
     for i in 0..6 {
         wait_phase(
             k,
@@ -436,9 +417,7 @@ fn collection_bounded(env: &Env) {
             Duration::from_secs(180),
         );
     }
-    probing.store(false, Ordering::SeqCst);
-    let _ = prober.join();
-    let slowest = *slowest.lock().expect("lock");
+    let slowest = probe.finish();
     assert!(
         slowest < Duration::from_secs(1),
         "/healthz took {slowest:?} during the collections"

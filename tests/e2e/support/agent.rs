@@ -123,6 +123,33 @@ impl Agent {
         })
     }
 
+    /// Asks /healthz every 50 ms in the background until the returned probe is finished, which
+    /// gives the slowest answer (an answer that never came counts as 10 s).
+    pub fn probe_healthz(&self) -> HealthProbe {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let port = self.port;
+        let s = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut slowest = Duration::ZERO;
+            while !s.load(std::sync::atomic::Ordering::SeqCst) {
+                let t = std::time::Instant::now();
+                let ok = Command::new("curl")
+                    .args(["-sf", "-m", "10", "-o", "/dev/null"])
+                    .arg(format!("http://127.0.0.1:{port}/healthz"))
+                    .status()
+                    .is_ok_and(|s| s.success());
+                slowest = slowest.max(if ok {
+                    t.elapsed()
+                } else {
+                    Duration::from_secs(10)
+                });
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            slowest
+        });
+        HealthProbe { stop, thread }
+    }
+
     pub fn logs(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
@@ -130,6 +157,20 @@ impl Agent {
     /// Live bpftrace processes started by this agent.
     pub fn bpftraces(&self) -> Vec<i32> {
         bpftrace_pids(&self.state_dir)
+    }
+}
+
+/// /healthz asked in the background (`Agent::probe_healthz`).
+pub struct HealthProbe {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<Duration>,
+}
+
+impl HealthProbe {
+    /// The slowest answer while it ran.
+    pub fn finish(self) -> Duration {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.thread.join().unwrap_or(Duration::MAX)
     }
 }
 
