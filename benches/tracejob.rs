@@ -5,7 +5,8 @@
 //! Agent and bare-bpftrace runs are interleaved (one of each in turn), so a slower moment of the
 //! machine falls on both; each latency is given as min / median / max.
 //! BENCH_RUNS (default 10) sets the latency runs, BENCH_FOOTPRINT_SECS (default 60) the footprint
-//! windows.
+//! windows, BENCH_SCALE (default "10,50,100") the agent counts of the scale table, and
+//! BENCH_ONLY=scale runs the scale table alone.
 
 #[path = "../tests/e2e/support/mod.rs"]
 #[allow(unused_imports)]
@@ -374,13 +375,13 @@ fn scale(b: &Bench, n: usize) -> [String; 6] {
         job.metadata.namespace = Some(ns.clone());
         let t0 = Instant::now();
         must(api.create(&PostParams::default(), &job).await, "create");
-        loop {
-            let j = must(api.get("wide").await, "get");
-            if entries(&j, Phase::Running, false) == n {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        let all = |phase: Phase, stored: bool| {
+            move |j: Option<&TraceJob>| j.is_some_and(|j| entries(j, phase, stored) == n)
+        };
+        must(
+            await_condition(api.clone(), "wide", all(Phase::Running, false)).await,
+            "all Running",
+        );
         let running = t0.elapsed();
         let t1 = Instant::now();
         let stop = Patch::Merge(serde_json::json!({"spec": {"stop": true}}));
@@ -388,13 +389,10 @@ fn scale(b: &Bench, n: usize) -> [String; 6] {
             api.patch("wide", &PatchParams::default(), &stop).await,
             "stop",
         );
-        loop {
-            let j = must(api.get("wide").await, "get");
-            if entries(&j, Phase::Completed, true) == n {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        must(
+            await_condition(api.clone(), "wide", all(Phase::Completed, true)).await,
+            "all stored",
+        );
         (running, t1.elapsed())
     });
     let cpu = cpu_seconds(apiserver) - cpu0;
@@ -473,6 +471,12 @@ fn main() {
             .trim()
         ),
     );
+
+    // BENCH_ONLY=scale: the scale table alone (it takes most of the time).
+    if std::env::var("BENCH_ONLY").as_deref() == Ok("scale") {
+        scale_table(&b);
+        return;
+    }
 
     // Latency and API cost: one agent, its default configuration.
     let ns = b.env.namespace("bench");
@@ -780,7 +784,7 @@ fn main() {
         let started = a.logs().matches("trace started under its shim").count();
         exactly_once &= started == 5;
     }
-    let labels = b.env.kubectl.ok(&["get", "configmap", "-n", &many_ns, "-o", "jsonpath={range .items[*]}{.metadata.labels.observe\\.tracejob\\.dev/tracejob} {.metadata.labels.observe\\.tracejob\\.dev/node}{\"\\n\"}{end}"]);
+    let labels = b.env.kubectl.ok(&["get", "configmap", "-n", &many_ns, "-l", "observe.tracejob.dev/tracejob", "-o", "jsonpath={range .items[*]}{.metadata.labels.observe\\.tracejob\\.dev/tracejob} {.metadata.labels.observe\\.tracejob\\.dev/node}{\"\\n\"}{end}"]);
     let right_agent = labels.lines().filter(|l| !l.is_empty()).all(|l| {
         let (job, node) = l.split_once(' ').unwrap_or_default();
         job.strip_prefix("m-")
@@ -797,7 +801,11 @@ fn main() {
         println!("| {what} | {value} |");
     }
 
-    // Scale: BENCH_SCALE="10,50,100" (the default), one run per N, each on the same API server.
+    scale_table(&b);
+}
+
+/// Scale: BENCH_SCALE="10,50,100" (the default), one run per N, each on the same API server.
+fn scale_table(b: &Bench) {
     let sizes: Vec<usize> = std::env::var("BENCH_SCALE")
         .unwrap_or_else(|_| "10,50,100".into())
         .split(',')
@@ -805,7 +813,7 @@ fn main() {
         .collect();
     let mut table = Vec::new();
     for n in sizes {
-        let row = scale(&b, n);
+        let row = scale(b, n);
         eprintln!("bench: scale {row:?}");
         table.push(row);
     }

@@ -227,14 +227,6 @@ fn age(job: &TraceJob) -> Duration {
         .map_or(Duration::ZERO, Duration::from_secs)
 }
 
-/// A number below `n`, at random.
-fn rand_below(n: u64) -> u64 {
-    let bytes = uuid::Uuid::new_v4().into_bytes();
-    let mut x = [0u8; 8];
-    x.copy_from_slice(&bytes[..8]);
-    u64::from_le_bytes(x) % n.max(1)
-}
-
 impl Actor {
     /// Decides what to do with the TraceJob: claim and start it, take over its run, or not.
     async fn begin(&mut self) -> Option<Run> {
@@ -389,7 +381,7 @@ impl Actor {
     /// moment at random first, and none writes once one has.
     async fn fail_unclaimed(&mut self, reason: &str, why: String) -> Claimed {
         if self.seen.job.spec.node_name.is_none() {
-            let jitter = Duration::from_millis(rand_below(2000));
+            let jitter = Duration::from_millis(writer::rand_below(2000));
             if !self.pause(jitter).await || self.seen.job.phase().is_some_and(|p| p.is_final()) {
                 return Claimed::Over;
             }

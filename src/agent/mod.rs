@@ -198,7 +198,10 @@ impl Dispatcher {
                 };
                 let (tx, rx) = watch::channel(Some(job.clone()));
                 self.jobs.insert(uid.clone(), (source, tx));
-                let span = tracing::info_span!("job", namespace = %job.namespace().unwrap_or_default(), name = %job.name_any(), id = job.run_id().unwrap_or_default());
+                let span = tracing::info_span!("job", namespace = %job.namespace().unwrap_or_default(), name = %job.name_any(), id = tracing::field::Empty);
+                if let Some(id) = job.run_id() {
+                    span.record("id", id);
+                }
                 let ctx = self.ctx.clone();
                 let done = done.clone();
                 tokio::spawn(

@@ -8,9 +8,9 @@
 //!
 //! A TraceJob run on several nodes (spec.nodeSelector) has one entry per node in status.nodes:
 //! each node's agent applies only its own entry, with a field manager of its own, so agents never
-//! conflict; after each write it recomputes the summary (phase, progress, conditions) from the
-//! newest object and applies it only if the object has not changed since it was read, so the
-//! agent that writes last sees every node's entry.
+//! conflict. A moment after each entry write it reads the TraceJob, recomputes the summary
+//! (phase, progress, conditions) and applies it only onto the version read, until it is current
+//! (see `Summary`).
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -311,6 +311,7 @@ impl Writer {
 }
 
 /// The status writer of one job: writes the newest status it was handed, until the actor goes.
+/// A fan-out job's writer then keeps the summary (see `summarise`) until it is current.
 async fn write_statuses(
     api: Api<TraceJob>,
     name: String,
@@ -318,7 +319,15 @@ async fn write_statuses(
     mut rx: watch::Receiver<Option<Desired>>,
     done: mpsc::UnboundedSender<Written>,
 ) {
-    while rx.changed().await.is_ok() {
+    let mut summary = Summary::default();
+    loop {
+        tokio::select! {
+            changed = rx.changed() => if changed.is_err() { break },
+            () = summary.wait(), if summary.is_due() => {
+                summary.attempted(summarise(&api, &name).await);
+                continue;
+            }
+        }
         let mut delays = backoff();
         loop {
             let Some(desired) = rx.borrow_and_update().clone() else {
@@ -328,7 +337,7 @@ async fn write_statuses(
             let written = match apply_status(&api, &name, &shape, &desired).await {
                 Ok(job) => {
                     if matches!(shape, Shape::Entry(_)) {
-                        summarise(&api, &name).await;
+                        summary.entry_written();
                     }
                     Written::Done {
                         seq,
@@ -346,7 +355,7 @@ async fn write_statuses(
                     // A newer status is tried at once; otherwise this one after the delay.
                     tokio::select! {
                         _ = tokio::time::sleep(delay) => {}
-                        changed = rx.changed() => if changed.is_err() { return },
+                        changed = rx.changed() => if changed.is_err() { break },
                     }
                     continue;
                 }
@@ -356,11 +365,70 @@ async fn write_statuses(
                 },
             };
             if done.send(written).is_err() {
-                return;
+                break;
             }
             break;
         }
     }
+    // The job's actor is done; the summary its last entry needs is still written.
+    while summary.is_due() {
+        summary.wait().await;
+        summary.attempted(summarise(&api, &name).await);
+    }
+}
+
+/// When a fan-out job's summary is next checked. Every node's writer checks it a moment at random
+/// after writing its entry: when nodes start or stop together, the first check after the burst
+/// writes one summary of all of them and the later checks find it current, so the summary costs
+/// a few writes per burst instead of one (and its conflicts) per node.
+#[derive(Default)]
+struct Summary {
+    due: Option<tokio::time::Instant>,
+    attempts: u32,
+}
+
+/// A summary check comes this long after an entry write, at random within it.
+const SUMMARY_DELAY_MS: (u64, u64) = (300, 1300);
+/// Checks after one entry write before the summary is left to the next one.
+const SUMMARY_ATTEMPTS: u32 = 8;
+
+impl Summary {
+    fn entry_written(&mut self) {
+        self.attempts = 0;
+        self.arm();
+    }
+
+    fn arm(&mut self) {
+        let (min, max) = SUMMARY_DELAY_MS;
+        let delay = Duration::from_millis(min + rand_below(max - min));
+        self.due = Some(tokio::time::Instant::now() + delay);
+    }
+
+    fn is_due(&self) -> bool {
+        self.due.is_some()
+    }
+
+    async fn wait(&self) {
+        if let Some(due) = self.due {
+            tokio::time::sleep_until(due).await;
+        }
+    }
+
+    fn attempted(&mut self, outcome: Summarised) {
+        self.attempts += 1;
+        match outcome {
+            Summarised::Again if self.attempts < SUMMARY_ATTEMPTS => self.arm(),
+            _ => self.due = None,
+        }
+    }
+}
+
+/// A number below `n`, at random.
+pub fn rand_below(n: u64) -> u64 {
+    let bytes = uuid::Uuid::new_v4().into_bytes();
+    let mut x = [0u8; 8];
+    x.copy_from_slice(&bytes[..8]);
+    u64::from_le_bytes(x) % n.max(1)
 }
 
 async fn apply_status(
@@ -422,47 +490,53 @@ fn entry(node: &str, s: &TraceJobStatus) -> NodeStatus {
     }
 }
 
+enum Summarised {
+    /// Current, written, or nothing left to summarise.
+    Done,
+    /// The TraceJob changed under the write, or the API server failed: check again later.
+    Again,
+}
+
 /// Writes a fan-out TraceJob's summary from its newest entries, if it changed; only onto the
 /// version read, so a summary never overwrites one that saw a newer entry.
-async fn summarise(api: &Api<TraceJob>, name: &str) {
-    let mut delays = backoff();
-    for _ in 0..10 {
-        let job = match api.get_opt(name).await {
-            Ok(Some(job)) => job,
-            Ok(None) => return,
-            Err(e) => {
-                warn!(error = %e, "reading the TraceJob to summarise it failed");
-                return;
-            }
-        };
-        let want = status::summary(&job, now());
-        let have = job.status.clone().unwrap_or_default();
-        if (have.phase, &have.progress, &have.message)
-            == (want.phase, &want.progress, &want.message)
-        {
-            return;
+async fn summarise(api: &Api<TraceJob>, name: &str) -> Summarised {
+    let job = match api.get_opt(name).await {
+        Ok(Some(job)) => job,
+        Ok(None) => return Summarised::Done,
+        Err(e) => {
+            warn!(error = %e, "reading the TraceJob to summarise it failed");
+            return Summarised::Again;
         }
-        let object = json!({
-            "apiVersion": TraceJob::api_version(&()),
-            "kind": TraceJob::kind(&()),
-            "metadata": { "name": name, "resourceVersion": job.resource_version() },
-            "status": {
-                "phase": want.phase,
-                "progress": want.progress,
-                "message": want.message,
-                "conditions": want.conditions,
-                "observedGeneration": want.observed_generation,
-            },
-        });
-        let params = PatchParams::apply(SUMMARY_MANAGER).force();
-        match api.patch_status(name, &params, &Patch::Apply(object)).await {
-            Ok(_) => return,
-            Err(kube::Error::Api(s)) if s.code == 409 => {
-                tokio::time::sleep(delays.next().unwrap_or(Duration::from_secs(1)) / 4).await;
-            }
-            Err(e) => {
-                warn!(error = %e, "writing the TraceJob's summary failed");
-                return;
+    };
+    let want = status::summary(&job, now());
+    let have = job.status.clone().unwrap_or_default();
+    if (have.phase, &have.progress, &have.message) == (want.phase, &want.progress, &want.message) {
+        return Summarised::Done;
+    }
+    let object = json!({
+        "apiVersion": TraceJob::api_version(&()),
+        "kind": TraceJob::kind(&()),
+        "metadata": { "name": name, "resourceVersion": job.resource_version() },
+        "status": {
+            "phase": want.phase,
+            "progress": want.progress,
+            "message": want.message,
+            "conditions": want.conditions,
+            "observedGeneration": want.observed_generation,
+        },
+    });
+    let params = PatchParams::apply(SUMMARY_MANAGER).force();
+    match api.patch_status(name, &params, &Patch::Apply(object)).await {
+        Ok(_) => Summarised::Done,
+        Err(kube::Error::Api(s)) if s.code == 409 => Summarised::Again,
+        Err(kube::Error::Api(s)) if s.code == 404 => Summarised::Done,
+        Err(e) => {
+            let error = Error::Kube(e);
+            warn!(%error, "writing the TraceJob's summary failed");
+            if error.is_transient() {
+                Summarised::Again
+            } else {
+                Summarised::Done
             }
         }
     }
@@ -500,6 +574,33 @@ mod tests {
         assert!(
             long.len() <= 253 && long.ends_with("-output-0b6c1f1e-0000-4000-8000-000000000000")
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_summary_is_checked_until_current_within_a_bound() {
+        let mut s = Summary::default();
+        assert!(!s.is_due(), "nothing written, nothing to summarise");
+        s.entry_written();
+        let start = tokio::time::Instant::now();
+        s.wait().await;
+        let waited = start.elapsed();
+        assert!(
+            (Duration::from_millis(SUMMARY_DELAY_MS.0)..Duration::from_millis(SUMMARY_DELAY_MS.1))
+                .contains(&waited),
+            "{waited:?}"
+        );
+        for _ in 1..SUMMARY_ATTEMPTS {
+            s.attempted(Summarised::Again);
+            assert!(s.is_due());
+        }
+        s.attempted(Summarised::Again);
+        assert!(!s.is_due(), "checked more than {SUMMARY_ATTEMPTS} times");
+        // A new entry write starts the count again; a current summary ends it.
+        s.entry_written();
+        s.attempted(Summarised::Again);
+        assert!(s.is_due());
+        s.attempted(Summarised::Done);
+        assert!(!s.is_due());
     }
 
     #[test]
