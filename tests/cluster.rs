@@ -28,6 +28,17 @@ fn cluster_setting(expr: &str) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
+/// The release tests/harness/kubernetes pins (`require k8s.io/kubernetes vX.Y.Z`).
+fn pinned_release() -> String {
+    let go_mod = std::fs::read_to_string(root().join("tests/harness/kubernetes/go.mod"))
+        .expect("tests/harness/kubernetes/go.mod");
+    go_mod
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("require k8s.io/kubernetes "))
+        .map(|v| v.trim().to_string())
+        .expect("the build module pins k8s.io/kubernetes")
+}
+
 struct Cluster {
     kubectl: String,
     kubeconfig: String,
@@ -486,6 +497,26 @@ fn the_daemonset_runs_traces_on_a_real_kubelet() {
     assert!(buckets > 0, "an empty histogram:\n{stdout}");
     assert!(stderr.contains(&format!("export KUBECONFIG={}", cluster.kubeconfig)));
     assert!(stderr.contains("try-it down"));
+
+    step("the cluster runs the release the build module pins: server, kubelet and kubectl");
+    let pinned = pinned_release();
+    let version = cluster.k(&["version", "-o", "json"]);
+    let v: serde_json::Value = serde_json::from_str(&version).expect("kubectl version -o json");
+    for side in ["serverVersion", "clientVersion"] {
+        assert_eq!(
+            v[side]["gitVersion"].as_str(),
+            Some(pinned.as_str()),
+            "{side}: {version}"
+        );
+    }
+    let kubelet = cluster.k(&[
+        "get",
+        "node",
+        &cluster.node,
+        "-o",
+        "jsonpath={.status.nodeInfo.kubeletVersion}",
+    ]);
+    assert_eq!(kubelet, pinned, "the kubelet");
 
     step("the agent is the DaemonSet's pod, with its own ServiceAccount and no other credential");
     let pod = cluster.ready_agent(None);

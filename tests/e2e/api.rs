@@ -27,7 +27,34 @@ pub fn tests() -> Vec<Test> {
             name: "api_status_subresource",
             run: status_subresource,
         },
+        Test {
+            name: "api_server_and_kubectl_are_the_pinned_release",
+            run: server_and_kubectl_are_the_pinned_release,
+        },
     ]
+}
+
+/// `kubectl version` reports the release the build module pins, for the server and for kubectl,
+/// and it is one of the supported range (1.34 or later).
+fn server_and_kubectl_are_the_pinned_release(env: &Env) {
+    let pinned = crate::support::control_plane::pinned_release();
+    let out: serde_json::Value = must(
+        serde_json::from_str(&env.kubectl.ok(&["version", "-o", "json"])),
+        "kubectl version -o json",
+    );
+    for side in ["serverVersion", "clientVersion"] {
+        assert_eq!(
+            out[side]["gitVersion"].as_str(),
+            Some(pinned.as_str()),
+            "{side}: {out}"
+        );
+    }
+    let minor: u32 = out["serverVersion"]["minor"]
+        .as_str()
+        .and_then(|m| m.trim_end_matches('+').parse().ok())
+        .unwrap_or_else(|| panic!("no minor version: {out}"));
+    assert_eq!(out["serverVersion"]["major"].as_str(), Some("1"), "{out}");
+    assert!(minor >= 34, "1.{minor} is older than the supported range");
 }
 
 /// This VM's kernel batches RCU callbacks (CONFIG_RCU_LAZY), and bpftrace 0.17 waits for its

@@ -21,7 +21,8 @@ use libtest_mimic::{Arguments, Trial};
 use support::{ControlPlane, Env, Test};
 
 /// The compatibility subset (TRACEJOB_E2E_COMPAT): what depends most on the server's release.
-const COMPAT: [&str; 9] = [
+const COMPAT: [&str; 10] = [
+    "api_server_and_kubectl_are_the_pinned_release",
     "api_invalid_tracejobs_are_rejected_naming_the_field",
     "lifecycle_biolatency_apply_stop_configmap",
     "lifecycle_other_nodes_tracejob_untouched",

@@ -45,6 +45,25 @@ pub fn binaries() -> PathBuf {
     PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
 }
 
+/// The release the tests run on, as its build module pins it (`require k8s.io/kubernetes vX.Y.Z`).
+pub fn pinned_release() -> String {
+    let module = std::env::var_os("TRACEJOB_KUBERNETES_MODULE").map_or_else(
+        || repo_root().join("tests/harness/kubernetes"),
+        PathBuf::from,
+    );
+    let module = if module.is_absolute() {
+        module
+    } else {
+        repo_root().join(module)
+    };
+    let go_mod = must(std::fs::read_to_string(module.join("go.mod")), "go.mod");
+    go_mod
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("require k8s.io/kubernetes "))
+        .map(|v| v.trim().to_string())
+        .unwrap_or_else(|| panic!("{} pins no k8s.io/kubernetes", module.display()))
+}
+
 /// A free loopback port for a test server. Drawn below the kernel's ephemeral range (32768 and up
 /// by default), from a random base and never twice in one run: a port the kernel hands to
 /// `bind(:0)` or to an outgoing connection is never one of ours, so a server that stops and starts
