@@ -199,12 +199,9 @@ impl Bench {
         let mut attach = String::new();
         must(out.read_line(&mut attach), "read the attach line");
         assert!(attach.starts_with("Attaching"), "{attach}");
-        // Polled tightly: the measure must not add its own delay.
-        while !tracejob_agent::host::process::is_polling(pid) {
-            std::thread::sleep(Duration::from_millis(1));
-        }
-        let start = ms(t0.elapsed());
         let printed = Arc::new(AtomicU64::new(0));
+        // Read from now on: a program that prints at once would otherwise fill the pipe and
+        // block before it ever waits for events.
         let reader = {
             let printed = printed.clone();
             std::thread::spawn(move || {
@@ -217,6 +214,13 @@ impl Bench {
                 }
             })
         };
+        // Attached, by the agent's criterion: waiting for events, or printed from a probe. Polled
+        // tightly: the measure must not add its own delay.
+        while !tracejob_agent::host::process::is_polling(pid) && printed.load(Ordering::SeqCst) == 0
+        {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let start = ms(t0.elapsed());
         until_stop(&|| printed.load(Ordering::SeqCst));
         let t1 = Instant::now();
         // SIGINT, repeated as the agent repeats it: only to a bpftrace still waiting for events
