@@ -8,6 +8,7 @@
 
 pub mod job;
 pub mod server;
+pub mod summary;
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
@@ -115,6 +116,7 @@ pub async fn run(config: Config) -> Result<(), Error> {
         ctx,
         ready,
         jobs: HashMap::new(),
+        summaries: HashMap::new(),
         finished: HashSet::new(),
         synced: HashMap::new(),
     };
@@ -160,6 +162,9 @@ struct Dispatcher {
     /// Live job actors by TraceJob UID, with the watch they came from; `None` sent to one means
     /// the TraceJob was deleted, and a closed channel that the agent is exiting.
     jobs: HashMap<String, (Source, watch::Sender<Option<TraceJob>>)>,
+    /// The summary keepers of the TraceJobs on several nodes that this node takes part in, by
+    /// UID (`summary`).
+    summaries: HashMap<String, watch::Sender<Option<TraceJob>>>,
     /// Jobs whose actor ended, so a stale event never starts or fails them again.
     finished: HashSet<String>,
     /// The watches that have listed TraceJobs at least once, and every UID they listed then.
@@ -179,6 +184,9 @@ impl Dispatcher {
                         .as_ref()
                         .is_some_and(|s| s.nodes.iter().any(|n| n.node == node))
                     && (job.spec.stop || job.phase().is_some_and(|p| p.is_final()));
+                if job.spec.node_selector.is_some() {
+                    self.summarise(&uid, &job);
+                }
                 let job = job.view_for(&node);
                 if let Some((_, tx)) = self.jobs.get(&uid) {
                     let _ = tx.send(Some(job));
@@ -214,6 +222,9 @@ impl Dispatcher {
             }
             Update::Deleted(job) => {
                 let uid = job.uid().unwrap_or_default();
+                if let Some(tx) = self.summaries.remove(&uid) {
+                    let _ = tx.send(None);
+                }
                 if let Some((_, tx)) = self.jobs.get(&uid) {
                     let _ = tx.send(None);
                 }
@@ -225,6 +236,15 @@ impl Dispatcher {
                         let _ = tx.send(None);
                     }
                 }
+                if source == Source::Unassigned {
+                    self.summaries.retain(|uid, tx| {
+                        let keep = existing.contains(uid);
+                        if !keep {
+                            let _ = tx.send(None);
+                        }
+                        keep
+                    });
+                }
                 let first = self.synced.insert(source, existing).is_none();
                 let all: HashSet<String> = self.synced.values().flatten().cloned().collect();
                 self.finished.retain(|uid| all.contains(uid));
@@ -234,6 +254,25 @@ impl Dispatcher {
                     self.end_orphans(&all);
                 }
             }
+        }
+    }
+
+    /// Hands a TraceJob on several nodes to its summary keeper, started once this node has an
+    /// entry in it.
+    fn summarise(&mut self, uid: &str, job: &TraceJob) {
+        if let Some(tx) = self.summaries.get(uid) {
+            let _ = tx.send(Some(job.clone()));
+            return;
+        }
+        let node = self.ctx.writer.node();
+        let ours = job
+            .status
+            .as_ref()
+            .is_some_and(|s| s.nodes.iter().any(|n| n.node == node));
+        if ours {
+            let (tx, rx) = watch::channel(Some(job.clone()));
+            summary::keep(self.ctx.writer.clone(), job, rx);
+            self.summaries.insert(uid.to_string(), tx);
         }
     }
 

@@ -8,9 +8,8 @@
 //!
 //! A TraceJob run on several nodes (spec.nodeSelector) has one entry per node in status.nodes:
 //! each node's agent applies only its own entry, with a field manager of its own, so agents never
-//! conflict. A moment after each entry write it reads the TraceJob, recomputes the summary
-//! (phase, progress, conditions) and applies it only onto the version read, until it is current
-//! (see `Summary`).
+//! conflict. Its summary (phase, progress, conditions) is written by `write_summary`, which
+//! `agent::summary` calls.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -187,6 +186,36 @@ impl Writer {
         StatusWriter { tx, written }
     }
 
+    /// Writes a fan-out TraceJob's summary, computed from `job` and applied only onto that
+    /// version, so a summary never overwrites one that saw a newer entry.
+    pub async fn write_summary(&self, job: &TraceJob) -> Result<SummaryWritten, Error> {
+        let want = status::summary(job, now());
+        let name = job.name_any();
+        let object = json!({
+            "apiVersion": TraceJob::api_version(&()),
+            "kind": TraceJob::kind(&()),
+            "metadata": { "name": name, "resourceVersion": job.resource_version() },
+            "status": {
+                "phase": want.phase,
+                "progress": want.progress,
+                "message": want.message,
+                "conditions": want.conditions,
+                "observedGeneration": want.observed_generation,
+            },
+        });
+        let params = PatchParams::apply(SUMMARY_MANAGER).force();
+        match self
+            .api(job)
+            .patch_status(&name, &params, &Patch::Apply(object))
+            .await
+        {
+            Ok(_) => Ok(SummaryWritten::Done),
+            Err(kube::Error::Api(s)) if s.code == 409 => Ok(SummaryWritten::Conflict),
+            Err(kube::Error::Api(s)) if s.code == 404 => Ok(SummaryWritten::Gone),
+            Err(e) => Err(Error::Kube(e)),
+        }
+    }
+
     /// The TraceJob as the server has it now (None: gone).
     pub async fn get(&self, job: &TraceJob) -> Result<Option<TraceJob>, Error> {
         Ok(self.api(job).get_opt(&job.name_any()).await?)
@@ -311,7 +340,6 @@ impl Writer {
 }
 
 /// The status writer of one job: writes the newest status it was handed, until the actor goes.
-/// A fan-out job's writer then keeps the summary (see `summarise`) until it is current.
 async fn write_statuses(
     api: Api<TraceJob>,
     name: String,
@@ -319,15 +347,7 @@ async fn write_statuses(
     mut rx: watch::Receiver<Option<Desired>>,
     done: mpsc::UnboundedSender<Written>,
 ) {
-    let mut summary = Summary::default();
-    loop {
-        tokio::select! {
-            changed = rx.changed() => if changed.is_err() { break },
-            () = summary.wait(), if summary.is_due() => {
-                summary.attempted(summarise(&api, &name).await);
-                continue;
-            }
-        }
+    while rx.changed().await.is_ok() {
         let mut delays = backoff();
         loop {
             let Some(desired) = rx.borrow_and_update().clone() else {
@@ -335,15 +355,10 @@ async fn write_statuses(
             };
             let seq = desired.seq;
             let written = match apply_status(&api, &name, &shape, &desired).await {
-                Ok(job) => {
-                    if matches!(shape, Shape::Entry(_)) {
-                        summary.entry_written();
-                    }
-                    Written::Done {
-                        seq,
-                        job: Box::new(job),
-                    }
-                }
+                Ok(job) => Written::Done {
+                    seq,
+                    job: Box::new(job),
+                },
                 Err(e) if e.code() == Some(409) => Written::Conflict {
                     seq,
                     newest: api.get_opt(&name).await.ok().flatten().map(Box::new),
@@ -355,7 +370,7 @@ async fn write_statuses(
                     // A newer status is tried at once; otherwise this one after the delay.
                     tokio::select! {
                         _ = tokio::time::sleep(delay) => {}
-                        changed = rx.changed() => if changed.is_err() { break },
+                        changed = rx.changed() => if changed.is_err() { return },
                     }
                     continue;
                 }
@@ -365,60 +380,9 @@ async fn write_statuses(
                 },
             };
             if done.send(written).is_err() {
-                break;
+                return;
             }
             break;
-        }
-    }
-    // The job's actor is done; the summary its last entry needs is still written.
-    while summary.is_due() {
-        summary.wait().await;
-        summary.attempted(summarise(&api, &name).await);
-    }
-}
-
-/// When a fan-out job's summary is next checked. Every node's writer checks it a moment at random
-/// after writing its entry: when nodes start or stop together, the first check after the burst
-/// writes one summary of all of them and the later checks find it current, so the summary costs
-/// a few writes per burst instead of one (and its conflicts) per node.
-#[derive(Default)]
-struct Summary {
-    due: Option<tokio::time::Instant>,
-    attempts: u32,
-}
-
-/// A summary check comes this long after an entry write, at random within it.
-const SUMMARY_DELAY_MS: (u64, u64) = (300, 1300);
-/// Checks after one entry write before the summary is left to the next one.
-const SUMMARY_ATTEMPTS: u32 = 8;
-
-impl Summary {
-    fn entry_written(&mut self) {
-        self.attempts = 0;
-        self.arm();
-    }
-
-    fn arm(&mut self) {
-        let (min, max) = SUMMARY_DELAY_MS;
-        let delay = Duration::from_millis(min + rand_below(max - min));
-        self.due = Some(tokio::time::Instant::now() + delay);
-    }
-
-    fn is_due(&self) -> bool {
-        self.due.is_some()
-    }
-
-    async fn wait(&self) {
-        if let Some(due) = self.due {
-            tokio::time::sleep_until(due).await;
-        }
-    }
-
-    fn attempted(&mut self, outcome: Summarised) {
-        self.attempts += 1;
-        match outcome {
-            Summarised::Again if self.attempts < SUMMARY_ATTEMPTS => self.arm(),
-            _ => self.due = None,
         }
     }
 }
@@ -490,56 +454,13 @@ fn entry(node: &str, s: &TraceJobStatus) -> NodeStatus {
     }
 }
 
-enum Summarised {
-    /// Current, written, or nothing left to summarise.
+/// What became of a summary write.
+#[derive(Debug, PartialEq, Eq)]
+pub enum SummaryWritten {
     Done,
-    /// The TraceJob changed under the write, or the API server failed: check again later.
-    Again,
-}
-
-/// Writes a fan-out TraceJob's summary from its newest entries, if it changed; only onto the
-/// version read, so a summary never overwrites one that saw a newer entry.
-async fn summarise(api: &Api<TraceJob>, name: &str) -> Summarised {
-    let job = match api.get_opt(name).await {
-        Ok(Some(job)) => job,
-        Ok(None) => return Summarised::Done,
-        Err(e) => {
-            warn!(error = %e, "reading the TraceJob to summarise it failed");
-            return Summarised::Again;
-        }
-    };
-    let want = status::summary(&job, now());
-    let have = job.status.clone().unwrap_or_default();
-    if (have.phase, &have.progress, &have.message) == (want.phase, &want.progress, &want.message) {
-        return Summarised::Done;
-    }
-    let object = json!({
-        "apiVersion": TraceJob::api_version(&()),
-        "kind": TraceJob::kind(&()),
-        "metadata": { "name": name, "resourceVersion": job.resource_version() },
-        "status": {
-            "phase": want.phase,
-            "progress": want.progress,
-            "message": want.message,
-            "conditions": want.conditions,
-            "observedGeneration": want.observed_generation,
-        },
-    });
-    let params = PatchParams::apply(SUMMARY_MANAGER).force();
-    match api.patch_status(name, &params, &Patch::Apply(object)).await {
-        Ok(_) => Summarised::Done,
-        Err(kube::Error::Api(s)) if s.code == 409 => Summarised::Again,
-        Err(kube::Error::Api(s)) if s.code == 404 => Summarised::Done,
-        Err(e) => {
-            let error = Error::Kube(e);
-            warn!(%error, "writing the TraceJob's summary failed");
-            if error.is_transient() {
-                Summarised::Again
-            } else {
-                Summarised::Done
-            }
-        }
-    }
+    /// The TraceJob changed since the version the summary was computed from.
+    Conflict,
+    Gone,
 }
 
 /// The ConfigMap name for a run: the TraceJob's name and (part of) the run id, so a TraceJob
@@ -574,33 +495,6 @@ mod tests {
         assert!(
             long.len() <= 253 && long.ends_with("-output-0b6c1f1e-0000-4000-8000-000000000000")
         );
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_summary_is_checked_until_current_within_a_bound() {
-        let mut s = Summary::default();
-        assert!(!s.is_due(), "nothing written, nothing to summarise");
-        s.entry_written();
-        let start = tokio::time::Instant::now();
-        s.wait().await;
-        let waited = start.elapsed();
-        assert!(
-            (Duration::from_millis(SUMMARY_DELAY_MS.0)..Duration::from_millis(SUMMARY_DELAY_MS.1))
-                .contains(&waited),
-            "{waited:?}"
-        );
-        for _ in 1..SUMMARY_ATTEMPTS {
-            s.attempted(Summarised::Again);
-            assert!(s.is_due());
-        }
-        s.attempted(Summarised::Again);
-        assert!(!s.is_due(), "checked more than {SUMMARY_ATTEMPTS} times");
-        // A new entry write starts the count again; a current summary ends it.
-        s.entry_written();
-        s.attempted(Summarised::Again);
-        assert!(s.is_due());
-        s.attempted(Summarised::Done);
-        assert!(!s.is_due());
     }
 
     #[test]

@@ -146,6 +146,61 @@ pub fn summary(job: &TraceJob, now: Time) -> TraceJobStatus {
     complete(status, reason, job, now)
 }
 
+/// What of a fan-out TraceJob's summary shows whether it was written since: phase, progress and
+/// message.
+pub type SummaryKey = (Option<Phase>, Option<String>, Option<String>);
+
+pub fn summary_key(job: &TraceJob) -> SummaryKey {
+    job.status.as_ref().map_or((None, None, None), |s| {
+        (s.phase, s.progress.clone(), s.message.clone())
+    })
+}
+
+/// The agents of this many nodes (the first by name among the TraceJob's entries) keep its
+/// summary current; the others stand by.
+pub const SUMMARISERS: usize = 2;
+
+/// Whether this node's agent should write a fan-out TraceJob's summary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SummaryDue {
+    /// Not a fan-out TraceJob, or this node takes no part in it.
+    NotOurs,
+    /// The summary says what the entries say.
+    Current,
+    /// Stale, and this node is one of the `SUMMARISERS`: write it a moment from now (a burst of
+    /// entry writes then costs a few summary writes, not one per node).
+    Soon,
+    /// Stale, and another node's agent should write it: write it only if nobody has for a while
+    /// (those agents may be gone).
+    Fallback,
+}
+
+pub fn summary_due(node: &str, job: &TraceJob, now: Time) -> SummaryDue {
+    let nodes = job
+        .status
+        .as_ref()
+        .map(|s| s.nodes.as_slice())
+        .unwrap_or_default();
+    if job.spec.node_selector.is_none() || !nodes.iter().any(|n| n.node == node) {
+        return SummaryDue::NotOurs;
+    }
+    if summary_key(job)
+        == summary_key(&TraceJob {
+            status: Some(summary(job, now)),
+            ..job.clone()
+        })
+    {
+        return SummaryDue::Current;
+    }
+    let mut names: Vec<&str> = nodes.iter().map(|n| n.node.as_str()).collect();
+    names.sort_unstable();
+    if names.iter().take(SUMMARISERS).any(|n| *n == node) {
+        SummaryDue::Soon
+    } else {
+        SummaryDue::Fallback
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -239,6 +294,55 @@ mod tests {
             .any(|c| c.type_ == "Completed" && c.status == "True"));
         let s = with(vec![entry("a", Phase::Failed), entry("b", Phase::Failed)]);
         assert_eq!(s.phase, Some(Phase::Failed));
+    }
+
+    #[test]
+    fn the_first_nodes_by_name_write_a_stale_summary_and_the_others_stand_by() {
+        let now = Time(Timestamp::from_second(1_000).expect("time"));
+        let entry = |node: &str, phase: Phase| NodeStatus {
+            node: node.into(),
+            phase: Some(phase),
+            ..Default::default()
+        };
+        let mut tj = job();
+        assert_eq!(summary_due("a", &tj, now.clone()), SummaryDue::NotOurs);
+        tj.spec.node_name = None;
+        tj.spec.node_selector = Some(Default::default());
+        tj.status = Some(TraceJobStatus {
+            nodes: vec![
+                entry("c", Phase::Running),
+                entry("a", Phase::Running),
+                entry("b", Phase::Pending),
+            ],
+            ..Default::default()
+        });
+        assert_eq!(summary_due("a", &tj, now.clone()), SummaryDue::Soon);
+        assert_eq!(summary_due("b", &tj, now.clone()), SummaryDue::Soon);
+        assert_eq!(summary_due("c", &tj, now.clone()), SummaryDue::Fallback);
+        assert_eq!(summary_due("d", &tj, now.clone()), SummaryDue::NotOurs);
+        // Written: current for everyone, until an entry changes.
+        let written = summary(&tj, now.clone());
+        if let Some(s) = tj.status.as_mut() {
+            s.phase = written.phase;
+            s.progress = written.progress;
+            s.message = written.message;
+        }
+        for node in ["a", "b", "c"] {
+            assert_eq!(summary_due(node, &tj, now.clone()), SummaryDue::Current);
+        }
+        if let Some(s) = tj.status.as_mut() {
+            s.nodes[2].phase = Some(Phase::Running);
+        }
+        assert_eq!(
+            summary_due("a", &tj, now.clone()),
+            SummaryDue::Current,
+            "the same phase and progress"
+        );
+        if let Some(s) = tj.status.as_mut() {
+            s.nodes[2].phase = Some(Phase::Completed);
+        }
+        assert_eq!(summary_due("a", &tj, now.clone()), SummaryDue::Soon);
+        assert_eq!(summary_due("c", &tj, now), SummaryDue::Fallback);
     }
 
     #[test]

@@ -17,6 +17,10 @@ pub fn tests() -> Vec<Test> {
             run: runs_on_matching_nodes_and_merges,
         },
         Test {
+            name: "fanout_summary_is_written_when_its_writers_are_gone",
+            run: summary_when_its_writers_are_gone,
+        },
+        Test {
             name: "fanout_namespace_scope_applies_on_each_node",
             run: scope_on_each_node,
         },
@@ -229,6 +233,49 @@ fn runs_on_matching_nodes_and_merges(env: &Env) {
     assert!(
         get.contains("2/2 nodes") && get.contains("Completed"),
         "{get}"
+    );
+}
+
+/// The agents of the first two nodes by name write the summary; with both gone, the third's
+/// writes it after its stand-by time.
+fn summary_when_its_writers_are_gone(env: &Env) {
+    let ns = env.namespace("fanout-fallback");
+    let k = &env.kubectl;
+    let names: Vec<String> = (1..=3).map(|i| format!("{ns}-n{i}")).collect();
+    for n in &names {
+        register_node(env, n, &[("pool", &ns)]);
+    }
+    let mut agents: Vec<Agent> = names.iter().map(|n| Agent::start(env, n)).collect();
+    let program = "tracepoint:raw_syscalls:sys_enter { @calls = count(); }";
+    k.apply(
+        &ns,
+        &fanned("fb", &format!(r#"{{"pool": "{ns}"}}"#), program),
+    );
+    let running: Vec<(&str, &str)> = names.iter().map(|n| (n.as_str(), "Running")).collect();
+    wait_entries(k, &ns, "fb", &running);
+    wait_for(Duration::from_secs(30), "the Running summary", || {
+        (k.jsonpath(&ns, "tj/fb", ".status.phase} {.status.progress") == "Running 0/3")
+            .then_some(())
+    });
+    for agent in &mut agents[..2] {
+        let proc = agent.proc.as_mut().expect("agent");
+        proc.signal(Signal::SIGKILL);
+        assert!(proc.wait_exit(Duration::from_secs(10)).is_some());
+    }
+    stop(k, &ns, "fb");
+    wait_for(Duration::from_secs(120), "the third node's entry", || {
+        entries(k, &ns, "fb")
+            .contains(&(names[2].clone(), "Completed".to_string()))
+            .then_some(())
+    });
+    // Its stand-by time is 10 to 20 s.
+    wait_for(
+        Duration::from_secs(60),
+        "the summary from the third node",
+        || {
+            (k.jsonpath(&ns, "tj/fb", ".status.phase} {.status.progress") == "Running 1/3")
+                .then_some(())
+        },
     );
 }
 
