@@ -211,6 +211,8 @@ fn taken_by_the_pods_node(env: &Env) {
     // Nobody's pod: one agent says so.
     k.apply(&ns, &targeted("lost", None, "nowhere", None));
     failed_with(k, &ns, "lost", "TargetNotFound", &["pod nowhere not found"]);
+    // Every agent on this API server sees an unassigned TraceJob, those of tests running
+    // alongside too: whichever looks first reports it, under its own node.
     let reporter = k.jsonpath(&ns, "tj/lost", ".status.nodeName");
-    assert!(reporter == a.node || reporter == b.node, "{reporter}");
+    assert!(!reporter.is_empty(), "no node reported it");
 }
