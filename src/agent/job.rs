@@ -80,6 +80,18 @@ struct Seen {
 }
 
 impl Seen {
+    /// Awaits `work` while taking in newer versions of the TraceJob. None: it was deleted or the
+    /// agent exits meanwhile.
+    async fn follow<T>(&mut self, work: impl std::future::Future<Output = T>) -> Option<T> {
+        tokio::pin!(work);
+        loop {
+            tokio::select! {
+                out = &mut work => return Some(out),
+                alive = self.next() => if !alive || self.deleted { return None },
+            }
+        }
+    }
+
     /// Takes in the next version of the TraceJob. False when the agent is exiting.
     async fn next(&mut self) -> bool {
         if self.rx.changed().await.is_err() {
@@ -301,16 +313,10 @@ impl Actor {
         let mut delays = writer::backoff();
         loop {
             let client = self.ctx.client.clone();
-            let read = lookup::node_labels(&client, &node);
-            tokio::pin!(read);
-            let labels = loop {
-                tokio::select! {
-                    labels = &mut read => break labels,
-                    alive = self.seen.next() => if !alive || self.seen.deleted {
-                        return None;
-                    },
-                }
-            };
+            let labels = self
+                .seen
+                .follow(lookup::node_labels(&client, &node))
+                .await?;
             match labels {
                 Ok(labels) => {
                     return Some(match Selector::try_from(selector) {
@@ -343,14 +349,8 @@ impl Actor {
             let labels = lookup::node_labels(&client, &node).await?;
             Ok::<_, lookup::Error>((annotation, labels))
         };
-        tokio::pin!(lookup);
-        let found = loop {
-            tokio::select! {
-                found = &mut lookup => break found,
-                alive = self.seen.next() => if !alive || self.seen.deleted {
-                    return Scope::Over;
-                },
-            }
+        let Some(found) = self.seen.follow(lookup).await else {
+            return Scope::Over;
         };
         match found {
             Ok((annotation, labels)) => match scope::allowed(
@@ -475,13 +475,7 @@ impl Actor {
 
     /// Waits `pause`, following spec changes meanwhile. False: deleted or the agent exits.
     async fn pause(&mut self, pause: Duration) -> bool {
-        let until = tokio::time::Instant::now() + pause;
-        loop {
-            tokio::select! {
-                _ = tokio::time::sleep_until(until) => return true,
-                alive = self.seen.next() => if !alive || self.seen.deleted { return false },
-            }
-        }
+        self.seen.follow(tokio::time::sleep(pause)).await.is_some()
     }
 
     /// Starts a claimed run: its directory and record, then the shim and bpftrace.
@@ -685,15 +679,12 @@ impl Actor {
         let mut delays = writer::backoff();
         loop {
             let client = self.ctx.client.clone();
-            let read = lookup::pod(&client, namespace, name);
-            tokio::pin!(read);
-            let found = loop {
-                tokio::select! {
-                    found = &mut read => break found,
-                    alive = self.seen.next() => if !alive || self.seen.deleted {
-                        return PodRead::Over;
-                    },
-                }
+            let Some(found) = self
+                .seen
+                .follow(lookup::pod(&client, namespace, name))
+                .await
+            else {
+                return PodRead::Over;
             };
             match found {
                 Ok(pod) => return PodRead::Found(pod.map(Box::new)),

@@ -184,12 +184,8 @@ pub fn summary_due(node: &str, job: &TraceJob, now: Time) -> SummaryDue {
     if job.spec.node_selector.is_none() || !nodes.iter().any(|n| n.node == node) {
         return SummaryDue::NotOurs;
     }
-    if summary_key(job)
-        == summary_key(&TraceJob {
-            status: Some(summary(job, now)),
-            ..job.clone()
-        })
-    {
+    let want = summary(job, now);
+    if summary_key(job) == (want.phase, want.progress, want.message) {
         return SummaryDue::Current;
     }
     let mut names: Vec<&str> = nodes.iter().map(|n| n.node.as_str()).collect();

@@ -30,10 +30,6 @@ pub fn must<T, E: Debug>(r: Result<T, E>, what: &str) -> T {
     }
 }
 
-pub fn ci() -> bool {
-    std::env::var("CI").map(|v| v == "true").unwrap_or(false)
-}
-
 /// A child process that is ended when dropped. It also dies with the test binary's main thread
 /// (PR_SET_PDEATHSIG), so a killed test run leaves no control plane behind.
 pub struct Proc {
