@@ -13,3 +13,4 @@ pub mod metrics;
 pub mod output;
 pub mod plugin;
 pub mod resource;
+pub mod summarize;

@@ -15,11 +15,26 @@ struct Cli {
     command: Command,
 }
 
+#[derive(clap::Args)]
+struct Summarizer {
+    #[command(flatten)]
+    config: tracejob_agent::summarize::Config,
+    /// Log format.
+    #[arg(long, value_enum, default_value = "text")]
+    log_format: LogFormat,
+    /// Log level filter (RUST_LOG syntax); RUST_LOG overrides it.
+    #[arg(long, default_value = "info")]
+    log_level: String,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Run the agent for one node (the DaemonSet's command).
     Run(Box<Config>),
-    /// Print the TraceJob CustomResourceDefinition as YAML.
+    /// Keep the status and merged output of TraceJobs on several nodes (the summarizer
+    /// Deployment's command; one replica is active at a time).
+    Summarize(Box<Summarizer>),
+    /// Print the TraceJob and TraceJobNode CustomResourceDefinitions as YAML.
     Crd,
     /// Supervise one bpftrace run (started by the agent, one per trace).
     #[command(hide = true)]
@@ -40,21 +55,36 @@ fn main() -> ExitCode {
             }
         },
         Command::Shim(args) => tracejob_agent::host::shim::run(args),
-        Command::Run(config) => run(*config),
+        Command::Run(config) => {
+            logs(config.log_format, &config.log_level);
+            block_on(tracejob_agent::agent::run(*config), "tracejob-agent")
+        }
+        Command::Summarize(s) => {
+            logs(s.log_format, &s.log_level);
+            block_on(
+                tracejob_agent::summarize::run(s.config),
+                "tracejob summarizer",
+            )
+        }
     }
 }
 
-fn run(config: Config) -> ExitCode {
-    let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&config.log_level));
+fn logs(format: LogFormat, level: &str) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
     let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(ansi);
-    match config.log_format {
+    match format {
         LogFormat::Text => logs.init(),
         LogFormat::Json => logs.json().init(),
     }
+}
+
+fn block_on<E: std::fmt::Display>(
+    work: impl std::future::Future<Output = Result<(), E>>,
+    what: &str,
+) -> ExitCode {
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -62,14 +92,14 @@ fn run(config: Config) -> ExitCode {
     {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("tracejob-agent: cannot start the async runtime: {e}");
+            eprintln!("{what}: cannot start the async runtime: {e}");
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(tracejob_agent::agent::run(config)) {
+    match runtime.block_on(work) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!(error = %e, "tracejob-agent failed");
+            tracing::error!(error = %e, "{what} failed");
             ExitCode::FAILURE
         }
     }

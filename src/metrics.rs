@@ -30,7 +30,8 @@ pub struct Received {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct Watch {
-    /// node (spec.nodeName is this node) or unassigned (no spec.nodeName).
+    /// TraceJobs: node (spec.nodeName is this node) or unassigned (no spec.nodeName); the
+    /// stores (`cluster::stores`): nodes (its own), namespaces, pods (on its node).
     pub watch: String,
 }
 
@@ -53,7 +54,7 @@ pub struct Metrics {
     /// Bytes received from the API server: watch streams, and everything else.
     pub api_received: Family<Received, Counter>,
     pub api_errors: Counter,
-    /// TraceJob watch events that reached the agent, by watch (the API server filters them).
+    /// Watch events that reached the agent, by watch (the API server filters them).
     pub watch_events: Family<Watch, Counter>,
     /// Bytes of live output written to the API server.
     pub live_bytes: Counter,
@@ -63,6 +64,9 @@ pub struct Metrics {
     pub collecting: Gauge,
     pub collections: Counter,
     pub bpftrace: Family<Version, Gauge>,
+    /// TraceJobs on several nodes whose selector matches this node but which this node may not
+    /// run (its namespace's scope), by reason: nothing is written for them.
+    pub fanout_refused: Family<Reason, Counter>,
 }
 
 impl Metrics {
@@ -84,6 +88,7 @@ impl Metrics {
             collecting: Gauge::default(),
             collections: Counter::default(),
             bpftrace: Family::default(),
+            fanout_refused: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -100,6 +105,11 @@ impl Metrics {
             "traces_completed",
             "Traces that completed with their output stored",
             m.completed.clone(),
+        );
+        registry.register(
+            "fanout_refused",
+            "TraceJobs on several nodes that select this node but may not run here, by reason",
+            m.fanout_refused.clone(),
         );
         registry.register(
             "traces_failed",
@@ -132,14 +142,14 @@ impl Metrics {
             m.api_errors.clone(),
         );
         // Both series exist from the start, so a count can be read before the first event.
-        for watch in ["node", "unassigned"] {
+        for watch in ["node", "unassigned", "nodes", "namespaces", "pods"] {
             let _ = m.watch_events.get_or_create(&Watch {
                 watch: watch.into(),
             });
         }
         registry.register(
             "watch_events",
-            "TraceJob watch events received, by watch: node (spec.nodeName is this node) or unassigned (no spec.nodeName)",
+            "Watch events received, by watch: TraceJobs of this node (node) or of none (unassigned); its own Node (nodes), Namespaces (namespaces), pods on this node (pods)",
             m.watch_events.clone(),
         );
         registry.register(

@@ -1,5 +1,5 @@
-//! The deploy files, checked by parsing them: the DaemonSet's security-relevant settings, the
-//! Dockerfile, and the optional admission policy (which the 1.20 test cluster cannot run).
+//! The deploy files, checked by parsing them: the DaemonSet's and the summarizer's
+//! security-relevant settings, their roles, the Dockerfile, and the admission policies.
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
@@ -7,8 +7,9 @@ use std::path::PathBuf;
 use k8s_openapi::api::admissionregistration::v1::{
     ValidatingAdmissionPolicy, ValidatingAdmissionPolicyBinding,
 };
-use k8s_openapi::api::apps::v1::DaemonSet;
-use k8s_openapi::api::rbac::v1::{ClusterRole, Role, RoleBinding};
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde::de::DeserializeOwned;
 
 fn root() -> PathBuf {
@@ -81,7 +82,8 @@ fn kustomization_lists_every_manifest() {
             "rbac-agent.yaml",
             "rbac-users.yaml",
             "agent-fence.yaml",
-            "daemonset.yaml"
+            "daemonset.yaml",
+            "summarizer.yaml"
         ]
     );
     for r in resources {
@@ -233,18 +235,205 @@ fn agent_role_grants_only_what_the_agent_uses() {
         "observe.tracejob.dev/tracejobs:list",
         "observe.tracejob.dev/tracejobs:watch",
         "observe.tracejob.dev/tracejobs/status:patch",
+        "observe.tracejob.dev/tracejobnodes:get",
+        "observe.tracejob.dev/tracejobnodes:list",
+        "observe.tracejob.dev/tracejobnodes:watch",
+        "observe.tracejob.dev/tracejobnodes:create",
+        "observe.tracejob.dev/tracejobnodes:patch",
+        "observe.tracejob.dev/tracejobnodes/status:patch",
         "/configmaps:create",
         "/configmaps:update",
         "events.k8s.io/events:create",
         "events.k8s.io/events:patch",
         "/namespaces:get",
+        "/namespaces:list",
+        "/namespaces:watch",
         "/nodes:get",
+        "/nodes:list",
+        "/nodes:watch",
         "/pods:get",
+        "/pods:list",
+        "/pods:watch",
     ]
     .into_iter()
     .map(String::from)
     .collect();
     assert_eq!(granted, expected);
+}
+
+fn summarizer_deployment() -> Deployment {
+    let docs = documents("daemonset/summarizer.yaml");
+    typed(
+        docs.iter()
+            .find(|d| d["kind"] == "Deployment")
+            .expect("Deployment"),
+    )
+}
+
+#[test]
+fn summarizer_runs_unprivileged_with_two_replicas_of_the_agents_image() {
+    let d = summarizer_deployment();
+    assert_eq!(d.metadata.name.as_deref(), Some("tracejob-summarizer"));
+    assert_eq!(d.metadata.namespace.as_deref(), Some("tracejob-system"));
+    let spec = d.spec.expect("spec");
+    assert_eq!(spec.replicas, Some(2), "one active, one standing by");
+    let pod = spec.template.spec.expect("pod spec");
+    assert_eq!(
+        pod.service_account_name.as_deref(),
+        Some("tracejob-summarizer")
+    );
+    // No host access of any kind.
+    assert_ne!(pod.host_pid, Some(true));
+    assert_ne!(pod.host_network, Some(true));
+    assert_ne!(pod.host_ipc, Some(true));
+    assert!(
+        pod.volumes
+            .unwrap_or_default()
+            .iter()
+            .all(|v| v.host_path.is_none()),
+        "a hostPath volume"
+    );
+    assert!(pod.tolerations.is_none(), "it runs where workloads run");
+    let pod_security = pod.security_context.clone().expect("pod securityContext");
+    assert_eq!(pod_security.run_as_non_root, Some(true));
+    assert!(pod_security.run_as_user.is_some_and(|u| u != 0));
+    assert_eq!(
+        pod_security.seccomp_profile.map(|p| p.type_).as_deref(),
+        Some("RuntimeDefault")
+    );
+    assert_eq!(pod.containers.len(), 1);
+    let c = &pod.containers[0];
+    let agent_image = daemonset()
+        .spec
+        .and_then(|s| s.template.spec)
+        .and_then(|p| p.containers[0].image.clone());
+    assert!(agent_image.is_some());
+    assert_eq!(c.image, agent_image, "the agent's image");
+    assert_eq!(c.args.clone().unwrap_or_default(), ["summarize"]);
+    let sc = c
+        .security_context
+        .clone()
+        .expect("container securityContext");
+    assert_ne!(sc.privileged, Some(true));
+    assert_eq!(sc.allow_privilege_escalation, Some(false));
+    assert_eq!(sc.read_only_root_filesystem, Some(true));
+    let caps = sc.capabilities.expect("capabilities");
+    assert_eq!(caps.drop.unwrap_or_default(), ["ALL"]);
+    assert!(caps.add.unwrap_or_default().is_empty());
+    assert!(sc.run_as_user.is_none_or(|u| u != 0));
+    assert_ne!(sc.run_as_non_root, Some(false));
+    let env = c.env.clone().unwrap_or_default();
+    for (name, path) in [
+        ("POD_NAME", "metadata.name"),
+        ("POD_NAMESPACE", "metadata.namespace"),
+    ] {
+        let var = env.iter().find(|e| e.name == name).expect(name);
+        let field = var
+            .value_from
+            .as_ref()
+            .and_then(|v| v.field_ref.as_ref())
+            .map(|f| f.field_path.as_str());
+        assert_eq!(field, Some(path), "{name}");
+    }
+    // The summarizer's --listen default.
+    let ports = c.ports.clone().unwrap_or_default();
+    let metrics = ports
+        .iter()
+        .find(|p| p.name.as_deref() == Some("metrics"))
+        .expect("metrics port");
+    assert_eq!(metrics.container_port, 9470);
+    assert!(metrics.host_port.is_none());
+    for (probe, path) in [
+        (&c.liveness_probe, "/healthz"),
+        (&c.readiness_probe, "/readyz"),
+    ] {
+        let get = probe
+            .as_ref()
+            .and_then(|p| p.http_get.clone())
+            .expect("httpGet probe");
+        assert_eq!(get.path.as_deref(), Some(path));
+        assert!(
+            get.port == IntOrString::String("metrics".into()) || get.port == IntOrString::Int(9470),
+            "{path} on {:?}",
+            get.port
+        );
+    }
+    let resources = c.resources.clone().expect("resources");
+    assert!(resources
+        .requests
+        .is_some_and(|r| r.contains_key("memory") && r.contains_key("cpu")));
+    assert!(resources.limits.is_some_and(|l| l.contains_key("memory")));
+    assert!(c.volume_mounts.is_none());
+}
+
+#[test]
+fn summarizer_roles_grant_only_what_it_uses() {
+    let docs = documents("daemonset/summarizer.yaml");
+    let find = |kind: &str| docs.iter().find(|d| d["kind"] == kind).expect(kind);
+    let role: ClusterRole = typed(find("ClusterRole"));
+    let expected: BTreeSet<String> = [
+        "observe.tracejob.dev/tracejobs:list",
+        "observe.tracejob.dev/tracejobs:watch",
+        "observe.tracejob.dev/tracejobnodes:list",
+        "observe.tracejob.dev/tracejobnodes:watch",
+        "observe.tracejob.dev/tracejobs/status:patch",
+        "/configmaps:list",
+        "/configmaps:create",
+        "/configmaps:update",
+        "/pods:get",
+        "events.k8s.io/events:create",
+        "events.k8s.io/events:patch",
+    ]
+    .into_iter()
+    .map(String::from)
+    .collect();
+    let rules = role.rules.unwrap_or_default();
+    assert!(rules.iter().all(|r| r.resource_names.is_none()));
+    assert_eq!(grants(rules), expected);
+    let binding: ClusterRoleBinding = typed(find("ClusterRoleBinding"));
+    assert_eq!(binding.role_ref.name, "tracejob-summarizer");
+    let subjects = binding.subjects.unwrap_or_default();
+    assert_eq!(subjects.len(), 1);
+    assert_eq!(subjects[0].name, "tracejob-summarizer");
+    assert_eq!(subjects[0].namespace.as_deref(), Some("tracejob-system"));
+    // In its namespace: its Lease, read and renewed by name, created when absent.
+    let role: Role = typed(find("Role"));
+    assert_eq!(role.metadata.namespace.as_deref(), Some("tracejob-system"));
+    let rules = role.rules.unwrap_or_default();
+    let named: Vec<_> = rules
+        .iter()
+        .filter(|r| r.resource_names.is_some())
+        .cloned()
+        .collect();
+    assert!(named
+        .iter()
+        .all(|r| r.resource_names.as_deref() == Some(&["tracejob-summarizer".to_string()][..])));
+    assert_eq!(
+        grants(named),
+        BTreeSet::from([
+            "coordination.k8s.io/leases:get".to_string(),
+            "coordination.k8s.io/leases:update".to_string()
+        ])
+    );
+    assert_eq!(
+        grants(rules),
+        ["get", "update", "create"]
+            .iter()
+            .map(|v| format!("coordination.k8s.io/leases:{v}"))
+            .collect::<BTreeSet<_>>()
+    );
+    let binding: RoleBinding = typed(find("RoleBinding"));
+    assert_eq!(binding.role_ref.kind, "Role");
+    assert_eq!(
+        binding.metadata.namespace.as_deref(),
+        Some("tracejob-system")
+    );
+    let subjects = binding.subjects.unwrap_or_default();
+    assert_eq!(subjects.len(), 1);
+    assert_eq!(subjects[0].name, "tracejob-summarizer");
+    let sa = find("ServiceAccount");
+    assert_eq!(sa["metadata"]["name"], "tracejob-summarizer");
+    assert_eq!(sa["metadata"]["namespace"], "tracejob-system");
 }
 
 #[test]
@@ -295,6 +484,60 @@ fn dockerfile_is_multi_stage_pinned_and_runs_the_agent_with_bpftrace() {
     assert!(!runtime.contains("--unsafe"));
 }
 
+/// The names of the properties of `field` (`spec` or `status`) in a CRD's schema.
+fn schema_fields(
+    crd: &k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
+    field: &str,
+) -> Vec<String> {
+    crd.spec.versions[0]
+        .schema
+        .clone()
+        .and_then(|s| s.open_api_v3_schema)
+        .and_then(|s| s.properties)
+        .and_then(|p| p.get(field).cloned())
+        .and_then(|s| s.properties)
+        .unwrap_or_else(|| panic!("{}: no {field}", crd.spec.names.kind))
+        .into_keys()
+        .collect()
+}
+
+fn fence_policies() -> Vec<ValidatingAdmissionPolicy> {
+    documents("daemonset/agent-fence.yaml")
+        .iter()
+        .filter(|d| d["kind"] == "ValidatingAdmissionPolicy")
+        .map(typed)
+        .collect()
+}
+
+/// Every CEL expression of a policy: validations, messages, match conditions, variables.
+fn policy_expressions(p: &ValidatingAdmissionPolicy) -> Vec<String> {
+    let spec = p.spec.clone().expect("spec");
+    let mut expressions = Vec::new();
+    for v in spec.validations.unwrap_or_default() {
+        expressions.push(v.expression);
+        expressions.extend(v.message_expression);
+    }
+    for m in spec.match_conditions.unwrap_or_default() {
+        expressions.push(m.expression);
+    }
+    for v in spec.variables.unwrap_or_default() {
+        expressions.push(v.expression);
+    }
+    expressions
+}
+
+/// The resources a policy matches ("tracejobnodes/status", "configmaps", ...).
+fn policy_resources(p: &ValidatingAdmissionPolicy) -> Vec<String> {
+    p.spec
+        .clone()
+        .and_then(|s| s.match_constraints)
+        .and_then(|m| m.resource_rules)
+        .unwrap_or_default()
+        .into_iter()
+        .flat_map(|r| r.resources.unwrap_or_default())
+        .collect()
+}
+
 #[test]
 fn admission_policies_parse_and_reference_only_existing_fields() {
     let docs: Vec<serde_json::Value> = [
@@ -305,48 +548,74 @@ fn admission_policies_parse_and_reference_only_existing_fields() {
     .into_iter()
     .flat_map(documents)
     .collect();
-    let crd = tracejob_agent::resource::crd::crd();
-    let schema = crd.spec.versions[0]
-        .schema
-        .clone()
-        .and_then(|s| s.open_api_v3_schema)
-        .expect("schema");
-    let spec_fields: BTreeSet<String> = schema
-        .properties
-        .as_ref()
-        .and_then(|p| p.get("spec"))
-        .and_then(|s| s.properties.clone())
-        .expect("spec")
-        .into_keys()
-        .collect();
-    let mut expressions = Vec::new();
+    let tracejob = tracejob_agent::resource::crd::crd();
+    let part = tracejob_agent::resource::crd::node_crd();
     let mut policies = 0;
     for doc in &docs {
         match doc["kind"].as_str() {
             Some("ValidatingAdmissionPolicy") => {
                 let p: ValidatingAdmissionPolicy = typed(doc);
-                let spec = p.spec.expect("spec");
-                for v in spec.validations.unwrap_or_default() {
-                    expressions.push(v.expression);
-                    expressions.extend(v.message_expression);
-                }
-                for m in spec.match_conditions.unwrap_or_default() {
-                    expressions.push(m.expression);
-                }
-                for v in spec.variables.unwrap_or_default() {
-                    expressions.push(v.expression);
-                }
-                let rules = spec
-                    .match_constraints
+                let rules = p
+                    .spec
+                    .clone()
+                    .and_then(|s| s.match_constraints)
                     .and_then(|m| m.resource_rules)
                     .unwrap_or_default();
-                // Each policy is about TraceJobs or about what the agent writes.
+                // Each policy is about TraceJobs or about what the agent and summarizer write.
                 assert!(rules.iter().all(|r| {
                     let groups = r.api_groups.clone().unwrap_or_default();
                     groups == ["observe.tracejob.dev"]
                         || groups == [""]
                         || groups == ["events.k8s.io"]
                 }));
+                // object.spec and object.status are the TraceJobNode's in a policy about
+                // TraceJobNodes, else the TraceJob's.
+                let resources = policy_resources(&p);
+                let crd = if resources.iter().any(|r| r.starts_with("tracejobnodes")) {
+                    assert!(
+                        resources.iter().all(|r| r.starts_with("tracejobnodes")),
+                        "one kind per policy: {resources:?}"
+                    );
+                    &part
+                } else {
+                    &tracejob
+                };
+                let spec = schema_fields(crd, "spec");
+                let status = schema_fields(crd, "status");
+                for expr in policy_expressions(&p) {
+                    for (prefix, allowed) in [
+                        ("object.spec.", spec.iter().map(String::as_str).collect()),
+                        ("oldObject.spec.", spec.iter().map(String::as_str).collect()),
+                        (
+                            "object.status.",
+                            status.iter().map(String::as_str).collect(),
+                        ),
+                        (
+                            "oldObject.status.",
+                            status.iter().map(String::as_str).collect(),
+                        ),
+                        (
+                            "request.userInfo.",
+                            vec!["username", "extra", "groups", "uid"],
+                        ),
+                        ("params.data.", vec!["maxDeadlineSeconds"]),
+                    ] {
+                        for (i, _) in expr.match_indices(prefix) {
+                            let field: String = expr[i + prefix.len()..]
+                                .chars()
+                                .take_while(|c| c.is_ascii_alphanumeric())
+                                .collect();
+                            assert!(
+                                allowed.contains(&field.as_str()),
+                                "{expr}: {prefix}{field} does not exist"
+                            );
+                        }
+                    }
+                    assert!(
+                        expr.matches('(').count() == expr.matches(')').count(),
+                        "unbalanced: {expr}"
+                    );
+                }
                 policies += 1;
             }
             Some("ValidatingAdmissionPolicyBinding") => {
@@ -359,35 +628,176 @@ fn admission_policies_parse_and_reference_only_existing_fields() {
             other => panic!("unexpected {other:?}"),
         }
     }
-    assert_eq!(policies, 6);
-    for expr in &expressions {
-        for (prefix, allowed) in [
-            (
-                "object.spec.",
-                spec_fields.iter().map(String::as_str).collect::<Vec<_>>(),
-            ),
-            (
-                "request.userInfo.",
-                vec!["username", "extra", "groups", "uid"],
-            ),
-            ("params.data.", vec!["maxDeadlineSeconds"]),
-        ] {
-            for (i, _) in expr.match_indices(prefix) {
-                let field: String = expr[i + prefix.len()..]
-                    .chars()
-                    .take_while(|c| c.is_ascii_alphanumeric())
-                    .collect();
+    assert_eq!(policies, 10);
+}
+
+const AGENT: &str = "system:serviceaccount:tracejob-system:tracejob-agent";
+const SUMMARIZER: &str = "system:serviceaccount:tracejob-system:tracejob-summarizer";
+
+#[test]
+fn fences_match_each_service_account_by_exact_name_and_cover_every_write() {
+    let policies = fence_policies();
+    let mut covered: BTreeSet<(String, String)> = BTreeSet::new();
+    for p in &policies {
+        let name = p.metadata.name.clone().expect("name");
+        // Every policy is bound, and denies.
+        let bound = documents("daemonset/agent-fence.yaml").iter().any(|d| {
+            d["kind"] == "ValidatingAdmissionPolicyBinding"
+                && d["spec"]["policyName"] == name.as_str()
+                && d["spec"]["validationActions"] == serde_json::json!(["Deny"])
+        });
+        assert!(bound, "{name} is not bound with Deny");
+        assert_eq!(
+            p.spec.as_ref().and_then(|s| s.failure_policy.as_deref()),
+            Some("Fail"),
+            "{name}"
+        );
+        if name == "tracejob-namespaces" {
+            continue;
+        }
+        let conditions = p
+            .spec
+            .clone()
+            .and_then(|s| s.match_conditions)
+            .unwrap_or_default();
+        assert_eq!(conditions.len(), 1, "{name}");
+        let who = [AGENT, SUMMARIZER]
+            .into_iter()
+            .find(|sa| conditions[0].expression == format!("request.userInfo.username == '{sa}'"))
+            .unwrap_or_else(|| panic!("{name} matches no service account by its exact name"));
+        assert!(name.starts_with(if who == AGENT {
+            "tracejob-agent-"
+        } else {
+            "tracejob-summarizer-"
+        }));
+        for resource in policy_resources(p) {
+            covered.insert((who.to_string(), resource));
+        }
+    }
+    // Every resource each may write (its ClusterRole's create, update and patch) has a fence.
+    for (who, file) in [
+        (AGENT, "daemonset/rbac-agent.yaml"),
+        (SUMMARIZER, "daemonset/summarizer.yaml"),
+    ] {
+        let docs = documents(file);
+        let role: ClusterRole = typed(
+            docs.iter()
+                .find(|d| d["kind"] == "ClusterRole")
+                .expect("ClusterRole"),
+        );
+        for rule in role.rules.unwrap_or_default() {
+            if !rule
+                .verbs
+                .iter()
+                .any(|v| ["create", "update", "patch"].contains(&v.as_str()))
+            {
+                continue;
+            }
+            for resource in rule.resources.unwrap_or_default() {
                 assert!(
-                    allowed.contains(&field.as_str()),
-                    "{expr}: {prefix}{field} does not exist"
+                    covered.contains(&(who.to_string(), resource.clone())),
+                    "{who} writes {resource} unfenced"
                 );
             }
         }
-        assert!(
-            expr.matches('(').count() == expr.matches(')').count(),
-            "unbalanced: {expr}"
-        );
     }
+}
+
+/// The validations of policy `name`, joined: what it checks, as text.
+fn checks(name: &str) -> String {
+    let p = fence_policies()
+        .into_iter()
+        .find(|p| p.metadata.name.as_deref() == Some(name))
+        .unwrap_or_else(|| panic!("no policy {name}"));
+    let spec = p.spec.expect("spec");
+    let mut text: Vec<String> = spec
+        .validations
+        .unwrap_or_default()
+        .into_iter()
+        .map(|v| v.expression)
+        .collect();
+    text.extend(
+        spec.variables
+            .unwrap_or_default()
+            .into_iter()
+            .map(|v| format!("{} = {}", v.name, v.expression)),
+    );
+    text.join("\n")
+}
+
+fn operations(name: &str) -> BTreeSet<String> {
+    fence_policies()
+        .into_iter()
+        .find(|p| p.metadata.name.as_deref() == Some(name))
+        .and_then(|p| p.spec)
+        .and_then(|s| s.match_constraints)
+        .and_then(|m| m.resource_rules)
+        .unwrap_or_default()
+        .into_iter()
+        .flat_map(|r| r.operations.unwrap_or_default())
+        .collect()
+}
+
+#[test]
+fn the_agent_writes_only_its_own_nodes_parts_and_no_fan_out_status() {
+    let status = checks("tracejob-agent-status");
+    assert!(!status.contains("status.nodes"), "status.nodes is gone");
+    assert!(
+        status.contains("!has(object.spec.nodeSelector)"),
+        "the agent writes no fan-out TraceJob's status:\n{status}"
+    );
+    let parts = checks("tracejob-agent-tracejobnodes");
+    for needle in [
+        "object.spec.nodeName == variables.node",
+        "oldObject.spec.nodeName == variables.node",
+        "object.metadata.labels['observe.tracejob.dev/node'] == variables.node",
+        "variables.node != ''",
+        "'kube-system'",
+    ] {
+        assert!(parts.contains(needle), "{needle} is not checked:\n{parts}");
+    }
+    assert_eq!(
+        policy_resources(
+            &fence_policies()
+                .into_iter()
+                .find(|p| p.metadata.name.as_deref() == Some("tracejob-agent-tracejobnodes"))
+                .expect("policy")
+        ),
+        ["tracejobnodes", "tracejobnodes/status"]
+    );
+    assert_eq!(
+        operations("tracejob-agent-tracejobnodes"),
+        BTreeSet::from(["CREATE".to_string(), "UPDATE".to_string()])
+    );
+}
+
+#[test]
+fn the_summarizer_writes_only_summaries_and_merged_outputs() {
+    let status = checks("tracejob-summarizer-status");
+    for needle in [
+        "has(object.spec.nodeSelector)",
+        "has(object.spec.target) && !has(object.spec.nodeName)",
+    ] {
+        assert!(status.contains(needle), "{needle}:\n{status}");
+    }
+    let maps = checks("tracejob-summarizer-configmaps");
+    for needle in [
+        "object.metadata.labels['observe.tracejob.dev/merged'] == 'true'",
+        "!('observe.tracejob.dev/node' in object.metadata.labels)",
+        "size(object.metadata.ownerReferences) == 1",
+        "o.kind == 'TraceJob'",
+        "o.controller",
+        "request.operation != 'UPDATE' ||",
+        "oldObject.metadata.labels['observe.tracejob.dev/merged'] == 'true'",
+        "['kube-system', 'kube-public', 'kube-node-lease', 'tracejob-system']",
+    ] {
+        assert!(maps.contains(needle), "{needle}:\n{maps}");
+    }
+    assert_eq!(
+        operations("tracejob-summarizer-configmaps"),
+        BTreeSet::from(["CREATE".to_string(), "UPDATE".to_string()])
+    );
+    assert!(checks("tracejob-summarizer-events").contains("object.regarding.kind == 'TraceJob'"));
 }
 
 /// `kubectl kustomize DIR`, with the kubectl of the test release (built by the harness, cached).
@@ -432,6 +842,54 @@ fn the_local_cluster_overlay_changes_only_what_that_cluster_needs() {
         ("KUBERNETES_SERVICE_HOST", "127.0.0.1"),
         ("KUBERNETES_SERVICE_PORT", "6443"),
         ("LISTEN_ADDRESS", "127.0.0.1:9469"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    let env = c["env"].as_array_mut().expect("env");
+    let mut found = Vec::new();
+    env.retain(|e| {
+        let pair = (
+            e["name"].as_str().unwrap_or_default().to_string(),
+            e["value"].as_str().unwrap_or_default().to_string(),
+        );
+        let local = added.contains(&pair);
+        if local {
+            found.push(pair);
+        }
+        !local
+    });
+    found.sort();
+    assert_eq!(found, added);
+    for probe in ["livenessProbe", "readinessProbe"] {
+        let get = &mut c[probe]["httpGet"];
+        assert_eq!(get["host"], "127.0.0.1", "{probe}");
+        get.as_object_mut().map(|g| g.remove("host"));
+    }
+    // The summarizer: the same, and one replica (one node, one host port).
+    let d = overlay
+        .iter_mut()
+        .find(|d| d["kind"] == "Deployment")
+        .expect("Deployment");
+    assert_eq!(d["spec"]["replicas"], 1);
+    d["spec"]["replicas"] = 2.into();
+    assert_eq!(
+        d["spec"]["strategy"],
+        serde_json::json!({"type": "Recreate"})
+    );
+    d["spec"].as_object_mut().map(|s| s.remove("strategy"));
+    let pod = &mut d["spec"]["template"]["spec"];
+    assert_eq!(pod["hostNetwork"], true);
+    pod.as_object_mut().map(|p| p.remove("hostNetwork"));
+    let c = &mut pod["containers"][0];
+    assert_eq!(c["image"], "localhost/tracejob-agent:dev");
+    assert_eq!(c["imagePullPolicy"], "Never");
+    c["image"] = "ghcr.io/tracejob-dev/tracejob-agent:0.1.0".into();
+    c["imagePullPolicy"] = "IfNotPresent".into();
+    let added: Vec<(String, String)> = [
+        ("KUBERNETES_SERVICE_HOST", "127.0.0.1"),
+        ("KUBERNETES_SERVICE_PORT", "6443"),
+        ("LISTEN_ADDRESS", "127.0.0.1:9470"),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_string(), v.to_string()))

@@ -4,6 +4,7 @@
 //! shim), reports Running, stops it when asked or due, decides and records the outcome, has the
 //! output collected (off the async threads) and stored, and reports the end.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -16,6 +17,7 @@ use tracing::{debug, info, warn, Instrument};
 
 use crate::agent::Ctx;
 use crate::cluster::lookup;
+use crate::cluster::stores::Changes;
 use crate::cluster::writer::{self, Desired, StatusWriter, Written};
 use crate::decide::job::{
     self as decide, Exit, FirstSight, Found, Outcome, Process, Step, StopReason, Wanted,
@@ -29,7 +31,6 @@ use crate::metrics::Metrics;
 use crate::output::collect::{self, Collected};
 use crate::output::fit::{Contents, CONFIGMAP_BUDGET};
 use crate::resource::{OutputRef, Phase, Target, TraceJob, TraceJobStatus};
-use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use kube::core::{Selector, SelectorExt};
 
@@ -122,19 +123,18 @@ struct Run {
     /// Bytes of output when SIGINT was last sent: none since, and still polling, is stuck.
     printed_at_sigint: u64,
     live: Live,
-    /// The target container, looked at every few seconds while the trace runs.
+    /// The target container, looked at whenever this node's pods change while the trace runs.
     target: Option<TargetWatch>,
 }
 
 struct TargetWatch {
     target: Target,
     started: target::Running,
-    next: Instant,
-    in_flight: Option<JoinHandle<Result<Option<Pod>, String>>>,
+    /// The changes of this node's pod store.
+    pods: Changes,
+    /// The store changed since the target was last looked at (or it never was).
+    look: bool,
 }
-
-/// How often a running trace's target pod is looked at.
-const TARGET_CHECK: Duration = Duration::from_secs(2);
 
 #[derive(Default)]
 struct Live {
@@ -158,19 +158,19 @@ enum Claimed {
 enum Scope {
     Allowed,
     Refused(String),
-    /// The namespace or node could not be read.
-    Unknown,
     Over,
 }
 
 /// The reason of a TraceJob refused on this node.
+/// A claim the API server forbids this agent (403).
+const CLAIM_FORBIDDEN: &str = "ClaimForbidden";
 const NODE_NOT_ALLOWED: &str = "NodeNotAllowed";
 
 /// Which node runs a TraceJob with a target.
 enum Place {
     Here,
-    /// Another node's agent runs it.
-    Elsewhere,
+    /// The TraceJob changed while its pod was waited for: decide again from the newest.
+    Again,
     /// Nobody can: fail it, with this reason and message.
     Fail(&'static str, String),
     Over,
@@ -183,13 +183,8 @@ enum Resolved {
     Over,
 }
 
-enum PodRead {
-    Found(Option<Box<Pod>>),
-    Over,
-}
-
 /// What a running trace's target is watched for, if it has one.
-fn target_watch(job: &TraceJob, record: &Record) -> Option<TargetWatch> {
+fn target_watch(job: &TraceJob, record: &Record, pods: Changes) -> Option<TargetWatch> {
     let target = job.spec.target.clone()?;
     let id = record.target_id.clone()?;
     Some(TargetWatch {
@@ -199,8 +194,8 @@ fn target_watch(job: &TraceJob, record: &Record) -> Option<TargetWatch> {
             restarts: 0,
         },
         target,
-        next: Instant::now() + TARGET_CHECK,
-        in_flight: None,
+        pods,
+        look: true,
     })
 }
 
@@ -230,15 +225,6 @@ fn filled_in(program: &str, c: &container::Container) -> Result<String, String> 
 }
 
 /// How long ago the TraceJob was created.
-fn age(job: &TraceJob) -> Duration {
-    job.metadata
-        .creation_timestamp
-        .as_ref()
-        .map(|t| (k8s_openapi::jiff::Timestamp::now() - t.0).get_seconds())
-        .and_then(|s| u64::try_from(s).ok())
-        .map_or(Duration::ZERO, Duration::from_secs)
-}
-
 impl Actor {
     /// Decides what to do with the TraceJob: claim and start it, take over its run, or not.
     async fn begin(&mut self) -> Option<Run> {
@@ -274,7 +260,9 @@ impl Actor {
                     if let Some(target) = self.seen.job.spec.target.clone() {
                         match self.place(&target).await {
                             Place::Here => {}
-                            Place::Elsewhere | Place::Over => return None,
+                            // A newer version of the TraceJob: decide again from it.
+                            Place::Again => continue,
+                            Place::Over => return None,
                             Place::Fail(reason, why) => {
                                 self.fail_unclaimed(reason, why).await;
                                 return None;
@@ -284,14 +272,13 @@ impl Actor {
                     let claimed = match self.scope().await {
                         Scope::Allowed => self.claim().await,
                         Scope::Refused(why) => self.refuse(why).await,
-                        Scope::Unknown => Claimed::Again,
                         Scope::Over => Claimed::Over,
                     };
                     match claimed {
                         Claimed::Won(run_id) => return self.start(run_id).await,
                         Claimed::Again => {
-                            // A conflict is decided again at once; a refused write or a failed
-                            // lookup after a pause.
+                            // A conflict is decided again at once; a refused write after a
+                            // pause.
                             if self.rejected.take().is_some() {
                                 let pause = delays.next().unwrap_or(Duration::from_secs(30));
                                 if !self.pause(pause).await {
@@ -306,86 +293,94 @@ impl Actor {
         }
     }
 
-    /// Whether spec.nodeSelector selects this node (its labels read now). None: deleted or the
-    /// agent exits meanwhile.
+    /// Whether spec.nodeSelector selects this node (its labels as its Node's watch has them).
+    /// None: deleted or the agent exits meanwhile.
     async fn selects_this_node(&mut self, selector: LabelSelector) -> Option<bool> {
-        let node = self.ctx.writer.node().to_string();
-        let mut delays = writer::backoff();
-        loop {
-            let client = self.ctx.client.clone();
-            let labels = self
-                .seen
-                .follow(lookup::node_labels(&client, &node))
-                .await?;
-            match labels {
-                Ok(labels) => {
-                    return Some(match Selector::try_from(selector) {
-                        Ok(s) => s.matches(&labels),
-                        Err(e) => {
-                            warn!(error = %e, "spec.nodeSelector cannot be read");
-                            false
-                        }
-                    })
-                }
-                Err(e) => {
-                    let pause = delays.next().unwrap_or(Duration::from_secs(30));
-                    warn!(error = %e, retry_in = ?pause, "cannot read this node's labels yet");
-                    if !self.pause(pause).await {
-                        return None;
-                    }
-                }
+        let labels = self.node_labels().await?;
+        Some(match Selector::try_from(selector) {
+            Ok(s) => s.matches(&labels),
+            Err(e) => {
+                warn!(error = %e, "spec.nodeSelector cannot be read");
+                false
             }
+        })
+    }
+
+    /// This node's labels, waiting (and following the TraceJob) while its Node is not known.
+    /// None: deleted or the agent exits meanwhile.
+    async fn node_labels(&mut self) -> Option<BTreeMap<String, String>> {
+        let mut changes = self.ctx.stores.node.changes();
+        let mut said = false;
+        loop {
+            if let Some(labels) = self.ctx.stores.node_labels() {
+                return Some(labels);
+            }
+            if !said {
+                warn!(
+                    node = self.ctx.writer.node(),
+                    "this node's Node object is not known yet; waiting for it"
+                );
+                said = true;
+            }
+            self.seen.follow(changes.next()).await?;
+        }
+    }
+
+    /// The node-selector annotation of the TraceJob's namespace, waiting (and following the
+    /// TraceJob) while the namespace is not known yet. None: deleted or the agent exits meanwhile.
+    async fn namespace_selector(&mut self, namespace: &str) -> Option<Option<String>> {
+        let mut changes = self.ctx.stores.namespaces.changes();
+        loop {
+            if let Some(annotation) = self.ctx.stores.namespace_selector(namespace) {
+                return Some(annotation);
+            }
+            self.seen.follow(changes.next()).await?;
         }
     }
 
     /// Whether this TraceJob's namespace may trace this node (`decide::scope`), from the
-    /// namespace's annotation and the node's labels, read now.
+    /// namespace's annotation and the node's labels, as their watches have them.
     async fn scope(&mut self) -> Scope {
         let namespace = self.seen.job.namespace().unwrap_or_default();
         let node = self.ctx.writer.node().to_string();
-        let client = self.ctx.client.clone();
-        let lookup = async {
-            let annotation = lookup::namespace_selector(&client, &namespace).await?;
-            let labels = lookup::node_labels(&client, &node).await?;
-            Ok::<_, lookup::Error>((annotation, labels))
-        };
-        let Some(found) = self.seen.follow(lookup).await else {
+        let Some(annotation) = self.namespace_selector(&namespace).await else {
             return Scope::Over;
         };
-        match found {
-            Ok((annotation, labels)) => match scope::allowed(
-                annotation.as_deref(),
-                &node,
-                &labels,
-                self.ctx.config.unannotated_namespaces,
-            ) {
-                Ok(()) => Scope::Allowed,
-                Err(why) => Scope::Refused(why),
-            },
-            Err(e) => {
-                warn!(error = %e, "cannot tell whether this namespace may trace this node yet");
-                self.rejected = Some(e.to_string());
-                Scope::Unknown
-            }
+        let Some(labels) = self.node_labels().await else {
+            return Scope::Over;
+        };
+        match scope::allowed(
+            annotation.as_deref(),
+            &node,
+            &labels,
+            self.ctx.config.unannotated_namespaces,
+        ) {
+            Ok(()) => Scope::Allowed,
+            Err(why) => Scope::Refused(why),
         }
     }
 
     /// Ends a TraceJob this node may not run: Failed, NodeNotAllowed, and no bpftrace.
     async fn refuse(&mut self, why: String) -> Claimed {
         info!(%why, "not running this TraceJob: its namespace may not trace this node");
+        if self.seen.job.spec.node_selector.is_some() {
+            // One of many nodes: a refused node writes nothing (the TraceJob's size, and the API
+            // server's work, must not grow with the nodes that may not run it); it is counted.
+            self.ctx
+                .metrics
+                .fanout_refused
+                .get_or_create(&crate::metrics::Reason {
+                    reason: NODE_NOT_ALLOWED.into(),
+                })
+                .inc();
+            return Claimed::Refused;
+        }
         self.fail_unclaimed(NODE_NOT_ALLOWED, why).await
     }
 
     /// Ends a TraceJob that was never started: Failed with `reason`, written only if it is still
-    /// the version read. A TraceJob without spec.nodeName is seen by every agent: each waits a
-    /// moment at random first, and none writes once one has.
+    /// the version read. (A TraceJob without spec.nodeName gets here only on its pod's node.)
     async fn fail_unclaimed(&mut self, reason: &str, why: String) -> Claimed {
-        if self.seen.job.spec.node_name.is_none() {
-            let jitter = Duration::from_millis(writer::rand_below(2000));
-            if !self.pause(jitter).await || self.seen.job.phase().is_some_and(|p| p.is_final()) {
-                return Claimed::Over;
-            }
-        }
         self.ours = TraceJobStatus {
             phase: Some(Phase::Failed),
             node_name: Some(self.ctx.writer.node().to_string()),
@@ -449,7 +444,15 @@ impl Actor {
                         return Claimed::Again;
                     }
                     Some(Written::Gone { .. }) => return Claimed::Over,
-                    Some(Written::Rejected { seq: s, error }) if s == seq => {
+                    Some(Written::Rejected { seq: s, error, forbidden: true }) if s == seq => {
+                        // Forbidden for this agent (its token, RBAC or the fence): trying again
+                        // cannot help, and every agent retrying would flood the API server.
+                        tracing::error!(%error, "the API server forbids this agent to claim the TraceJob; giving it up");
+                        self.ctx.metrics.failed(CLAIM_FORBIDDEN);
+                        self.ctx.writer.event(&self.seen.job, true, CLAIM_FORBIDDEN, format!("the agent of node {} may not claim this TraceJob: {error}", self.ctx.writer.node()));
+                        return Claimed::Refused;
+                    }
+                    Some(Written::Rejected { seq: s, error, .. }) if s == seq => {
                         warn!(%error, "the claim was refused; trying again later");
                         self.rejected = Some(error);
                         return Claimed::Again;
@@ -537,7 +540,7 @@ impl Actor {
             live: Live::default(),
             target: None,
         };
-        run.target = target_watch(&self.seen.job, &run.record);
+        run.target = target_watch(&self.seen.job, &run.record, self.ctx.stores.pods.changes());
         if self.seen.job.spec.stop {
             info!("spec.stop was set before the trace started; not running bpftrace");
             run.process = Process::Exited(Exit::NotStarted);
@@ -570,71 +573,100 @@ impl Actor {
         Some(run)
     }
 
-    /// Whether this node runs a TraceJob with a target: the one its pod runs on. A pod not on a
-    /// node yet is waited for, up to `--target-timeout` from the TraceJob's creation.
+    /// Whether this node runs a TraceJob with a target: the one its pod runs on, as this node's
+    /// pod store has it. While the pod is not here, a TraceJob that names no node is waited on
+    /// without a request or a write (every node sees it; the pod's node takes it), woken by a
+    /// change of this node's pods. One that names this node is failed saying what is wrong (a
+    /// GET says where the pod is), or waited on while its pod is not scheduled yet, up to
+    /// `--target-timeout` from the TraceJob's creation.
     async fn place(&mut self, target: &Target) -> Place {
-        let me = self.ctx.writer.node().to_string();
+        let namespace = self.seen.job.namespace().unwrap_or_default();
+        let named = self.seen.job.spec.node_name.clone();
         let timeout = self.ctx.config.target_timeout();
+        let deadline = Instant::now() + timeout.saturating_sub(decide::age_of(&self.seen.job));
+        let mut pods = self.ctx.stores.pods.changes();
+        let mut ask = true;
+        let mut delays = writer::backoff();
         loop {
-            let namespace = self.seen.job.namespace().unwrap_or_default();
-            let pod = match self.read_pod(&namespace, &target.pod).await {
-                PodRead::Found(pod) => pod,
-                PodRead::Over => return Place::Over,
-            };
-            let Some(pod) = pod else {
-                return Place::Fail(
-                    "TargetNotFound",
-                    format!("pod {} not found in namespace {namespace}", target.pod),
-                );
-            };
-            let node = pod.spec.as_ref().and_then(|s| s.node_name.clone());
-            match (node, &self.seen.job.spec.node_name) {
-                (Some(n), _) if n == me => return Place::Here,
-                (Some(n), Some(named)) => {
-                    return Place::Fail(
-                        "TargetElsewhere",
-                        format!(
-                            "spec.nodeName is {named}, but pod {} runs on node {n}",
-                            target.pod
-                        ),
-                    )
-                }
-                (Some(_), None) => return Place::Elsewhere,
-                (None, _) if age(&self.seen.job) >= timeout => {
-                    return Place::Fail(
-                        "TargetNotRunning",
-                        format!(
-                            "pod {} was not scheduled to a node within {}s (--target-timeout)",
-                            target.pod,
-                            timeout.as_secs()
-                        ),
-                    )
-                }
-                (None, _) => {
-                    if !self.pause(Duration::from_secs(2)).await {
-                        return Place::Over;
+            let here = self.ctx.stores.pod(&namespace, &target.pod).is_some();
+            let named = match (target::place(here, named.is_some()), &named) {
+                (target::Place::Here, _) => return Place::Here,
+                (target::Place::Ask, Some(named)) => named,
+                (target::Place::Wait | target::Place::Ask, _) => {
+                    tokio::select! {
+                        _ = pods.next() => continue,
+                        alive = self.seen.next() => return self.again(alive),
                     }
                 }
+            };
+            if ask {
+                let client = self.ctx.client.clone();
+                let Some(found) = self
+                    .seen
+                    .follow(lookup::pod(&client, &namespace, &target.pod))
+                    .await
+                else {
+                    return Place::Over;
+                };
+                match found {
+                    Ok(pod) => {
+                        let expired = Instant::now() >= deadline;
+                        match target::absent(
+                            pod.as_ref(),
+                            target,
+                            &namespace,
+                            named,
+                            expired,
+                            timeout,
+                        ) {
+                            target::Absent::Fail(reason, why) => return Place::Fail(reason, why),
+                            target::Absent::Wait => ask = false,
+                        }
+                    }
+                    Err(e) => {
+                        let pause = delays.next().unwrap_or(Duration::from_secs(30));
+                        warn!(error = %e, retry_in = ?pause, "cannot read the target pod yet");
+                        if !self.pause(pause).await {
+                            return Place::Over;
+                        }
+                        continue;
+                    }
+                }
+            }
+            // Until the pod is here, or the deadline (then asked once more), or a newer version.
+            let expired = Instant::now() >= deadline;
+            tokio::select! {
+                _ = pods.next() => {}
+                _ = tokio::time::sleep_until(deadline.into()), if !expired => ask = true,
+                alive = self.seen.next() => return self.again(alive),
             }
         }
     }
 
+    /// After `Seen::next`: decide again, unless the TraceJob was deleted or the agent exits.
+    fn again(&self, alive: bool) -> Place {
+        if alive && !self.seen.deleted {
+            Place::Again
+        } else {
+            Place::Over
+        }
+    }
+
     /// The target container, once it runs (waiting up to `--target-timeout` from the claim),
-    /// and its processes on this node.
+    /// and its processes on this node. The pod is read from this node's pod store: the wait
+    /// wakes when it changes, and every 2 s to look for the container's processes.
     async fn resolve(&mut self, target: &Target) -> Resolved {
         let timeout = self.ctx.config.target_timeout();
         let since = Instant::now();
         let mut said = String::new();
+        let mut pods = self.ctx.stores.pods.changes();
         loop {
             let namespace = self.seen.job.namespace().unwrap_or_default();
-            let pod = match self.read_pod(&namespace, &target.pod).await {
-                PodRead::Found(pod) => pod,
-                PodRead::Over => return Resolved::Over,
-            };
-            let Some(pod) = pod else {
+            // It was on this node when placed: gone from the store, it was deleted.
+            let Some(pod) = self.ctx.stores.pod(&namespace, &target.pod) else {
                 return Resolved::Fail(
                     "TargetNotFound",
-                    format!("pod {} not found in namespace {namespace}", target.pod),
+                    target::not_found(&target.pod, &namespace),
                 );
             };
             let waiting = match target::container(&pod, target) {
@@ -668,33 +700,15 @@ impl Actor {
                 self.report("Starting");
                 said = waiting;
             }
-            if !self.pause(Duration::from_secs(2)).await {
-                return Resolved::Over;
-            }
-        }
-    }
-
-    /// Reads a pod, following spec changes meanwhile; a failed read is tried again after a pause.
-    async fn read_pod(&mut self, namespace: &str, name: &str) -> PodRead {
-        let mut delays = writer::backoff();
-        loop {
-            let client = self.ctx.client.clone();
-            let Some(found) = self
-                .seen
-                .follow(lookup::pod(&client, namespace, name))
-                .await
-            else {
-                return PodRead::Over;
-            };
-            match found {
-                Ok(pod) => return PodRead::Found(pod.map(Box::new)),
-                Err(e) => {
-                    let pause = delays.next().unwrap_or(Duration::from_secs(30));
-                    warn!(error = %e, retry_in = ?pause, "cannot read the target pod yet");
-                    if !self.pause(pause).await {
-                        return PodRead::Over;
-                    }
+            let nap = Duration::from_secs(2).min(timeout.saturating_sub(since.elapsed()));
+            let changed_or_nap = async {
+                tokio::select! {
+                    _ = pods.next() => {}
+                    _ = tokio::time::sleep(nap) => {}
                 }
+            };
+            if self.seen.follow(changed_or_nap).await.is_none() {
+                return Resolved::Over;
             }
         }
     }
@@ -747,7 +761,7 @@ impl Actor {
             live: Live::default(),
             target: None,
         };
-        run.target = target_watch(&self.seen.job, &run.record);
+        run.target = target_watch(&self.seen.job, &run.record, self.ctx.stores.pods.changes());
         run
     }
 
@@ -821,10 +835,10 @@ impl Actor {
                 None => std::future::pending().await,
             }
         };
-        let looked = async {
-            match run.target.as_mut().and_then(|t| t.in_flight.as_mut()) {
-                Some(handle) => handle.await.ok(),
-                None => std::future::pending().await,
+        let pods_changed = async {
+            match run.target.as_mut() {
+                Some(t) if run.record.target_lost.is_none() => t.pods.next().await,
+                _ => std::future::pending().await,
             }
         };
         tokio::select! {
@@ -838,7 +852,11 @@ impl Actor {
                 run.live.in_flight = None;
                 self.on_live_copied(run, copied);
             }
-            pod = looked => self.on_target_seen(run, pod),
+            _ = pods_changed => {
+                if let Some(t) = run.target.as_mut() {
+                    t.look = true;
+                }
+            }
             _ = tokio::time::sleep(nap) => {}
         }
         true
@@ -985,43 +1003,26 @@ impl Actor {
         }
     }
 
-    /// Looks at the target pod every few seconds while the trace runs, in the background.
+    /// Looks at the target pod in this node's pod store, first and whenever the store changed:
+    /// a restart of the container or the pod's deletion ends the trace.
     fn check_target(&mut self, run: &mut Run) {
         let Some(watch) = run.target.as_mut() else {
             return;
         };
-        if watch.in_flight.is_some()
-            || Instant::now() < watch.next
-            || run.record.target_lost.is_some()
-        {
+        if watch.pods.take() {
+            watch.look = true;
+        }
+        if !watch.look || run.record.target_lost.is_some() {
             return;
         }
-        watch.next = Instant::now() + TARGET_CHECK;
-        let client = self.ctx.client.clone();
+        watch.look = false;
         let namespace = self.seen.job.namespace().unwrap_or_default();
-        let name = watch.target.pod.clone();
-        watch.in_flight = Some(tokio::spawn(async move {
-            lookup::pod(&client, &namespace, &name)
-                .await
-                .map_err(|e| e.to_string())
-        }));
-    }
-
-    fn on_target_seen(&mut self, run: &mut Run, seen: Option<Result<Option<Pod>, String>>) {
-        let Some(watch) = run.target.as_mut() else {
-            return;
-        };
-        watch.in_flight = None;
-        match seen {
-            Some(Ok(pod)) => {
-                if let Some(why) = target::lost(pod.as_ref(), &watch.target, &watch.started) {
-                    info!(%why, "the target is gone; stopping the trace");
-                    run.record.target_lost = Some(why);
-                    self.save(&run.record);
-                }
-            }
-            Some(Err(e)) => warn!(error = %e, "cannot read the target pod; trying again"),
-            None => {}
+        // The pod runs on this node: not in the store, it was deleted.
+        let pod = self.ctx.stores.pod(&namespace, &watch.target.pod);
+        if let Some(why) = target::lost(pod.as_deref(), &watch.target, &watch.started) {
+            info!(%why, "the target is gone; stopping the trace");
+            run.record.target_lost = Some(why);
+            self.save(&run.record);
         }
     }
 
@@ -1379,7 +1380,7 @@ impl Actor {
                 written = self.status.written.recv() => match written {
                     Some(Written::Done { seq, .. }) if seq == self.seq => return Reported::Written,
                     Some(Written::Gone { .. }) | None => return Reported::Deleted,
-                    Some(Written::Rejected { seq, error }) if seq == self.seq => {
+                    Some(Written::Rejected { seq, error, .. }) if seq == self.seq => {
                         return Reported::Rejected(error);
                     }
                     Some(_) => {}

@@ -8,7 +8,6 @@
 
 pub mod job;
 pub mod server;
-pub mod summary;
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
@@ -24,6 +23,7 @@ use tracing::{info, warn, Instrument};
 
 use crate::cluster::client;
 use crate::cluster::handover::{self, Handover};
+use crate::cluster::stores::Stores;
 use crate::cluster::watch::{Source, Update};
 use crate::cluster::writer::Writer;
 use crate::config::Config;
@@ -32,7 +32,8 @@ use crate::host::bpftrace;
 use crate::host::rundir::{self, StateDir};
 use crate::host::shim::Started;
 use crate::metrics::Metrics;
-use crate::resource::TraceJob;
+use crate::resource::{TraceJob, TraceJobNode};
+use kube::runtime::reflector::Store;
 use server::Health;
 
 #[derive(Debug, thiserror::Error)]
@@ -45,6 +46,10 @@ pub enum Error {
     Exe(std::io::Error),
     #[error("cannot handle SIGTERM: {0}")]
     Signal(std::io::Error),
+    #[error("the watch of this node's TraceJobNodes ended before it listed them")]
+    PartsWatch,
+    #[error(transparent)]
+    Stores(#[from] crate::cluster::stores::Error),
 }
 
 /// What every job actor shares.
@@ -64,21 +69,15 @@ pub struct Ctx {
     pub live_budget: Mutex<Budget>,
     /// Becomes true when the agent exits and no agent will take the traces over.
     pub removed: watch::Receiver<bool>,
+    /// Its Node, the Namespaces and its node's pods, as their watches have them.
+    pub stores: Stores,
 }
 
-/// Runs until SIGTERM or SIGINT.
+/// Runs until SIGTERM or SIGINT: the process around `serve` (the health and metrics endpoint,
+/// the client, the signals).
 pub async fn run(config: Config) -> Result<(), Error> {
-    let state = StateDir::open(&config.state_dir)?;
     let exe = std::env::current_exe().map_err(Error::Exe)?;
-    let version = bpftrace::version(&config.bpftrace).unwrap_or_else(|| "unknown".into());
-    info!(node = %config.node_name, bpftrace = %config.bpftrace.display(), %version, "tracejob-agent starting");
     let metrics = Metrics::new();
-    metrics
-        .bpftrace
-        .get_or_create(&crate::metrics::Version {
-            version: version.clone(),
-        })
-        .set(1);
     let ready = Arc::new(AtomicBool::new(false));
     let health = Health {
         ready: ready.clone(),
@@ -91,14 +90,51 @@ pub async fn run(config: Config) -> Result<(), Error> {
         }
     });
     let client = client::connect(metrics.clone()).await?;
+    // Polled first once the agent serves: until then SIGTERM ends the process at once.
+    let shutdown = async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .map_err(Error::Signal)?;
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+        Ok(())
+    };
+    serve(config, client, metrics, exe, ready, shutdown).await
+}
+
+/// One node's agent, until `shutdown` resolves: `run` in a process of its own, or one of many
+/// in the benchmark's process (hollow nodes: each its own client, metrics and state directory).
+/// `exe` is the `tracejob-agent` binary each trace's shim runs as; `ready` is set once the
+/// TraceJobs are listed (/readyz).
+pub async fn serve(
+    config: Config,
+    client: kube::Client,
+    metrics: Arc<Metrics>,
+    exe: PathBuf,
+    ready: Arc<AtomicBool>,
+    shutdown: impl std::future::Future<Output = Result<(), Error>>,
+) -> Result<(), Error> {
+    let state = StateDir::open(&config.state_dir)?;
+    let version = bpftrace::version(&config.bpftrace).unwrap_or_else(|| "unknown".into());
+    info!(node = %config.node_name, bpftrace = %config.bpftrace.display(), %version, "tracejob-agent starting");
+    metrics
+        .bpftrace
+        .get_or_create(&crate::metrics::Version {
+            version: version.clone(),
+        })
+        .set(1);
     let (removed_tx, removed) = watch::channel(false);
     let pod = config.pod();
     let node = config.node_name.clone();
+    // Watched from the start, and listed before any TraceJob is decided.
+    let stores = Stores::start(&client, &node, metrics.clone());
     let ctx = Arc::new(Ctx {
+        stores,
         client: client.clone(),
         metrics: metrics.clone(),
-        bpftrace_version: version,
-        writer: Writer::new(client.clone(), &node),
+        bpftrace_version: version.clone(),
+        writer: Writer::new(client.clone(), &node, &version),
         exe,
         collections: Semaphore::new(usize::from(config.max_concurrent_collections)),
         live_budget: Mutex::new(Budget::new(
@@ -109,26 +145,35 @@ pub async fn run(config: Config) -> Result<(), Error> {
         removed,
         config,
     });
+    // This node's parts of TraceJobs on several nodes, listed before any TraceJob is looked at:
+    // a part is how a restarted agent knows it already runs one.
+    let parts = crate::cluster::watch::parts(Api::all(client.clone()), &node, metrics.clone());
+    parts
+        .wait_until_ready()
+        .await
+        .map_err(|_| Error::PartsWatch)?;
+    ctx.stores.ready().await?;
     let updates = crate::cluster::watch::updates(Api::all(client.clone()), &node, metrics);
     tokio::pin!(updates);
 
     let mut dispatcher = Dispatcher {
         ctx,
         ready,
+        parts,
         jobs: HashMap::new(),
-        summaries: HashMap::new(),
         finished: HashSet::new(),
         synced: HashMap::new(),
     };
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<String>();
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .map_err(Error::Signal)?;
+    tokio::pin!(shutdown);
     loop {
         tokio::select! {
             Some(update) = updates.next() => dispatcher.handle(update, &done_tx),
             Some(uid) = done_rx.recv() => dispatcher.done(uid),
-            _ = term.recv() => break,
-            _ = tokio::signal::ctrl_c() => break,
+            stop = &mut shutdown => {
+                stop?;
+                break;
+            }
         }
     }
     match handover::check(client, pod.as_ref()).await {
@@ -162,9 +207,8 @@ struct Dispatcher {
     /// Live job actors by TraceJob UID, with the watch they came from; `None` sent to one means
     /// the TraceJob was deleted, and a closed channel that the agent is exiting.
     jobs: HashMap<String, (Source, watch::Sender<Option<TraceJob>>)>,
-    /// The summary keepers of the TraceJobs on several nodes that this node takes part in, by
-    /// UID (`summary`).
-    summaries: HashMap<String, watch::Sender<Option<TraceJob>>>,
+    /// This node's parts of TraceJobs on several nodes (`TraceJobNode`), as the watch has them.
+    parts: Store<TraceJobNode>,
     /// Jobs whose actor ended, so a stale event never starts or fails them again.
     finished: HashSet<String>,
     /// The watches that have listed TraceJobs at least once, and every UID they listed then.
@@ -176,18 +220,12 @@ impl Dispatcher {
         match update {
             Update::Seen(job) => {
                 let uid = job.uid().unwrap_or_default();
-                // A TraceJob on several nodes: this node's entry is its status here.
-                let node = self.ctx.writer.node().to_string();
+                // A TraceJob on several nodes: this node's part is its status here.
+                let part = self.part_of(&uid);
                 let late = job.spec.node_selector.is_some()
-                    && !job
-                        .status
-                        .as_ref()
-                        .is_some_and(|s| s.nodes.iter().any(|n| n.node == node))
+                    && part.is_none()
                     && (job.spec.stop || job.phase().is_some_and(|p| p.is_final()));
-                if job.spec.node_selector.is_some() {
-                    self.summarise(&uid, &job);
-                }
-                let job = job.view_for(&node);
+                let job = job.view_with(part.as_deref());
                 if let Some((_, tx)) = self.jobs.get(&uid) {
                     let _ = tx.send(Some(job));
                     return;
@@ -222,9 +260,6 @@ impl Dispatcher {
             }
             Update::Deleted(job) => {
                 let uid = job.uid().unwrap_or_default();
-                if let Some(tx) = self.summaries.remove(&uid) {
-                    let _ = tx.send(None);
-                }
                 if let Some((_, tx)) = self.jobs.get(&uid) {
                     let _ = tx.send(None);
                 }
@@ -235,15 +270,6 @@ impl Dispatcher {
                     if *from == source && !existing.contains(uid) {
                         let _ = tx.send(None);
                     }
-                }
-                if source == Source::Unassigned {
-                    self.summaries.retain(|uid, tx| {
-                        let keep = existing.contains(uid);
-                        if !keep {
-                            let _ = tx.send(None);
-                        }
-                        keep
-                    });
                 }
                 let first = self.synced.insert(source, existing).is_none();
                 let all: HashSet<String> = self.synced.values().flatten().cloned().collect();
@@ -257,23 +283,12 @@ impl Dispatcher {
         }
     }
 
-    /// Hands a TraceJob on several nodes to its summary keeper, started once this node has an
-    /// entry in it.
-    fn summarise(&mut self, uid: &str, job: &TraceJob) {
-        if let Some(tx) = self.summaries.get(uid) {
-            let _ = tx.send(Some(job.clone()));
-            return;
-        }
-        let node = self.ctx.writer.node();
-        let ours = job
-            .status
-            .as_ref()
-            .is_some_and(|s| s.nodes.iter().any(|n| n.node == node));
-        if ours {
-            let (tx, rx) = watch::channel(Some(job.clone()));
-            summary::keep(self.ctx.writer.clone(), job, rx);
-            self.summaries.insert(uid.to_string(), tx);
-        }
+    /// This node's part of the TraceJob with this UID, if it has one.
+    fn part_of(&self, uid: &str) -> Option<Arc<TraceJobNode>> {
+        self.parts
+            .state()
+            .into_iter()
+            .find(|p| p.owner_uid() == Some(uid))
     }
 
     fn done(&mut self, uid: String) {

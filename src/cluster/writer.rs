@@ -6,17 +6,16 @@
 //! backoff (a newer status replaces the one being retried), and reports each outcome back, so
 //! the actor never waits on a write.
 //!
-//! A TraceJob run on several nodes (spec.nodeSelector) has one entry per node in status.nodes:
-//! each node's agent applies only its own entry, with a field manager of its own, so agents never
-//! conflict. Its summary (phase, progress, conditions) is written by `write_summary`, which
-//! `agent::summary` calls.
+//! A TraceJob run on several nodes (spec.nodeSelector) has one part per node, a `TraceJobNode`:
+//! each node's agent creates and writes only its own, so a write costs the same whatever the
+//! number of nodes. The TraceJob's own status (a summary) is the summarizer's (`summarize`).
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use backon::BackoffBuilder;
 use k8s_openapi::api::core::v1::ConfigMap;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use k8s_openapi::jiff::Timestamp;
 use k8s_openapi::ByteString;
 use kube::api::{Patch, PatchParams, PostParams};
@@ -26,24 +25,31 @@ use serde_json::json;
 use tokio::sync::{mpsc, watch};
 use tracing::{warn, Instrument};
 
-use crate::decide::status;
 use crate::output::fit::Contents;
+use crate::resource::node::controller;
 use crate::resource::{
-    NodeStatus, TraceJob, TraceJobStatus, LABEL_NODE, LABEL_RUN, LABEL_TRACEJOB,
+    TraceJob, TraceJobNode, TraceJobNodeStatus, TraceJobStatus, LABEL_NODE, LABEL_RUN,
+    LABEL_TRACEJOB,
 };
 
 /// The field manager of the agent's server-side applies.
 pub const MANAGER: &str = "tracejob-agent";
-/// The field manager of a fan-out TraceJob's summary, whichever node's agent writes it.
-pub const SUMMARY_MANAGER: &str = "tracejob-agent-summary";
 
-/// What of the status a job's writer writes.
+/// Where a job's writer writes its status.
 #[derive(Debug, Clone)]
 enum Shape {
-    /// All of it: the TraceJob runs on one node.
+    /// The TraceJob's status: it runs on one node.
     Whole,
-    /// This node's entry of status.nodes, then the summary.
-    Entry(String),
+    /// This node's TraceJobNode (created on its first write) of a TraceJob on several nodes.
+    Part(Box<Part>),
+}
+
+#[derive(Debug, Clone)]
+struct Part {
+    api: Api<TraceJobNode>,
+    part: TraceJobNode,
+    job: TraceJob,
+    created: bool,
 }
 /// Annotations of an output ConfigMap that holds live output (the newest part of a running
 /// trace's output), and where in the whole output that part begins.
@@ -102,6 +108,8 @@ pub struct Writer {
     client: Client,
     recorder: Recorder,
     node: String,
+    /// `bpftrace --version`, recorded in each TraceJobNode.
+    bpftrace: String,
 }
 
 /// A status for the writer to write: the whole status as the agent knows it.
@@ -134,6 +142,8 @@ pub enum Written {
     Rejected {
         seq: u64,
         error: String,
+        /// Refused for this client (403: RBAC or an admission policy), not for its content.
+        forbidden: bool,
     },
 }
 
@@ -152,7 +162,7 @@ impl StatusWriter {
 }
 
 impl Writer {
-    pub fn new(client: Client, node: &str) -> Writer {
+    pub fn new(client: Client, node: &str, bpftrace: &str) -> Writer {
         let reporter = Reporter {
             controller: "tracejob-agent".into(),
             instance: Some(node.to_string()),
@@ -161,6 +171,7 @@ impl Writer {
             recorder: Recorder::new(client.clone(), reporter),
             client,
             node: node.to_string(),
+            bpftrace: bpftrace.to_string(),
         }
     }
 
@@ -179,41 +190,17 @@ impl Writer {
         let api = self.api(job);
         let name = job.name_any();
         let shape = match job.spec.node_selector {
-            Some(_) => Shape::Entry(self.node.clone()),
+            Some(_) => Shape::Part(Box::new(Part {
+                api: Api::namespaced(self.client.clone(), &job.namespace().unwrap_or_default()),
+                part: TraceJobNode::part_of(job, &self.node),
+                job: job.clone(),
+                created: false,
+            })),
             None => Shape::Whole,
         };
-        tokio::spawn(write_statuses(api, name, shape, rx, done).in_current_span());
+        let bpftrace = self.bpftrace.clone();
+        tokio::spawn(write_statuses(api, name, shape, bpftrace, rx, done).in_current_span());
         StatusWriter { tx, written }
-    }
-
-    /// Writes a fan-out TraceJob's summary, computed from `job` and applied only onto that
-    /// version, so a summary never overwrites one that saw a newer entry.
-    pub async fn write_summary(&self, job: &TraceJob) -> Result<SummaryWritten, Error> {
-        let want = status::summary(job, now());
-        let name = job.name_any();
-        let object = json!({
-            "apiVersion": TraceJob::api_version(&()),
-            "kind": TraceJob::kind(&()),
-            "metadata": { "name": name, "resourceVersion": job.resource_version() },
-            "status": {
-                "phase": want.phase,
-                "progress": want.progress,
-                "message": want.message,
-                "conditions": want.conditions,
-                "observedGeneration": want.observed_generation,
-            },
-        });
-        let params = PatchParams::apply(SUMMARY_MANAGER).force();
-        match self
-            .api(job)
-            .patch_status(&name, &params, &Patch::Apply(object))
-            .await
-        {
-            Ok(_) => Ok(SummaryWritten::Done),
-            Err(kube::Error::Api(s)) if s.code == 409 => Ok(SummaryWritten::Conflict),
-            Err(kube::Error::Api(s)) if s.code == 404 => Ok(SummaryWritten::Gone),
-            Err(e) => Err(Error::Kube(e)),
-        }
     }
 
     /// The TraceJob as the server has it now (None: gone).
@@ -289,7 +276,7 @@ impl Writer {
                     (LABEL_RUN.to_string(), run_id.to_string()),
                 ])),
                 annotations,
-                owner_references: Some(vec![owner(job)]),
+                owner_references: Some(vec![controller(job)]),
                 ..Default::default()
             },
             data: Some(contents.data.clone()),
@@ -343,7 +330,8 @@ impl Writer {
 async fn write_statuses(
     api: Api<TraceJob>,
     name: String,
-    shape: Shape,
+    mut shape: Shape,
+    bpftrace: String,
     mut rx: watch::Receiver<Option<Desired>>,
     done: mpsc::UnboundedSender<Written>,
 ) {
@@ -354,7 +342,7 @@ async fn write_statuses(
                 break;
             };
             let seq = desired.seq;
-            let written = match apply_status(&api, &name, &shape, &desired).await {
+            let written = match apply_status(&api, &name, &mut shape, &bpftrace, &desired).await {
                 Ok(job) => Written::Done {
                     seq,
                     job: Box::new(job),
@@ -376,6 +364,7 @@ async fn write_statuses(
                 }
                 Err(e) => Written::Rejected {
                     seq,
+                    forbidden: e.is_refused(),
                     error: e.to_string(),
                 },
             };
@@ -387,51 +376,66 @@ async fn write_statuses(
     }
 }
 
-/// A number below `n`, at random.
-pub fn rand_below(n: u64) -> u64 {
-    let bytes = uuid::Uuid::new_v4().into_bytes();
-    let mut x = [0u8; 8];
-    x.copy_from_slice(&bytes[..8]);
-    u64::from_le_bytes(x) % n.max(1)
-}
-
 async fn apply_status(
     api: &Api<TraceJob>,
     name: &str,
-    shape: &Shape,
+    shape: &mut Shape,
+    bpftrace: &str,
     desired: &Desired,
 ) -> Result<TraceJob, Error> {
-    let (status, manager) = match shape {
-        Shape::Whole => (json!(desired.status), MANAGER.to_string()),
-        Shape::Entry(node) => (
-            json!({ "nodes": [entry(node, &desired.status)] }),
-            entry_manager(node),
-        ),
+    let Shape::Part(p) = shape else {
+        let mut object = json!({
+            "apiVersion": TraceJob::api_version(&()),
+            "kind": TraceJob::kind(&()),
+            "metadata": { "name": name },
+            "status": desired.status,
+        });
+        if let Some(rv) = &desired.precondition {
+            object["metadata"]["resourceVersion"] = json!(rv);
+        }
+        let params = PatchParams::apply(MANAGER).force();
+        return Ok(api
+            .patch_status(name, &params, &Patch::Apply(object))
+            .await?);
     };
-    let mut object = json!({
-        "apiVersion": TraceJob::api_version(&()),
-        "kind": TraceJob::kind(&()),
-        "metadata": { "name": name },
-        "status": status,
-    });
-    if let Some(rv) = &desired.precondition {
-        object["metadata"]["resourceVersion"] = json!(rv);
+    let Part {
+        api: parts,
+        part,
+        job,
+        created,
+    } = p.as_mut();
+    let part_name = part.name_any();
+    let params = PatchParams::apply(MANAGER).force();
+    if !*created {
+        // Creates the part, or finds it as an earlier agent of this node left it.
+        parts
+            .patch(&part_name, &params, &Patch::Apply(&*part))
+            .await?;
+        *created = true;
     }
-    let params = PatchParams::apply(&manager).force();
-    Ok(api
-        .patch_status(name, &params, &Patch::Apply(object))
-        .await?)
+    let object = json!({
+        "apiVersion": TraceJobNode::api_version(&()),
+        "kind": TraceJobNode::kind(&()),
+        "metadata": { "name": part_name },
+        "status": part_status(&desired.status, bpftrace),
+    });
+    match parts
+        .patch_status(&part_name, &params, &Patch::Apply(object))
+        .await
+    {
+        Ok(written) => Ok(job.view_with(Some(&written))),
+        Err(e) => {
+            if matches!(&e, kube::Error::Api(s) if s.code == 404) {
+                // Deleted by hand: made again on the next write, unless its TraceJob is gone.
+                *created = false;
+            }
+            Err(e.into())
+        }
+    }
 }
 
-/// The field manager of one node's entry.
-fn entry_manager(node: &str) -> String {
-    let manager = format!("{MANAGER}@{node}");
-    // Field managers are at most 128 characters; node names may be longer.
-    manager.chars().take(128).collect()
-}
-
-/// A node's entry of status.nodes, from the status its actor wants.
-fn entry(node: &str, s: &TraceJobStatus) -> NodeStatus {
+/// A node's part, from the status its actor wants.
+fn part_status(s: &TraceJobStatus, bpftrace: &str) -> TraceJobNodeStatus {
     let reason = s
         .conditions
         .iter()
@@ -439,8 +443,7 @@ fn entry(node: &str, s: &TraceJobStatus) -> NodeStatus {
             c.status == "True" && ["Running", "Completed", "Failed"].contains(&c.type_.as_str())
         })
         .map(|c| c.reason.clone());
-    NodeStatus {
-        node: node.to_string(),
+    TraceJobNodeStatus {
         phase: s.phase,
         reason,
         id: s.id.clone(),
@@ -451,16 +454,8 @@ fn entry(node: &str, s: &TraceJobStatus) -> NodeStatus {
         exit_code: s.exit_code,
         message: s.message.clone(),
         output_ref: s.output_ref.clone(),
+        bpftrace_version: Some(bpftrace.to_string()),
     }
-}
-
-/// What became of a summary write.
-#[derive(Debug, PartialEq, Eq)]
-pub enum SummaryWritten {
-    Done,
-    /// The TraceJob changed since the version the summary was computed from.
-    Conflict,
-    Gone,
 }
 
 /// The ConfigMap name for a run: the TraceJob's name and (part of) the run id, so a TraceJob
@@ -470,17 +465,6 @@ pub fn output_name(tracejob: &str, run_id: &str) -> String {
     let room = 253 - suffix.len();
     let base: String = tracejob.chars().take(room).collect();
     format!("{}{suffix}", base.trim_end_matches(['-', '.']))
-}
-
-fn owner(job: &TraceJob) -> OwnerReference {
-    OwnerReference {
-        api_version: TraceJob::api_version(&()).to_string(),
-        kind: TraceJob::kind(&()).to_string(),
-        name: job.name_any(),
-        uid: job.uid().unwrap_or_default(),
-        controller: Some(true),
-        block_owner_deletion: None,
-    }
 }
 
 #[cfg(test)]

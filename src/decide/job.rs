@@ -379,6 +379,16 @@ pub fn event(
     }
 }
 
+/// How long ago the TraceJob was created (zero if it does not say, or says the future).
+pub fn age_of(job: &TraceJob) -> Duration {
+    job.metadata
+        .creation_timestamp
+        .as_ref()
+        .map(|t| (k8s_openapi::jiff::Timestamp::now() - t.0).get_seconds())
+        .and_then(|s| u64::try_from(s).ok())
+        .map_or(Duration::ZERO, Duration::from_secs)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -4,7 +4,9 @@
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
-use crate::resource::{NodeStatus, Phase, TraceJob, TraceJobStatus};
+use crate::resource::{
+    FailedNode, NodeCounts, Phase, TraceJob, TraceJobNode, TraceJobStatus, MAX_FAILED_NODES,
+};
 
 /// The condition types derived from the phase.
 const PHASE_CONDITIONS: [&str; 3] = ["Running", "Completed", "Failed"];
@@ -90,36 +92,50 @@ pub fn conditions(
         .collect()
 }
 
-/// The summary of a TraceJob run on several nodes (spec.nodeSelector): its phase, progress
-/// ("done/total"), message and conditions, from its nodes' entries. Pending until a node runs
-/// it; then Stopping while any node stops, else Running while any runs; once every node is done,
-/// Completed if any node completed (the message names those that failed), else Failed.
-pub fn summary(job: &TraceJob, now: Time) -> TraceJobStatus {
-    let nodes: &[NodeStatus] = job
-        .status
-        .as_ref()
-        .map(|s| s.nodes.as_slice())
-        .unwrap_or_default();
-    let is = |p: Phase| nodes.iter().filter(|n| n.phase == Some(p)).count();
-    let done = nodes
+/// The summary of a TraceJob run on several nodes (spec.nodeSelector), from its nodes' parts:
+/// phase, progress ("done/total"), counts by phase, the failed nodes (at most
+/// `MAX_FAILED_NODES`, first by name), message and conditions. Its size does not grow with the
+/// number of nodes. Pending until a node runs it; then Stopping while any node stops, else
+/// Running while any runs; once every node is done, Completed if any node completed, else
+/// Failed. The merged output's reference is kept as it is.
+pub fn summary(job: &TraceJob, parts: &[&TraceJobNode], now: Time) -> TraceJobStatus {
+    let phase_of = |p: &&TraceJobNode| p.status.as_ref().and_then(|s| s.phase);
+    let is = |want: Phase| parts.iter().filter(|p| phase_of(p) == Some(want)).count();
+    let counts = NodeCounts {
+        // A part without a phase yet is starting.
+        pending: count(
+            parts
+                .iter()
+                .filter(|p| matches!(phase_of(p), None | Some(Phase::Pending)))
+                .count(),
+        ),
+        running: count(is(Phase::Running)),
+        stopping: count(is(Phase::Stopping)),
+        completed: count(is(Phase::Completed)),
+        failed: count(is(Phase::Failed)),
+    };
+    let total = parts.len();
+    let done = is(Phase::Completed) + is(Phase::Failed);
+    let mut failed: Vec<FailedNode> = parts
         .iter()
-        .filter(|n| n.phase.is_some_and(Phase::is_final))
-        .count();
-    let total = nodes.len();
-    let failed: Vec<String> = nodes
-        .iter()
-        .filter(|n| n.phase == Some(Phase::Failed))
-        .map(|n| {
-            format!(
-                "{} ({})",
-                n.node,
-                n.reason
-                    .as_deref()
-                    .or(n.message.as_deref())
-                    .unwrap_or("failed")
-            )
+        .filter(|p| phase_of(p) == Some(Phase::Failed))
+        .map(|p| FailedNode {
+            node: p.spec.node_name.clone(),
+            reason: p.status.as_ref().and_then(|s| s.reason.clone()),
+            message: p.status.as_ref().and_then(|s| s.message.clone()).map(|m| {
+                // A node's message can be bpftrace's whole error text: a line is enough here.
+                m.lines()
+                    .next()
+                    .unwrap_or_default()
+                    .chars()
+                    .take(200)
+                    .collect()
+            }),
         })
         .collect();
+    failed.sort_by(|a, b| a.node.cmp(&b.node));
+    let failed_count = failed.len();
+    failed.truncate(MAX_FAILED_NODES);
     let (phase, reason) = if total == 0 {
         (Phase::Pending, "NoNodeYet")
     } else if done == total && is(Phase::Completed) > 0 {
@@ -134,73 +150,85 @@ pub fn summary(job: &TraceJob, now: Time) -> TraceJobStatus {
         (Phase::Pending, "NodesStarting")
     };
     let mut message = format!("{done} of {total} nodes done");
-    if !failed.is_empty() {
-        message += &format!("; failed on {}", failed.join(", "));
+    if failed_count > 0 {
+        let names: Vec<&str> = failed.iter().map(|f| f.node.as_str()).collect();
+        message += &format!("; failed on {failed_count}: {}", names.join(", "));
+        if failed_count > failed.len() {
+            message += ", ...";
+        }
     }
     let status = TraceJobStatus {
         phase: Some(phase),
         progress: Some(format!("{done}/{total}")),
         message: Some(message),
+        node_counts: Some(counts),
+        failed_nodes: failed,
+        output_ref: job.status.as_ref().and_then(|s| s.output_ref.clone()),
+        merged_nodes: job.status.as_ref().and_then(|s| s.merged_nodes),
+        conditions: job
+            .status
+            .as_ref()
+            .map(|s| {
+                s.conditions
+                    .iter()
+                    .filter(|c| c.type_ == "OutputStored")
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default(),
         ..Default::default()
     };
     complete(status, reason, job, now)
 }
 
-/// What of a fan-out TraceJob's summary shows whether it was written since: phase, progress and
-/// message.
-pub type SummaryKey = (Option<Phase>, Option<String>, Option<String>);
+fn count(n: usize) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
 
-pub fn summary_key(job: &TraceJob) -> SummaryKey {
-    job.status.as_ref().map_or((None, None, None), |s| {
-        (s.phase, s.progress.clone(), s.message.clone())
+/// Whether the TraceJob's status already says what `want` (a `summary`) says; the conditions'
+/// times aside.
+pub fn summary_is_current(job: &TraceJob, want: &TraceJobStatus) -> bool {
+    job.status.as_ref().is_some_and(|s| {
+        s.phase == want.phase
+            && s.progress == want.progress
+            && s.message == want.message
+            && s.node_counts == want.node_counts
+            && s.failed_nodes == want.failed_nodes
+            && s.output_ref == want.output_ref
+            && s.merged_nodes == want.merged_nodes
     })
 }
 
-/// The agents of this many nodes (the first by name among the TraceJob's entries) keep its
-/// summary current; the others stand by.
-pub const SUMMARISERS: usize = 2;
-
-/// Whether this node's agent should write a fan-out TraceJob's summary.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SummaryDue {
-    /// Not a fan-out TraceJob, or this node takes no part in it.
-    NotOurs,
-    /// The summary says what the entries say.
-    Current,
-    /// Stale, and this node is one of the `SUMMARISERS`: write it a moment from now (a burst of
-    /// entry writes then costs a few summary writes, not one per node).
-    Soon,
-    /// Stale, and another node's agent should write it: write it only if nobody has for a while
-    /// (those agents may be gone).
-    Fallback,
+/// Whether a TraceJob is a pod target with no spec.nodeName that no node has taken yet: only the
+/// pod's node's agent can take it, and only the summarizer can tell that none will.
+pub fn unclaimed_target(job: &TraceJob) -> bool {
+    job.spec.target.is_some() && job.spec.node_name.is_none() && job.phase().is_none()
 }
 
-pub fn summary_due(node: &str, job: &TraceJob, now: Time) -> SummaryDue {
-    let nodes = job
-        .status
-        .as_ref()
-        .map(|s| s.nodes.as_slice())
-        .unwrap_or_default();
-    if job.spec.node_selector.is_none() || !nodes.iter().any(|n| n.node == node) {
-        return SummaryDue::NotOurs;
-    }
-    let want = summary(job, now);
-    if summary_key(job) == (want.phase, want.progress, want.message) {
-        return SummaryDue::Current;
-    }
-    let mut names: Vec<&str> = nodes.iter().map(|n| n.node.as_str()).collect();
-    names.sort_unstable();
-    if names.iter().take(SUMMARISERS).any(|n| *n == node) {
-        SummaryDue::Soon
-    } else {
-        SummaryDue::Fallback
-    }
+/// Whether a fan-out TraceJob's merged output is due: every node that joined has ended, and the
+/// merged output (if any) holds fewer nodes than have ended (a late node ended since).
+pub fn merge_due(job: &TraceJob, parts: &[&TraceJobNode]) -> bool {
+    let merged = job.status.as_ref().and_then(|s| s.merged_nodes);
+    all_parts_done(parts) && merged != Some(count(parts.len()))
+}
+
+/// Whether every node that joined a fan-out TraceJob has ended (and at least one joined): its
+/// merged output is due.
+pub fn all_parts_done(parts: &[&TraceJobNode]) -> bool {
+    !parts.is_empty()
+        && parts.iter().all(|p| {
+            p.status
+                .as_ref()
+                .and_then(|s| s.phase)
+                .is_some_and(Phase::is_final)
+        })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::resource::example as job;
+    use crate::resource::TraceJobNodeStatus;
     use k8s_openapi::jiff::Timestamp;
 
     #[test]
@@ -239,128 +267,117 @@ mod tests {
         );
     }
 
+    fn part(node: &str, phase: Option<Phase>, reason: Option<&str>) -> TraceJobNode {
+        let mut p = TraceJobNode::part_of(&job(), node);
+        p.status = Some(TraceJobNodeStatus {
+            phase,
+            reason: reason.map(String::from),
+            message: reason.map(|r| format!("{r}\nsecond line")),
+            ..Default::default()
+        });
+        p
+    }
+
     #[test]
     fn a_fan_out_summary_follows_its_nodes() {
         let now = Time(Timestamp::from_second(1_000).expect("time"));
-        let entry = |node: &str, phase: Phase| NodeStatus {
-            node: node.into(),
-            phase: Some(phase),
-            reason: (phase == Phase::Failed).then(|| "NodeNotAllowed".to_string()),
-            ..Default::default()
+        let mut tj = job();
+        tj.spec.node_selector = Some(Default::default());
+        let of = |parts: Vec<TraceJobNode>| {
+            let refs: Vec<&TraceJobNode> = parts.iter().collect();
+            summary(&tj, &refs, now.clone())
         };
-        let with = |nodes: Vec<NodeStatus>| {
-            let mut tj = job();
-            tj.status = Some(TraceJobStatus {
-                nodes,
-                ..Default::default()
-            });
-            summary(&tj, now.clone())
-        };
-        let s = with(vec![]);
+        let s = of(vec![]);
         assert_eq!(
             (s.phase, s.progress.as_deref()),
             (Some(Phase::Pending), Some("0/0"))
         );
-        let s = with(vec![entry("a", Phase::Running), entry("b", Phase::Pending)]);
+        let s = of(vec![
+            part("a", None, None),
+            part("b", Some(Phase::Running), None),
+        ]);
         assert_eq!(
             (s.phase, s.progress.as_deref()),
             (Some(Phase::Running), Some("0/2"))
         );
-        let s = with(vec![
-            entry("a", Phase::Completed),
-            entry("b", Phase::Stopping),
+        assert_eq!(
+            s.node_counts.as_ref().map(|c| (c.pending, c.running)),
+            Some((1, 1))
+        );
+        let s = of(vec![
+            part("a", Some(Phase::Completed), None),
+            part("b", Some(Phase::Stopping), None),
+        ]);
+        assert_eq!(s.phase, Some(Phase::Stopping));
+        let s = of(vec![
+            part("a", Some(Phase::Completed), None),
+            part("b", Some(Phase::Failed), Some("BpftraceFailed")),
         ]);
         assert_eq!(
             (s.phase, s.progress.as_deref()),
-            (Some(Phase::Stopping), Some("1/2"))
+            (Some(Phase::Completed), Some("2/2"))
         );
-        let s = with(vec![
-            entry("a", Phase::Completed),
-            entry("b", Phase::Failed),
-        ]);
-        assert_eq!(s.phase, Some(Phase::Completed));
-        assert_eq!(s.progress.as_deref(), Some("2/2"));
-        assert!(s
-            .message
-            .as_deref()
-            .is_some_and(|m| m.contains("failed on b (NodeNotAllowed)")));
-        assert!(s
-            .conditions
-            .iter()
-            .any(|c| c.type_ == "Completed" && c.status == "True"));
-        let s = with(vec![entry("a", Phase::Failed), entry("b", Phase::Failed)]);
+        assert_eq!(s.failed_nodes.len(), 1);
+        assert_eq!(s.failed_nodes[0].reason.as_deref(), Some("BpftraceFailed"));
+        assert_eq!(
+            s.failed_nodes[0].message.as_deref(),
+            Some("BpftraceFailed"),
+            "one line"
+        );
+        assert!(
+            s.message
+                .as_deref()
+                .is_some_and(|m| m.contains("failed on 1: b")),
+            "{s:?}"
+        );
+        let s = of(vec![part("a", Some(Phase::Failed), Some("X"))]);
         assert_eq!(s.phase, Some(Phase::Failed));
     }
 
     #[test]
-    fn the_first_nodes_by_name_write_a_stale_summary_and_the_others_stand_by() {
+    fn the_summary_is_bounded_whatever_the_number_of_nodes() {
         let now = Time(Timestamp::from_second(1_000).expect("time"));
-        let entry = |node: &str, phase: Phase| NodeStatus {
-            node: node.into(),
-            phase: Some(phase),
-            ..Default::default()
-        };
         let mut tj = job();
-        assert_eq!(summary_due("a", &tj, now.clone()), SummaryDue::NotOurs);
-        tj.spec.node_name = None;
         tj.spec.node_selector = Some(Default::default());
-        tj.status = Some(TraceJobStatus {
-            nodes: vec![
-                entry("c", Phase::Running),
-                entry("a", Phase::Running),
-                entry("b", Phase::Pending),
-            ],
-            ..Default::default()
-        });
-        assert_eq!(summary_due("a", &tj, now.clone()), SummaryDue::Soon);
-        assert_eq!(summary_due("b", &tj, now.clone()), SummaryDue::Soon);
-        assert_eq!(summary_due("c", &tj, now.clone()), SummaryDue::Fallback);
-        assert_eq!(summary_due("d", &tj, now.clone()), SummaryDue::NotOurs);
-        // Written: current for everyone, until an entry changes.
-        let written = summary(&tj, now.clone());
-        if let Some(s) = tj.status.as_mut() {
-            s.phase = written.phase;
-            s.progress = written.progress;
-            s.message = written.message;
-        }
-        for node in ["a", "b", "c"] {
-            assert_eq!(summary_due(node, &tj, now.clone()), SummaryDue::Current);
-        }
-        if let Some(s) = tj.status.as_mut() {
-            s.nodes[2].phase = Some(Phase::Running);
-        }
-        assert_eq!(
-            summary_due("a", &tj, now.clone()),
-            SummaryDue::Current,
-            "the same phase and progress"
+        let size = |n: usize| {
+            let parts: Vec<TraceJobNode> = (0..n)
+                .map(|i| {
+                    part(
+                        &format!("node-{i:05}"),
+                        Some(Phase::Failed),
+                        Some("NodeNotAllowed"),
+                    )
+                })
+                .collect();
+            let refs: Vec<&TraceJobNode> = parts.iter().collect();
+            let s = summary(&tj, &refs, now.clone());
+            assert_eq!(s.failed_nodes.len(), n.min(MAX_FAILED_NODES));
+            assert_eq!(s.node_counts.as_ref().map(|c| c.failed), Some(n as i64));
+            serde_json::to_vec(&s).expect("json").len()
+        };
+        let (small, large) = (size(30), size(5000));
+        // Only the counts' digits grow.
+        assert!(
+            large <= small + 64,
+            "{small} bytes at 30 nodes, {large} at 5000"
         );
-        if let Some(s) = tj.status.as_mut() {
-            s.nodes[2].phase = Some(Phase::Completed);
-        }
-        assert_eq!(summary_due("a", &tj, now.clone()), SummaryDue::Soon);
-        assert_eq!(summary_due("c", &tj, now), SummaryDue::Fallback);
     }
 
     #[test]
-    fn complete_keeps_output_stored_and_sets_the_generation() {
+    fn a_summary_is_current_until_a_node_changes() {
         let now = Time(Timestamp::from_second(1_000).expect("time"));
         let mut tj = job();
-        tj.metadata.generation = Some(4);
-        let status = TraceJobStatus {
-            phase: Some(Phase::Completed),
-            message: Some("done".into()),
-            conditions: vec![output_stored("Compressed", "gzip", &tj, now.clone())],
-            ..Default::default()
-        };
-        let written = complete(status, "Collected", &tj, now);
-        let types: Vec<&str> = written
-            .conditions
-            .iter()
-            .map(|c| c.type_.as_str())
-            .collect();
-        assert_eq!(types, ["Running", "Completed", "Failed", "OutputStored"]);
-        assert_eq!(written.observed_generation, Some(4));
-        assert_eq!(written.conditions[1].reason, "Collected");
-        assert_eq!(written.conditions[1].message, "done");
+        tj.spec.node_selector = Some(Default::default());
+        let parts = [part("a", Some(Phase::Running), None)];
+        let refs: Vec<&TraceJobNode> = parts.iter().collect();
+        let want = summary(&tj, &refs, now.clone());
+        assert!(!summary_is_current(&tj, &want));
+        tj.status = Some(want.clone());
+        assert!(summary_is_current(&tj, &summary(&tj, &refs, now.clone())));
+        let parts = [part("a", Some(Phase::Completed), None)];
+        let refs: Vec<&TraceJobNode> = parts.iter().collect();
+        assert!(!summary_is_current(&tj, &summary(&tj, &refs, now)));
+        assert!(all_parts_done(&refs));
+        assert!(!all_parts_done(&[]));
     }
 }

@@ -93,6 +93,79 @@ pub fn container(pod: &Pod, target: &Target) -> Found {
     }
 }
 
+/// What a node does about a TraceJob with a target, from its store of the pods on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Place {
+    /// The pod is on this node: this node runs it.
+    Here,
+    /// The pod is not on this node and the TraceJob names no node: it is this node's only if the
+    /// pod comes here. Wait until this node's pods change, asking the API server nothing and
+    /// writing nothing (every node sees such a TraceJob; the pod's own node takes it).
+    Wait,
+    /// The pod is not on this node, which the TraceJob names: ask the API server where the pod
+    /// is, to say what is wrong (`absent`).
+    Ask,
+}
+
+/// `on_this_node`: this node's pod store has the pod. `names_a_node`: spec.nodeName is set (to
+/// this node: the agent sees no other node's).
+pub fn place(on_this_node: bool, names_a_node: bool) -> Place {
+    match (on_this_node, names_a_node) {
+        (true, _) => Place::Here,
+        (false, false) => Place::Wait,
+        (false, true) => Place::Ask,
+    }
+}
+
+/// What to do about a target pod that is not on the node the TraceJob names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Absent {
+    /// Not scheduled yet, or on this node but not in its store yet: wait for it.
+    Wait,
+    /// It will not come: fail with this reason and message.
+    Fail(&'static str, String),
+}
+
+/// `pod`: the target pod as the API server has it (None: it does not exist); `named`: the node
+/// the TraceJob names (this one); `expired`: `timeout` (--target-timeout) has passed since the
+/// TraceJob was created.
+pub fn absent(
+    pod: Option<&Pod>,
+    target: &Target,
+    namespace: &str,
+    named: &str,
+    expired: bool,
+    timeout: std::time::Duration,
+) -> Absent {
+    let Some(pod) = pod else {
+        return Absent::Fail("TargetNotFound", not_found(&target.pod, namespace));
+    };
+    match pod.spec.as_ref().and_then(|s| s.node_name.as_deref()) {
+        Some(n) if n == named => Absent::Wait,
+        Some(n) => Absent::Fail(
+            "TargetElsewhere",
+            format!(
+                "spec.nodeName is {named}, but pod {} runs on node {n}",
+                target.pod
+            ),
+        ),
+        None if expired => Absent::Fail(
+            "TargetNotRunning",
+            format!(
+                "pod {} was not scheduled to a node within {}s (--target-timeout)",
+                target.pod,
+                timeout.as_secs()
+            ),
+        ),
+        None => Absent::Wait,
+    }
+}
+
+/// The message of a target pod that does not exist (or no longer does).
+pub fn not_found(pod: &str, namespace: &str) -> String {
+    format!("pod {pod} not found in namespace {namespace}")
+}
+
 /// `containerd://ab12…` → `ab12…`; also `cri-o://`, `docker://`. None if it is not such an ID.
 pub fn container_id(raw: &str) -> Option<String> {
     let (_, id) = raw.split_once("://")?;
@@ -325,6 +398,54 @@ mod tests {
             lost(Some(&again), &target(None), &started).is_some_and(|m| m.contains("restarted"))
         );
         assert!(lost(None, &target(None), &started).is_some_and(|m| m.contains("deleted")));
+    }
+
+    #[test]
+    fn an_unassigned_tracejob_whose_pod_is_elsewhere_waits_without_asking() {
+        assert_eq!(place(true, false), Place::Here);
+        assert_eq!(place(true, true), Place::Here);
+        assert_eq!(place(false, false), Place::Wait);
+        assert_eq!(place(false, true), Place::Ask);
+    }
+
+    #[test]
+    fn a_pod_missing_from_the_named_node_says_where_it_is() {
+        let t = target(None);
+        let timeout = std::time::Duration::from_secs(4);
+        let Absent::Fail(reason, m) = absent(None, &t, "ns", "n1", false, timeout) else {
+            panic!()
+        };
+        assert_eq!(reason, "TargetNotFound");
+        assert_eq!(m, "pod web not found in namespace ns");
+        let mut p = pod(&["app"], vec![], "Pending");
+        assert_eq!(
+            absent(Some(&p), &t, "ns", "n1", false, timeout),
+            Absent::Wait
+        );
+        let Absent::Fail(reason, m) = absent(Some(&p), &t, "ns", "n1", true, timeout) else {
+            panic!()
+        };
+        assert_eq!(reason, "TargetNotRunning");
+        assert!(
+            m.contains("not scheduled") && m.contains("within 4s"),
+            "{m}"
+        );
+        if let Some(s) = p.spec.as_mut() {
+            s.node_name = Some("n2".into());
+        }
+        let Absent::Fail(reason, m) = absent(Some(&p), &t, "ns", "n1", false, timeout) else {
+            panic!()
+        };
+        assert_eq!(reason, "TargetElsewhere");
+        assert_eq!(m, "spec.nodeName is n1, but pod web runs on node n2");
+        // On this node already, the store not yet: wait for it, even past the timeout.
+        if let Some(s) = p.spec.as_mut() {
+            s.node_name = Some("n1".into());
+        }
+        assert_eq!(
+            absent(Some(&p), &t, "ns", "n1", true, timeout),
+            Absent::Wait
+        );
     }
 
     #[test]

@@ -45,6 +45,41 @@ pub fn hierarchies(root: &Path) -> io::Result<Vec<PathBuf>> {
     Ok(found)
 }
 
+/// Limits on every trace together (their shims and bpftrace), set on `tracejob-traces`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    pub memory_bytes: u64,
+    pub pids: u64,
+}
+
+/// Sets `limits` on `tracejob-traces` (made if missing) in every hierarchy under `root` that has
+/// the knob: `memory.max` and `pids.max` in cgroup v2, `memory.limit_in_bytes` and `pids.max` in
+/// the v1 controllers. Returns the knobs written (as `hierarchy/tracejob-traces/knob`); a host
+/// without a memory or pids controller anywhere gets none, and the caller says so.
+pub fn limit_traces(root: &Path, limits: Limits) -> Result<Vec<PathBuf>, Error> {
+    let mut written = Vec::new();
+    for hierarchy in hierarchies(root).map_err(at(root))? {
+        let dir = hierarchy.join(TRACES);
+        match fs::create_dir(&dir) {
+            Err(e) if e.kind() != io::ErrorKind::AlreadyExists => return Err(at(&dir)(e)),
+            _ => {}
+        }
+        let knobs = [
+            ("memory.max", limits.memory_bytes),
+            ("memory.limit_in_bytes", limits.memory_bytes),
+            ("pids.max", limits.pids),
+        ];
+        for (knob, value) in knobs {
+            let path = dir.join(knob);
+            if path.exists() {
+                fs::write(&path, value.to_string()).map_err(at(&path))?;
+                written.push(path);
+            }
+        }
+    }
+    Ok(written)
+}
+
 /// Moves `pid` into `tracejob-traces` in every hierarchy under `root`. Returns how many.
 pub fn move_to_traces(root: &Path, pid: i32) -> Result<usize, Error> {
     let hierarchies = hierarchies(root).map_err(at(root))?;
@@ -90,6 +125,29 @@ mod tests {
             .filter_map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
             .collect();
         assert_eq!(names, ["cpu", "memory", "unified"]);
+    }
+
+    #[test]
+    fn limits_go_where_each_hierarchy_has_the_knob() {
+        let root = tempfile::tempdir().expect("tempdir");
+        for h in ["memory", "pids", "cpu"] {
+            fs::create_dir_all(root.path().join(h).join(TRACES)).expect("mkdir");
+            fs::write(root.path().join(h).join("cgroup.procs"), "").expect("write");
+        }
+        // As the kernel makes them when the cgroup is created.
+        let knob = |h: &str, k: &str| root.path().join(h).join(TRACES).join(k);
+        fs::write(knob("memory", "memory.limit_in_bytes"), "max").expect("write");
+        fs::write(knob("pids", "pids.max"), "max").expect("write");
+        let limits = Limits {
+            memory_bytes: 1 << 30,
+            pids: 512,
+        };
+        let written = limit_traces(root.path(), limits).expect("limits");
+        assert_eq!(written.len(), 2, "{written:?}");
+        let read = |p: PathBuf| fs::read_to_string(p).expect("read");
+        assert_eq!(read(knob("memory", "memory.limit_in_bytes")), "1073741824");
+        assert_eq!(read(knob("pids", "pids.max")), "512");
+        assert!(!knob("cpu", "pids.max").exists(), "no knob is made up");
     }
 
     #[test]

@@ -4,6 +4,8 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
+use super::show;
+
 #[derive(Parser, Debug)]
 #[command(
     name = "kubectl-tracejob",
@@ -25,6 +27,14 @@ pub struct Cli {
     /// Output format.
     #[arg(short, long, global = true, value_enum)]
     pub output: Option<Format>,
+    /// Write the trace's output to a terminal as it is, control bytes and all (by default they
+    /// are shown escaped, as \x1b, so a traced process cannot drive your terminal).
+    #[arg(long, global = true)]
+    pub raw: bool,
+    /// Largest output the plugin expands from a compressed ConfigMap, in bytes (it refuses,
+    /// with an error, rather than use more memory).
+    #[arg(long, global = true, default_value_t = show::DEFAULT_MAX_EXPANDED_BYTES)]
+    pub max_output_bytes: u64,
     #[command(subcommand)]
     pub command: Command,
 }

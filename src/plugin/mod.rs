@@ -19,7 +19,7 @@ use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client, ResourceExt};
 
 use crate::cluster::writer::{ANNOTATION_LIVE, ANNOTATION_LIVE_OFFSET};
-use crate::resource::{Phase, Target, TraceJob, TraceJobSpec};
+use crate::resource::{Phase, Target, TraceJob, TraceJobNode, TraceJobSpec, LABEL_TRACEJOB};
 use cli::{Cli, Command, Format, RunArgs};
 
 /// How the command ended.
@@ -67,6 +67,7 @@ pub async fn main(cli: Cli) -> Result<(), Error> {
         clap_complete::generate(*shell, &mut cmd, "kubectl-tracejob", &mut std::io::stdout());
         return Ok(());
     }
+    show::configure(cli.max_output_bytes, cli.raw);
     let (client, default_namespace) = connect(&cli).await?;
     let namespace = cli.namespace.clone().unwrap_or(default_namespace);
     let jobs: Api<TraceJob> = Api::namespaced(client.clone(), &namespace);
@@ -271,7 +272,7 @@ async fn finished(
     let status = job.status.clone().unwrap_or_default();
     if job.phase() == Some(Phase::Failed) {
         if let Some(cm) = output_configmap(maps, job).await? {
-            let _ = std::io::stdout().write_all(&show::output_bytes(&cm)?);
+            let _ = show::write_output(&mut std::io::stdout(), &show::output_bytes(&cm)?);
         }
         return Err(Error::TraceFailed(
             status.message.unwrap_or_else(|| "the trace failed".into()),
@@ -309,7 +310,7 @@ async fn output(
             let _ = write!(out, "{yaml}");
         }
         _ => {
-            let _ = out.write_all(&show::output_bytes(&cm)?);
+            let _ = show::write_output(&mut out, &show::output_bytes(&cm)?);
         }
     }
     Ok(())
@@ -329,11 +330,25 @@ async fn fan_out_output(
     format: Option<Format>,
     per_node: bool,
 ) -> Result<(), Error> {
+    // Each node's part names its output; only the parts of this TraceJob (by UID) count.
+    let parts: Api<TraceJobNode> = Api::namespaced(
+        maps.clone().into_client(),
+        &job.namespace().unwrap_or_default(),
+    );
+    let selector = format!("{LABEL_TRACEJOB}={}", job.name_any());
+    let mut list = parts
+        .list(&ListParams::default().labels(&selector))
+        .await?
+        .items;
+    list.retain(|p| p.owner_uid().is_some() && p.owner_uid() == job.uid().as_deref());
+    list.sort_by(|a, b| a.spec.node_name.cmp(&b.spec.node_name));
     let mut nodes = Vec::new();
-    for entry in job.status.iter().flat_map(|s| &s.nodes) {
-        let Some(r) = &entry.output_ref else { continue };
+    for part in list {
+        let Some(r) = part.status.as_ref().and_then(|s| s.output_ref.as_ref()) else {
+            continue;
+        };
         if let Some(cm) = maps.get_opt(&r.name).await? {
-            nodes.push((entry.node.clone(), cm));
+            nodes.push((part.spec.node_name.clone(), owned(cm, job)?));
         }
     }
     if nodes.is_empty() {
@@ -343,7 +358,7 @@ async fn fan_out_output(
     if per_node && format.is_none() {
         for (node, cm) in &nodes {
             let _ = writeln!(out, "==> node {node} <==");
-            let _ = out.write_all(&show::output_bytes(cm)?);
+            let _ = show::write_output(&mut out, &show::output_bytes(cm)?);
         }
         return Ok(());
     }
@@ -360,7 +375,7 @@ async fn fan_out_output(
             let _ = write!(out, "{yaml}");
         }
         _ => {
-            let _ = out.write_all(merged.text().as_bytes());
+            let _ = show::write_output(&mut out, merged.text().as_bytes());
         }
     }
     Ok(())
@@ -401,7 +416,23 @@ async fn output_configmap(
     else {
         return Ok(None);
     };
-    Ok(maps.get_opt(&name).await?)
+    maps.get_opt(&name)
+        .await?
+        .map(|cm| owned(cm, job))
+        .transpose()
+}
+
+/// `cm`, if its TraceJob owns it; otherwise an error saying so.
+fn owned(cm: ConfigMap, job: &TraceJob) -> Result<ConfigMap, Error> {
+    if show::owned_by(&cm, job) {
+        return Ok(cm);
+    }
+    Err(Error::Cluster(format!(
+        "configmap {} is not owned by tracejob {} (uid {}): not showing it",
+        cm.name_any(),
+        job.name_any(),
+        job.uid().unwrap_or_default()
+    )))
 }
 
 /// How much of a trace's output has been printed, so each copy adds only what is new.
@@ -432,7 +463,7 @@ impl Printed {
             return;
         }
         let from = self.upto.saturating_sub(start) as usize;
-        let _ = out.write_all(&bytes[from.min(bytes.len())..]);
+        let _ = show::write_output(out, &bytes[from.min(bytes.len())..]);
         let _ = out.flush();
         self.upto = end;
     }

@@ -2,6 +2,7 @@
 //! maps out of its ConfigMap (plain, byte for byte, or gzip-compressed).
 
 use std::io::Read;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::ResourceExt;
@@ -57,7 +58,7 @@ fn table(jobs: &[TraceJob]) -> String {
                 },
                 s.phase.map_or("<none>".into(), |p| p.to_string()),
                 s.probes.map_or("<none>".into(), |p| p.to_string()),
-                match (&s.output_ref, s.nodes.is_empty()) {
+                match (&s.output_ref, s.node_counts.is_none()) {
                     (Some(r), _) => r.name.clone(),
                     (None, false) => "<per node>".into(),
                     (None, true) => "<none>".into(),
@@ -205,17 +206,121 @@ pub fn merged(nodes: &[(String, ConfigMap)], program: &str) -> Result<NodesOutpu
     })
 }
 
+/// What the plugin expands from gzip at most by default: twice the agent's default output limit.
+pub const DEFAULT_MAX_EXPANDED_BYTES: u64 = 64 * 1024 * 1024;
+
+/// The limit in force (`--max-output-bytes`), set once at start.
+static MAX_EXPANDED_BYTES: AtomicU64 = AtomicU64::new(DEFAULT_MAX_EXPANDED_BYTES);
+
+/// Whether trace output is escaped when written (`escape_controls`).
+static ESCAPE: AtomicBool = AtomicBool::new(false);
+
+/// Sets, once at start, the expansion limit and whether output is escaped: when stdout is a
+/// terminal, unless `--raw`.
+pub fn configure(max_expanded_bytes: u64, raw: bool) {
+    MAX_EXPANDED_BYTES.store(max_expanded_bytes, Ordering::Relaxed);
+    let terminal = std::io::IsTerminal::is_terminal(&std::io::stdout());
+    ESCAPE.store(terminal && !raw, Ordering::Relaxed);
+}
+
+/// Writes what a trace printed: escaped for a terminal (see `configure`).
+pub fn write_output(out: &mut impl std::io::Write, bytes: &[u8]) -> std::io::Result<()> {
+    if ESCAPE.load(Ordering::Relaxed) {
+        out.write_all(&escape_controls(bytes))
+    } else {
+        out.write_all(bytes)
+    }
+}
+
+/// Expands gzip, reading at most the limit in force: a ConfigMap anyone with `edit` may write
+/// could hold a gzip bomb.
 fn gunzip(bytes: &[u8]) -> Result<Vec<u8>, Error> {
+    gunzip_at_most(bytes, MAX_EXPANDED_BYTES.load(Ordering::Relaxed))
+}
+
+fn gunzip_at_most(bytes: &[u8], limit: u64) -> Result<Vec<u8>, Error> {
     let mut out = Vec::new();
     flate2::read::GzDecoder::new(bytes)
+        .take(limit.saturating_add(1))
         .read_to_end(&mut out)
         .map_err(|e| Error::Cluster(format!("the stored output is not gzip: {e}")))?;
+    if out.len() as u64 > limit {
+        return Err(Error::Cluster(format!(
+            "the stored output expands to more than {limit} bytes; not expanding it (--max-output-bytes raises the limit)"
+        )));
+    }
     Ok(out)
+}
+
+/// Bytes made safe for a terminal: control characters other than newline and tab, and bytes
+/// that are not UTF-8, shown as `\xNN` (`\u{NN}` for C1 controls), so what a traced process
+/// printed cannot move the cursor, retitle the window or worse.
+pub fn escape_controls(bytes: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(bytes.len());
+    for chunk in bytes.utf8_chunks() {
+        for c in chunk.valid().chars() {
+            if c.is_control() && c != '\n' && c != '\t' {
+                let code = u32::from(c);
+                if code < 0x80 {
+                    out.extend_from_slice(format!("\\x{code:02x}").as_bytes());
+                } else {
+                    out.extend_from_slice(format!("\\u{{{code:x}}}").as_bytes());
+                }
+            } else {
+                let mut buf = [0u8; 4];
+                out.extend_from_slice(c.encode_utf8(&mut buf).as_bytes());
+            }
+        }
+        for b in chunk.invalid() {
+            out.extend_from_slice(format!("\\x{b:02x}").as_bytes());
+        }
+    }
+    out
+}
+
+/// Whether `cm` is owned by `job` (by UID): the plugin shows only output its TraceJob owns, not
+/// a look-alike somebody else put under that name.
+pub fn owned_by(cm: &ConfigMap, job: &TraceJob) -> bool {
+    let uid = job.metadata.uid.as_deref();
+    uid.is_some()
+        && cm
+            .metadata
+            .owner_references
+            .iter()
+            .flatten()
+            .any(|o| Some(o.uid.as_str()) == uid)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn control_bytes_are_escaped_for_a_terminal() {
+        assert_eq!(escape_controls(b"@x[bash]: 1\n\tok"), b"@x[bash]: 1\n\tok");
+        assert_eq!(escape_controls(b"\x1b]0;owned\x07"), br"\x1b]0;owned\x07");
+        assert_eq!(escape_controls(b"a\rb\x7f"), br"a\x0db\x7f");
+        assert_eq!(
+            escape_controls("\u{9b}31m é".as_bytes()),
+            r"\u{9b}31m é".as_bytes()
+        );
+        assert_eq!(escape_controls(b"\xff\xfe"), br"\xff\xfe");
+    }
+
+    #[test]
+    fn output_is_shown_only_from_its_owner() {
+        let mut job = crate::resource::example();
+        job.metadata.uid = Some("u1".into());
+        let mut cm = ConfigMap::default();
+        assert!(!owned_by(&cm, &job));
+        cm.metadata.owner_references = Some(vec![crate::resource::node::controller(&job)]);
+        assert!(owned_by(&cm, &job));
+        job.metadata.uid = Some("u2".into());
+        assert!(
+            !owned_by(&cm, &job),
+            "a TraceJob made again under the same name"
+        );
+    }
     use k8s_openapi::ByteString;
     use std::collections::BTreeMap;
     use std::io::Write;
@@ -249,6 +354,17 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(output_bytes(&gz).expect("gz"), b"@x: 2\n");
+        // A gzip bomb: refused past the limit, with a clear error.
+        let bomb = gzip(&vec![0u8; 4 * 1024 * 1024]);
+        assert!(bomb.len() < 10 * 1024);
+        let err = gunzip_at_most(&bomb, 1024 * 1024).expect_err("over the limit");
+        assert!(err.to_string().contains("more than 1048576 bytes"), "{err}");
+        assert_eq!(
+            gunzip_at_most(&bomb, 4 * 1024 * 1024)
+                .expect("at the limit")
+                .len(),
+            4 * 1024 * 1024
+        );
         // maps.json left out for size: read from the output.
         assert_eq!(maps_of(&gz).expect("maps").maps[0].name, "@x");
     }

@@ -1,6 +1,9 @@
 //! The TraceJob API (`observe.tracejob.dev/v1alpha1`). This contract is fixed: other tools read it.
 
 pub mod crd;
+pub mod node;
+
+pub use node::{TraceJobNode, TraceJobNodeSpec, TraceJobNodeStatus};
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector, Time};
 use kube::{CustomResource, KubeSchema};
@@ -50,6 +53,7 @@ pub const LABEL_RUN: &str = "observe.tracejob.dev/run-id";
     selectable = ".spec.nodeName"
 )]
 #[x_kube(validation = Rule::new("has(self.nodeName) || has(self.nodeSelector) || has(self.target)").message("spec.nodeName, spec.nodeSelector or spec.target must be given: where the trace runs"))]
+#[x_kube(validation = Rule::new("!has(self.nodeSelector) || (has(self.nodeSelector.matchLabels) && size(self.nodeSelector.matchLabels) > 0) || (has(self.nodeSelector.matchExpressions) && size(self.nodeSelector.matchExpressions) > 0)").message("spec.nodeSelector must select something: at least one label or expression (an empty selector would select every node)").field_path(".nodeSelector"))]
 #[x_kube(validation = Rule::new("!(has(self.nodeName) && has(self.nodeSelector))").message("give spec.nodeName or spec.nodeSelector, not both"))]
 #[x_kube(validation = Rule::new("!(has(self.target) && has(self.nodeSelector))").message("spec.target runs on its pod's node: it takes no spec.nodeSelector"))]
 // What runs where is fixed at creation: a change would make status and output describe a trace
@@ -64,11 +68,15 @@ pub struct TraceJobSpec {
     /// The node whose agent runs the trace. May be left out when spec.target names a pod: the
     /// agent of the pod's node then runs it (and says so in status.nodeName).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(
+        length(min = 1, max = 253),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+    )]
     pub node_name: Option<String>,
 
     /// Nodes by their labels, instead of spec.nodeName: the agent of every node that matches
-    /// when it first sees the TraceJob (while it is not stopped) runs the trace, and reports in
-    /// status.nodes; each node's output is in a ConfigMap of its own.
+    /// when it first sees the TraceJob (while it is not stopped) runs the trace and reports in a
+    /// TraceJobNode of its own; status holds a summary and the merged output.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node_selector: Option<LabelSelector>,
 
@@ -83,8 +91,9 @@ pub struct TraceJobSpec {
     #[schemars(length(min = 1, max = 65536))]
     pub program: String,
 
-    /// Positional parameters for the program: $1, $2, ...
+    /// Positional parameters for the program: $1, $2, ... (at most 64, each at most 4096 bytes).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64), inner(length(max = 4096)))]
     pub args: Vec<String>,
 
     /// Set to true to end the trace: bpftrace gets SIGINT, prints its maps, and they are collected.
@@ -207,11 +216,20 @@ pub struct TraceJobStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
 
-    /// For a TraceJob with spec.nodeSelector: each node's run, one entry per node, written by
-    /// that node's agent.
+    /// For a TraceJob with spec.nodeSelector: how many of its nodes are in each phase.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_counts: Option<NodeCounts>,
+
+    /// For a TraceJob with spec.nodeSelector: nodes that failed, with their reasons (at most 20;
+    /// `kubectl get tjn -l observe.tracejob.dev/tracejob=NAME` lists every node).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["node"]))]
-    pub nodes: Vec<NodeStatus>,
+    #[schemars(length(max = 20))]
+    pub failed_nodes: Vec<FailedNode>,
+
+    /// For a TraceJob with spec.nodeSelector: how many nodes' outputs the merged output in
+    /// outputRef holds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub merged_nodes: Option<i64>,
 
     /// For a TraceJob with spec.nodeSelector: nodes done of the nodes running it ("3/4").
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -223,56 +241,46 @@ pub struct TraceJobStatus {
     pub conditions: Vec<Condition>,
 }
 
-/// One node's run of a TraceJob with spec.nodeSelector: the same fields as a single node's
-/// status, for that node.
-#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+/// How many nodes of a fan-out TraceJob are in each phase.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
-pub struct NodeStatus {
-    /// The node.
-    pub node: String,
-    /// Pending, Running, Stopping, Completed or Failed, on this node.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub phase: Option<Phase>,
-    /// Why it is in that phase (the reason a single node's condition would give).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub reason: Option<String>,
-    /// A UUID naming this node's run.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub id: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub pid: Option<i64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub probes: Option<i64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub start_time: Option<Time>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub completion_time: Option<Time>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub exit_code: Option<i64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub message: Option<String>,
-    /// This node's output ConfigMap.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub output_ref: Option<OutputRef>,
+pub struct NodeCounts {
+    pub pending: i64,
+    pub running: i64,
+    pub stopping: i64,
+    pub completed: i64,
+    pub failed: i64,
 }
 
+/// A node on which a fan-out TraceJob failed.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct FailedNode {
+    pub node: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+/// Most failed nodes a fan-out TraceJob's status lists.
+pub const MAX_FAILED_NODES: usize = 20;
+
 impl TraceJob {
-    /// The TraceJob as the agent of `node` sees it: for a TraceJob with spec.nodeSelector, its
-    /// status is that node's entry of status.nodes (none before the node has one); any other
-    /// TraceJob is as it is.
-    pub fn view_for(&self, node: &str) -> TraceJob {
+    /// The TraceJob as the agent of one node sees it: for a TraceJob with spec.nodeSelector, its
+    /// status is that node's TraceJobNode's (none before the node has one); any other TraceJob is
+    /// as it is.
+    pub fn view_with(&self, part: Option<&TraceJobNode>) -> TraceJob {
         let mut view = self.clone();
         if self.spec.node_selector.is_none() {
             return view;
         }
-        view.status = self
-            .status
-            .as_ref()
-            .and_then(|s| s.nodes.iter().find(|n| n.node == node))
+        view.status = part
+            .and_then(|p| p.status.as_ref())
             .map(|n| TraceJobStatus {
                 phase: n.phase,
                 id: n.id.clone(),
-                node_name: Some(n.node.clone()),
+                node_name: part.map(|p| p.spec.node_name.clone()),
                 pid: n.pid,
                 probes: n.probes,
                 start_time: n.start_time.clone(),

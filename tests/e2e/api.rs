@@ -111,6 +111,8 @@ fn invalid_tracejobs_are_rejected(env: &Env) {
         ("program over 64 KiB", format!("apiVersion: observe.tracejob.dev/v1alpha1\nkind: TraceJob\nmetadata: {{name: d}}\nspec: {{nodeName: node-a, program: '{big}'}}\n"), "spec.program"),
         ("negative deadline", "apiVersion: observe.tracejob.dev/v1alpha1\nkind: TraceJob\nmetadata: {name: e}\nspec: {nodeName: node-a, program: 'BEGIN {}', deadline: -5}\n".into(), "spec.deadline"),
         ("zero grace period", "apiVersion: observe.tracejob.dev/v1alpha1\nkind: TraceJob\nmetadata: {name: f}\nspec: {nodeName: node-a, program: 'BEGIN {}', deadlineGracePeriod: 0}\n".into(), "spec.deadlineGracePeriod"),
+        ("65 args", format!("apiVersion: observe.tracejob.dev/v1alpha1\nkind: TraceJob\nmetadata: {{name: h}}\nspec: {{nodeName: node-a, program: 'BEGIN {{}}', args: [{}]}}\n", vec!["a"; 65].join(", ")), "spec.args"),
+        ("an arg over 4 KiB", format!("apiVersion: observe.tracejob.dev/v1alpha1\nkind: TraceJob\nmetadata: {{name: i}}\nspec: {{nodeName: node-a, program: 'BEGIN {{}}', args: ['{}']}}\n", "x".repeat(4097)), "spec.args[0]"),
     ];
     for (what, yaml, field) in cases {
         let r = env

@@ -1,6 +1,6 @@
 //! One trace, many nodes: a node selector fans a TraceJob out to every agent whose node
-//! matches; each reports its own entry, the summary follows them, and `kubectl tracejob output`
-//! merges the maps.
+//! matches; each reports in a TraceJobNode of its own, the summarizer keeps the TraceJob's summary
+//! and stores the merged maps, and `kubectl tracejob output` shows them.
 
 use std::process::Command;
 use std::time::Duration;
@@ -8,7 +8,7 @@ use std::time::Duration;
 use nix::sys::signal::Signal;
 
 use crate::lifecycle::stop;
-use crate::support::{must, register_node, wait_for, Agent, Env, Kubectl, Test};
+use crate::support::{must, register_node, wait_for, Agent, Env, Kubectl, Summarizer, Test};
 
 pub fn tests() -> Vec<Test> {
     vec![
@@ -17,8 +17,12 @@ pub fn tests() -> Vec<Test> {
             run: runs_on_matching_nodes_and_merges,
         },
         Test {
-            name: "fanout_summary_is_written_when_its_writers_are_gone",
-            run: summary_when_its_writers_are_gone,
+            name: "fanout_summary_writer_fails_over_within_30s",
+            run: summary_writer_fails_over,
+        },
+        Test {
+            name: "fanout_plugin_run_nodes_prints_the_merged_maps",
+            run: plugin_run_nodes,
         },
         Test {
             name: "fanout_namespace_scope_applies_on_each_node",
@@ -41,24 +45,31 @@ fn fanned(name: &str, labels: &str, program: &str) -> String {
     .to_string()
 }
 
-/// (node, phase) of each entry of status.nodes.
+/// The TraceJobNodes of a TraceJob, as `kubectl get tjn -l` lists them.
+fn parts(k: &Kubectl, ns: &str, name: &str) -> Vec<serde_json::Value> {
+    let selector = format!("observe.tracejob.dev/tracejob={name}");
+    let json = k.ok(&["get", "-n", ns, "tjn", "-l", &selector, "-o", "json"]);
+    let list: serde_json::Value = must(serde_json::from_str(&json), "TraceJobNode list");
+    list["items"].as_array().cloned().unwrap_or_default()
+}
+
+/// (node, phase) of each TraceJobNode of a TraceJob.
 fn entries(k: &Kubectl, ns: &str, name: &str) -> Vec<(String, String)> {
-    let json = k.ok(&["get", "-n", ns, "tj", name, "-o", "json"]);
-    let tj: serde_json::Value = must(serde_json::from_str(&json), "TraceJob json");
-    let mut e: Vec<(String, String)> = tj["status"]["nodes"]
-        .as_array()
-        .map(|nodes| {
-            nodes
-                .iter()
-                .map(|n| {
-                    (
-                        n["node"].as_str().unwrap_or_default().to_string(),
-                        n["phase"].as_str().unwrap_or_default().to_string(),
-                    )
-                })
-                .collect()
+    let mut e: Vec<(String, String)> = parts(k, ns, name)
+        .iter()
+        .map(|p| {
+            (
+                p["spec"]["nodeName"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
+                p["status"]["phase"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
+            )
         })
-        .unwrap_or_default();
+        .collect();
     e.sort();
     e
 }
@@ -131,6 +142,7 @@ fn runs_on_matching_nodes_and_merges(env: &Env) {
         register_node(env, n, &[("pool", pool)]);
     }
     let mut agents: Vec<Agent> = names.iter().map(|n| Agent::start(env, n)).collect();
+    let _summarizer = Summarizer::of(env, &ns);
     let program = "tracepoint:raw_syscalls:sys_enter { @h = hist(args->id); @calls = count(); }";
     k.apply(&ns, &fanned("wide", r#"{"pool": "traced"}"#, program));
     wait_entries(
@@ -145,6 +157,37 @@ fn runs_on_matching_nodes_and_merges(env: &Env) {
             .then_some(())
     });
     assert!(agents[2].bpftraces().is_empty(), "the third node runs it");
+    // Each part is owned by the TraceJob (so it goes with it) and labelled with its node; the
+    // printer columns show node and phase.
+    let uid = k.jsonpath(&ns, "tj/wide", ".metadata.uid");
+    for p in parts(k, &ns, "wide") {
+        let owner = &p["metadata"]["ownerReferences"][0];
+        assert_eq!(
+            (owner["uid"].as_str(), owner["controller"].as_bool()),
+            (Some(uid.as_str()), Some(true)),
+            "{p}"
+        );
+        assert_eq!(
+            p["metadata"]["labels"]["observe.tracejob.dev/node"], p["spec"]["nodeName"],
+            "{p}"
+        );
+    }
+    let table = k.ok(&[
+        "get",
+        "tjn",
+        "-n",
+        &ns,
+        "-l",
+        "observe.tracejob.dev/tracejob=wide",
+    ]);
+    assert!(
+        table.starts_with("NAME") && table.contains("NODE") && table.contains("PROBES"),
+        "{table}"
+    );
+    assert!(
+        table.contains(&format!("{} ", names[0])) && table.contains("Running"),
+        "{table}"
+    );
 
     // An agent killed mid-run: the next one takes its trace over, and its node completes.
     let proc = agents[1].proc.as_mut().expect("agent");
@@ -164,10 +207,18 @@ fn runs_on_matching_nodes_and_merges(env: &Env) {
         "wide",
         &[(&names[0], "Completed"), (&names[1], "Completed")],
     );
-    wait_for(Duration::from_secs(30), "the summary", || {
-        (k.jsonpath(&ns, "tj/wide", ".status.phase} {.status.progress") == "Completed 2/2")
-            .then_some(())
-    });
+    wait_for(
+        Duration::from_secs(30),
+        "the summary and the merged output",
+        || {
+            (k.jsonpath(
+                &ns,
+                "tj/wide",
+                ".status.phase} {.status.progress} {.status.mergedNodes",
+            ) == "Completed 2/2 2")
+                .then_some(())
+        },
+    );
     assert!(
         !agents[2].logs().contains("wide"),
         "the third node's agent acted on it:\n{}",
@@ -180,7 +231,7 @@ fn runs_on_matching_nodes_and_merges(env: &Env) {
         "-n",
         &ns,
         "-l",
-        "observe.tracejob.dev/tracejob=wide",
+        "observe.tracejob.dev/tracejob=wide,observe.tracejob.dev/node",
         "-o",
         "jsonpath={.items[*].metadata.labels.observe\\.tracejob\\.dev/node}",
     ]);
@@ -188,7 +239,22 @@ fn runs_on_matching_nodes_and_merges(env: &Env) {
     labelled.sort();
     assert_eq!(labelled, [names[0].as_str(), names[1].as_str()]);
 
-    // The merged histogram is the two nodes' added bucket by bucket.
+    // The merged histogram is the two nodes' added bucket by bucket: in the ConfigMap that
+    // status.outputRef names, as plain kubectl shows it, and as the plugin merges it.
+    let merged_cm = k.jsonpath(&ns, "tj/wide", ".status.outputRef.name");
+    let stored: serde_json::Value = must(
+        serde_json::from_str(&k.jsonpath(
+            &ns,
+            &format!("configmap/{merged_cm}"),
+            ".data.maps\\.json",
+        )),
+        "merged maps.json",
+    );
+    let stored_text = k.jsonpath(&ns, &format!("configmap/{merged_cm}"), ".data.output");
+    assert!(
+        stored_text.contains("@h:") && stored_text.contains("@calls: "),
+        "{stored_text}"
+    );
     let merged: serde_json::Value = must(
         serde_json::from_str(&plugin(env, &ns, &["output", "wide", "-o", "json"])),
         "json",
@@ -223,6 +289,14 @@ fn runs_on_matching_nodes_and_merges(env: &Env) {
         merged_h, sum,
         "the merged histogram is not the sum of the nodes'"
     );
+    let stored_h: std::collections::BTreeMap<i64, u64> = hist(&stored, "@h")
+        .into_iter()
+        .filter(|(_, c)| *c > 0)
+        .collect();
+    assert_eq!(
+        stored_h, sum,
+        "the stored merged histogram is not the sum of the nodes'"
+    );
     let text = plugin(env, &ns, &["output", "wide"]);
     assert!(text.contains("@h:") && text.contains("@calls: "), "{text}");
     let apart = plugin(env, &ns, &["output", "wide", "--per-node"]);
@@ -236,47 +310,105 @@ fn runs_on_matching_nodes_and_merges(env: &Env) {
     );
 }
 
-/// The agents of the first two nodes by name write the summary; with both gone, the third's
-/// writes it after its stand-by time.
-fn summary_when_its_writers_are_gone(env: &Env) {
-    let ns = env.namespace("fanout-fallback");
+/// Two summarizers, one holding the Lease: killed, the other takes the summary over within 30 s.
+fn summary_writer_fails_over(env: &Env) {
+    let ns = env.namespace("fanout-failover");
     let k = &env.kubectl;
-    let names: Vec<String> = (1..=3).map(|i| format!("{ns}-n{i}")).collect();
+    let names: Vec<String> = (1..=2).map(|i| format!("{ns}-n{i}")).collect();
     for n in &names {
         register_node(env, n, &[("pool", &ns)]);
     }
-    let mut agents: Vec<Agent> = names.iter().map(|n| Agent::start(env, n)).collect();
+    let _agents: Vec<Agent> = names.iter().map(|n| Agent::start(env, n)).collect();
+    let mut writers = [
+        Summarizer::start(env, &ns, "summarizer", "one"),
+        Summarizer::start(env, &ns, "summarizer", "two"),
+    ];
     let program = "tracepoint:raw_syscalls:sys_enter { @calls = count(); }";
     k.apply(
         &ns,
         &fanned("fb", &format!(r#"{{"pool": "{ns}"}}"#), program),
     );
-    let running: Vec<(&str, &str)> = names.iter().map(|n| (n.as_str(), "Running")).collect();
-    wait_entries(k, &ns, "fb", &running);
-    wait_for(Duration::from_secs(30), "the Running summary", || {
-        (k.jsonpath(&ns, "tj/fb", ".status.phase} {.status.progress") == "Running 0/3")
+    wait_for(Duration::from_secs(60), "the Running summary", || {
+        (k.jsonpath(&ns, "tj/fb", ".status.phase} {.status.progress") == "Running 0/2")
             .then_some(())
     });
-    for agent in &mut agents[..2] {
-        let proc = agent.proc.as_mut().expect("agent");
-        proc.signal(Signal::SIGKILL);
-        assert!(proc.wait_exit(Duration::from_secs(10)).is_some());
-    }
+    let holder = k.jsonpath(&ns, "lease/summarizer", ".spec.holderIdentity");
+    let (gone, other) = if holder == "one" {
+        (0, "two")
+    } else {
+        (1, "one")
+    };
+    assert_eq!(
+        writers[gone].identity, holder,
+        "the Lease names neither summarizer"
+    );
+    let proc = writers[gone].proc.as_mut().expect("summarizer");
+    proc.signal(Signal::SIGKILL);
+    assert!(proc.wait_exit(Duration::from_secs(10)).is_some());
+    let killed = std::time::Instant::now();
     stop(k, &ns, "fb");
-    wait_for(Duration::from_secs(120), "the third node's entry", || {
-        entries(k, &ns, "fb")
-            .contains(&(names[2].clone(), "Completed".to_string()))
-            .then_some(())
+    wait_for(Duration::from_secs(60), "both nodes completed", || {
+        (entries(k, &ns, "fb").iter().all(|(_, p)| p == "Completed")).then_some(())
     });
-    // Its stand-by time is 10 to 20 s.
     wait_for(
-        Duration::from_secs(60),
-        "the summary from the third node",
+        Duration::from_secs(40),
+        "the summary from the other summarizer",
         || {
-            (k.jsonpath(&ns, "tj/fb", ".status.phase} {.status.progress") == "Running 1/3")
+            (k.jsonpath(&ns, "tj/fb", ".status.phase} {.status.progress") == "Completed 2/2")
                 .then_some(())
         },
     );
+    let took = killed.elapsed();
+    assert!(
+        took <= Duration::from_secs(30),
+        "the summary was taken over after {took:?}"
+    );
+    assert_eq!(
+        k.jsonpath(&ns, "lease/summarizer", ".spec.holderIdentity"),
+        other
+    );
+}
+
+/// `kubectl tracejob run nodes -l ...` as a user runs it: the trace ends itself on each node and
+/// the merged maps are printed; `get` shows the progress over the nodes.
+fn plugin_run_nodes(env: &Env) {
+    let ns = env.namespace("fanout-plugin");
+
+    let names: Vec<String> = (1..=2).map(|i| format!("{ns}-n{i}")).collect();
+    for n in &names {
+        register_node(env, n, &[("pool", &ns)]);
+    }
+    let _agents: Vec<Agent> = names.iter().map(|n| Agent::start(env, n)).collect();
+    let _summarizer = Summarizer::of(env, &ns);
+    let selector = format!("pool={ns}");
+    let out = plugin(
+        env,
+        &ns,
+        &[
+            "run",
+            "nodes",
+            "-l",
+            &selector,
+            "--name",
+            "both",
+            "-e",
+            "BEGIN { @x = count(); exit(); }",
+        ],
+    );
+    assert!(
+        out.lines().any(|l| l.trim() == "@x: 2"),
+        "the counts of both nodes added:\n{out}"
+    );
+    let get = plugin(env, &ns, &["get", "both"]);
+    assert!(
+        get.contains("2/2 nodes") && get.contains("Completed"),
+        "{get}"
+    );
+    let apart = plugin(env, &ns, &["output", "both", "--per-node"]);
+    for n in &names {
+        assert!(apart.contains(&format!("==> node {n} <==")), "{apart}");
+    }
+    assert_eq!(apart.matches("@x: 1").count(), 2, "{apart}");
 }
 
 fn scope_on_each_node(env: &Env) {
@@ -291,7 +423,8 @@ fn scope_on_each_node(env: &Env) {
         &ns,
         "observe.tracejob.dev/node-selector=zone=a",
     ]);
-    let _agents = [Agent::start(env, &a), Agent::start(env, &b)];
+    let agents = [Agent::start(env, &a), Agent::start(env, &b)];
+    let _summarizer = Summarizer::of(env, &ns);
     k.apply(
         &ns,
         &fanned(
@@ -300,12 +433,20 @@ fn scope_on_each_node(env: &Env) {
             "BEGIN { @x = count(); exit(); }",
         ),
     );
-    wait_entries(k, &ns, "scoped", &[(&a, "Completed"), (&b, "Failed")]);
+    // The refused node writes nothing: no TraceJobNode, nothing in the TraceJob; it counts it.
+    wait_for(Duration::from_secs(30), "the refusal counted", || {
+        (agents[1].metric_if_present("tracejob_fanout_refused_total{reason=\"NodeNotAllowed\"}")
+            == Some(1.0))
+        .then_some(())
+    });
+    wait_entries(k, &ns, "scoped", &[(&a, "Completed")]);
     wait_for(Duration::from_secs(30), "the summary", || {
-        let s = k.jsonpath(&ns, "tj/scoped", ".status.phase} {.status.message");
-        (s.starts_with("Completed") && s.contains(&format!("failed on {b} (NodeNotAllowed)")))
+        (k.jsonpath(&ns, "tj/scoped", ".status.phase} {.status.progress") == "Completed 1/1")
             .then_some(())
     });
+    assert!(agents[1].bpftraces().is_empty());
+    let tj = k.ok(&["get", "tj", "-n", &ns, "scoped", "-o", "json"]);
+    assert!(!tj.contains(&b), "node {b} is named in the TraceJob:\n{tj}");
 }
 
 fn one_or_the_other(env: &Env) {
@@ -320,15 +461,31 @@ fn one_or_the_other(env: &Env) {
             "takes no spec.nodeSelector",
         ),
         (serde_json::json!({"program": "BEGIN {}"}), "must be given"),
+        // What would reach every agent at once.
+        (
+            serde_json::json!({"nodeSelector": {}, "program": "BEGIN {}"}),
+            "must select something",
+        ),
+        (
+            serde_json::json!({"nodeSelector": {"matchLabels": {}}, "program": "BEGIN {}"}),
+            "must select something",
+        ),
+        (
+            serde_json::json!({"nodeName": "", "program": "BEGIN {}"}),
+            "spec.nodeName",
+        ),
+        (
+            serde_json::json!({"nodeName": "Not_A_Node", "program": "BEGIN {}"}),
+            "spec.nodeName",
+        ),
     ] {
         let yaml = serde_json::json!({
             "apiVersion": "observe.tracejob.dev/v1alpha1", "kind": "TraceJob",
             "metadata": {"name": "bad"}, "spec": spec
         });
-        let r = env.kubectl.run_with_stdin(
-            &["apply", "--validate=false", "-n", &ns, "-f", "-"],
-            &yaml.to_string(),
-        );
+        let r = env
+            .kubectl
+            .run_with_stdin(&["apply", "-n", &ns, "-f", "-"], &yaml.to_string());
         assert!(!r.ok && r.stderr.contains(says), "{spec}: {}", r.stderr);
     }
 }

@@ -21,12 +21,14 @@ use libtest_mimic::{Arguments, Trial};
 use support::{ControlPlane, Env, Test};
 
 /// The compatibility subset (TRACEJOB_E2E_COMPAT): what depends most on the server's release.
-const COMPAT: [&str; 10] = [
+const COMPAT: [&str; 12] = [
     "api_server_and_kubectl_are_the_pinned_release",
     "api_invalid_tracejobs_are_rejected_naming_the_field",
     "lifecycle_biolatency_apply_stop_configmap",
     "lifecycle_other_nodes_tracejob_untouched",
     "security_agent_token_is_fenced_to_its_own_node",
+    "security_agent_token_cannot_write_another_nodes_tracejobnode",
+    "security_summarizer_token_writes_only_summaries_and_merged_outputs",
     "security_can_i_lists_match_the_readme",
     "security_spec_cannot_change_after_creation",
     "target_without_node_name_is_taken_by_the_pods_node_only",

@@ -32,6 +32,10 @@ pub fn tests() -> Vec<Test> {
             run: second_ctrl_c,
         },
         Test {
+            name: "plugin_trusts_no_output_it_reads",
+            run: careful,
+        },
+        Test {
             name: "plugin_kubectl_finds_it_and_it_completes",
             run: found_by_kubectl,
         },
@@ -354,4 +358,121 @@ fn found_by_kubectl(env: &Env) {
         "{}",
         text(&zsh.stdout)
     );
+}
+
+/// What the plugin reads is not trusted: a traced process's escape sequences are shown escaped
+/// on a terminal (raw with --raw), a ConfigMap its TraceJob does not own is not shown, and a
+/// gzip bomb is refused with a clear error in bounded memory.
+fn careful(env: &Env) {
+    let ns = env.namespace("plugin-careful");
+    let agent = Agent::start(env, &format!("{ns}-node"));
+    let k = &env.kubectl;
+    let program = r#"BEGIN { printf("\x1b]0;owned\x07hello\n"); @x = count(); exit(); }"#;
+    let r = output(&mut kubectl(
+        env,
+        &ns,
+        &[
+            "run",
+            &format!("node/{}", agent.node),
+            "--name",
+            "esc",
+            "-e",
+            program,
+        ],
+    ));
+    assert_eq!(r.status.code(), Some(0), "{}", text(&r.stderr));
+    // Not a terminal: as bpftrace printed it.
+    assert!(
+        r.stdout.windows(2).any(|w| w == b"\x1b]"),
+        "{:?}",
+        text(&r.stdout)
+    );
+
+    // On a terminal (script gives the plugin one): escaped, unless --raw.
+    let on_terminal = |extra: &str| {
+        let line = format!(
+            "PATH={}:$PATH KUBECONFIG={} {} tracejob -n {ns} output esc {extra}",
+            plugin_dir().display(),
+            env.kubectl.kubeconfig.display(),
+            env.kubectl.path.display()
+        );
+        let out = must(
+            Command::new("script")
+                .args(["-qec", &line, "/dev/null"])
+                .stdin(Stdio::null())
+                .output(),
+            "script",
+        );
+        out.stdout
+    };
+    let shown = on_terminal("");
+    assert!(
+        !shown.contains(&0x1b) && shown.windows(6).any(|w| w == b"\\x1b]0"),
+        "not escaped on a terminal: {:?}",
+        text(&shown)
+    );
+    assert!(
+        shown.windows(5).any(|w| w == b"hello"),
+        "{:?}",
+        text(&shown)
+    );
+    assert!(on_terminal("--raw").contains(&0x1b), "--raw escaped it");
+
+    // A ConfigMap of the output's name that its TraceJob does not own: refused.
+    let cm = k.jsonpath(&ns, "tj/esc", ".status.outputRef.name");
+    k.ok(&["delete", "configmap", "-n", &ns, &cm]);
+    k.ok(&[
+        "create",
+        "configmap",
+        "-n",
+        &ns,
+        &cm,
+        "--from-literal=output=@x: 1000000",
+    ]);
+    let r = output(&mut kubectl(env, &ns, &["output", "esc"]));
+    assert_eq!(r.status.code(), Some(3), "{}", text(&r.stdout));
+    assert!(
+        text(&r.stderr).contains("is not owned by tracejob esc")
+            && !text(&r.stdout).contains("1000000"),
+        "{}",
+        text(&r.stderr)
+    );
+
+    // A gzip bomb (512 MiB of zeros in under 1 MiB) in a ConfigMap the TraceJob owns: a clear
+    // error, within 256 MiB of address space (the plugin's own binary: kubectl, a Go program,
+    // reserves more than that at start).
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    let zeros = vec![0u8; 1024 * 1024];
+    for _ in 0..512 {
+        std::io::Write::write_all(&mut gz, &zeros).expect("gzip");
+    }
+    let bomb = gz.finish().expect("gzip");
+    assert!(bomb.len() < 1000 * 1024, "{} bytes", bomb.len());
+    let owner = serde_json::json!({
+        "apiVersion": "observe.tracejob.dev/v1alpha1", "kind": "TraceJob", "name": "esc",
+        "uid": k.jsonpath(&ns, "tj/esc", ".metadata.uid"), "controller": true
+    });
+    let object = serde_json::json!({
+        "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": cm, "namespace": ns, "ownerReferences": [owner]},
+        "binaryData": {"output.gz": k8s_openapi::ByteString(bomb)}
+    });
+    k.ok(&["delete", "configmap", "-n", &ns, &cm]);
+    let created = k.run_with_stdin(&["create", "-f", "-"], &object.to_string());
+    assert!(created.ok, "{}", created.stderr);
+    let line = format!(
+        "ulimit -v 262144; exec {} --kubeconfig {} -n {ns} output esc",
+        env!("CARGO_BIN_EXE_kubectl-tracejob"),
+        env.kubectl.kubeconfig.display(),
+    );
+    let r = must(
+        Command::new("bash")
+            .args(["-c", &line])
+            .stdin(Stdio::null())
+            .output(),
+        "the plugin under ulimit",
+    );
+    let err = text(&r.stderr);
+    assert_eq!(r.status.code(), Some(3), "{err}");
+    assert!(err.contains("expands to more than 67108864 bytes"), "{err}");
 }

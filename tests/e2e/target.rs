@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use crate::lifecycle::wait_phase;
-use crate::support::{register_node, Agent, Env, Kubectl, Test};
+use crate::support::{must, register_node, wait_for, Agent, Env, Kubectl, Proc, Test};
 
 pub fn tests() -> Vec<Test> {
     vec![
@@ -28,6 +28,10 @@ pub fn tests() -> Vec<Test> {
         Test {
             name: "target_without_node_name_is_taken_by_the_pods_node_only",
             run: taken_by_the_pods_node,
+        },
+        Test {
+            name: "target_without_node_name_costs_other_nodes_no_request",
+            run: other_nodes_ask_nothing,
         },
     ]
 }
@@ -208,11 +212,179 @@ fn taken_by_the_pods_node(env: &Env) {
         "node a's agent acted on it:\n{}",
         a.logs()
     );
-    // Nobody's pod: one agent says so.
+    // Nobody's pod: no agent claims or reports it (each waits for the pod to come to its node),
+    // however long past the target timeout.
     k.apply(&ns, &targeted("lost", None, "nowhere", None));
+    std::thread::sleep(Duration::from_secs(8));
+    let status = k.jsonpath(&ns, "tj/lost", ".status");
+    assert!(status.is_empty(), "an agent wrote its status: {status}");
+    // The summarizer, which can see that the pod is nowhere, ends it.
+    let _summarizer = crate::support::Summarizer::of(env, &ns);
     failed_with(k, &ns, "lost", "TargetNotFound", &["pod nowhere not found"]);
-    // Every agent on this API server sees an unassigned TraceJob, those of tests running
-    // alongside too: whichever looks first reports it, under its own node.
-    let reporter = k.jsonpath(&ns, "tj/lost", ".status.nodeName");
-    assert!(!reporter.is_empty(), "no node reported it");
+    let managers = k.jsonpath(&ns, "tj/lost", ".metadata.managedFields[*].manager");
+    assert!(managers.contains("tracejob-summarizer"), "{managers}");
+    // And a pod that is never scheduled: after --target-timeout (5 s here).
+    pod(k, &ns, "unscheduled", None, &["app"]);
+    k.apply(&ns, &targeted("waits", None, "unscheduled", None));
+    failed_with(
+        k,
+        &ns,
+        "waits",
+        "TargetNotRunning",
+        &["was not scheduled to a node within 5s"],
+    );
+}
+
+/// A process in a cgroup named by a container ID, as a runtime would make it (`tracejob-e2e-ID`
+/// in the cgroup v2 hierarchy): a container that no kubelet runs. Ends (and goes) when dropped.
+struct FakeContainer {
+    id: String,
+    cgroup: std::path::PathBuf,
+    process: Option<Proc>,
+}
+
+impl FakeContainer {
+    fn start(seed: &str) -> FakeContainer {
+        let mut id = String::new();
+        for i in 0..4u64 {
+            use std::hash::{Hash, Hasher};
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            (seed, std::process::id(), i).hash(&mut h);
+            id.push_str(&format!("{:016x}", h.finish()));
+        }
+        let v2 = ["/sys/fs/cgroup", "/sys/fs/cgroup/unified"]
+            .into_iter()
+            .map(std::path::PathBuf::from)
+            .find(|p| p.join("cgroup.procs").exists() && !p.join("tasks").exists())
+            .expect("a cgroup v2 hierarchy (pure or hybrid)");
+        let cgroup = v2.join(format!("tracejob-e2e-{id}"));
+        must(
+            std::fs::create_dir_all(&cgroup),
+            "mkdir the container's cgroup",
+        );
+        let process = Proc::spawn(
+            "fake-container",
+            std::process::Command::new("sleep").arg("600"),
+        );
+        must(
+            std::fs::write(cgroup.join("cgroup.procs"), process.pid().to_string()),
+            "move the container's process into its cgroup",
+        );
+        FakeContainer {
+            id,
+            cgroup,
+            process: Some(process),
+        }
+    }
+}
+
+impl Drop for FakeContainer {
+    fn drop(&mut self) {
+        if let Some(p) = &self.process {
+            p.signal(nix::sys::signal::Signal::SIGKILL);
+        }
+        if let Some(mut p) = self.process.take() {
+            p.wait_exit(Duration::from_secs(5));
+        }
+        let _ = std::fs::remove_dir(&self.cgroup);
+    }
+}
+
+/// Its pod's container running, as the kubelet would report it.
+fn report_running(k: &Kubectl, ns: &str, pod: &str, container: &str, id: &str) {
+    let status = serde_json::json!({"status": {
+        "phase": "Running",
+        "containerStatuses": [{
+            "name": container, "ready": true, "restartCount": 0,
+            "image": "localhost/none:1", "imageID": "",
+            "containerID": format!("containerd://{id}"),
+            "state": {"running": {"startedAt": "2025-01-01T00:00:00Z"}},
+        }],
+    }});
+    k.ok(&[
+        "patch",
+        "-n",
+        ns,
+        "pod",
+        pod,
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        &status.to_string(),
+    ]);
+}
+
+/// The agent's requests to the API server, watches apart, as its /metrics counts them.
+fn requests(agent: &Agent) -> (f64, String) {
+    let (_, body) = agent.get("/metrics");
+    let lines: Vec<&str> = body
+        .lines()
+        .filter(|l| l.starts_with("tracejob_api_requests_total{") && !l.contains("WATCH"))
+        .collect();
+    let sum = lines
+        .iter()
+        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+        .sum();
+    (sum, lines.join("\n"))
+}
+
+fn other_nodes_ask_nothing(env: &Env) {
+    let ns = env.namespace("target-quiet");
+    let agents: Vec<Agent> = ["a", "b", "c"]
+        .iter()
+        .map(|n| Agent::start(env, &format!("{ns}-{n}")))
+        .collect();
+    let host = &agents[1];
+    let k = &env.kubectl;
+    let container = FakeContainer::start(&ns);
+    pod(k, &ns, "web", Some(&host.node), &["app"]);
+    report_running(k, &ns, "web", "app", &container.id);
+    for a in &agents {
+        wait_for(Duration::from_secs(30), "the agents to be ready", || {
+            (a.get("/readyz").0 == 200).then_some(())
+        });
+    }
+    let before: Vec<(f64, String)> = agents.iter().map(requests).collect();
+    k.apply(
+        &ns,
+        &targeted("t", None, "web", None)
+            .replace("/cgroup == $container_cgroup/", "/pid == $container_pid/"),
+    );
+    wait_phase(k, &ns, "t", "Running", Duration::from_secs(60));
+    assert_eq!(k.jsonpath(&ns, "tj/t", ".status.nodeName"), host.node);
+    // The others have seen it claimed and Running by now (the same watch brought them those
+    // versions); a little longer, in case.
+    std::thread::sleep(Duration::from_secs(3));
+    // The pod's deletion reaches the running trace through the host's pod store, and ends it.
+    k.ok(&["delete", "pod", "-n", &ns, "web", "--wait=false"]);
+    wait_phase(k, &ns, "t", "Completed", Duration::from_secs(60));
+    let message = k.jsonpath(&ns, "tj/t", ".status.message");
+    assert!(message.contains("the target pod web"), "{message}");
+    let after: Vec<(f64, String)> = agents.iter().map(requests).collect();
+    assert!(
+        after[1].0 > before[1].0,
+        "the pod's node made no request while it ran the trace"
+    );
+    for i in [0, 2] {
+        assert_eq!(
+            after[i].0,
+            before[i].0,
+            "agent {} (not the pod's node) made requests for the TraceJob:\nbefore:\n{}\nafter:\n{}",
+            agents[i].node,
+            before[i].1,
+            after[i].1
+        );
+        assert!(
+            !agents[i].logs().contains("name=t "),
+            "agent {} acted on it:\n{}",
+            agents[i].node,
+            agents[i].logs()
+        );
+        // What reached it came through its watches: the pods of its own node, none.
+        assert_eq!(
+            agents[i].metric(r#"tracejob_watch_events_total{watch="pods"}"#),
+            0.0
+        );
+    }
+    assert!(host.metric(r#"tracejob_watch_events_total{watch="pods"}"#) >= 1.0);
 }

@@ -5,6 +5,7 @@ pub mod agent;
 pub mod control_plane;
 pub mod double;
 pub mod kubectl;
+pub mod summarizer;
 
 use std::fmt::Debug;
 use std::os::unix::process::CommandExt;
@@ -17,6 +18,7 @@ pub use agent::{register_node, Agent};
 pub use control_plane::ControlPlane;
 pub use double::bpftrace_double;
 pub use kubectl::Kubectl;
+pub use summarizer::Summarizer;
 
 pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))

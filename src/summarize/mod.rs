@@ -1,0 +1,328 @@
+//! The summarizer: one small component (a Deployment, one active replica through a Lease) that
+//! keeps the status of every TraceJob on several nodes. Each node's agent writes only its own
+//! part (`TraceJobNode`); the summarizer watches the TraceJobs and the parts and writes each
+//! fan-out TraceJob's summary (at most once per `DEBOUNCE`) and, once every node has ended, its
+//! merged output. It also ends unassigned pod-target TraceJobs that no node can take (the pod
+//! does not exist, or is never scheduled): agents only see their own node's pods, so none of
+//! them can tell.
+//!
+//! Flow: watch (reflectors of TraceJobs and TraceJobNodes) -> decide (`decide::status`) ->
+//! write (`write`), each TraceJob's writes one at a time and never holding up the watch.
+
+pub mod lease;
+pub mod write;
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use k8s_openapi::api::coordination::v1::Lease;
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::watcher::{self, Event};
+use kube::runtime::WatchStreamExt;
+use kube::{Api, Client, ResourceExt};
+use tokio::sync::mpsc;
+use tracing::{info, warn};
+
+use crate::agent::server::{self, Health};
+use crate::cluster::client;
+use crate::decide::status;
+use crate::metrics::Metrics;
+use crate::resource::{TraceJob, TraceJobNode};
+
+/// At most one summary write per TraceJob in this time: a burst of node writes costs a few
+/// summary writes, not one per node.
+pub const DEBOUNCE: Duration = Duration::from_secs(2);
+/// How long an unassigned pod-target TraceJob may stay unclaimed before the summarizer looks at
+/// its pod (the pod's node usually claims it at once), and how often it looks again.
+const UNCLAIMED_LOOK: Duration = Duration::from_secs(5);
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct Config {
+    /// The namespace of the Lease that elects the one active summarizer (the Deployment sets
+    /// POD_NAMESPACE).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "tracejob-system")]
+    pub lease_namespace: String,
+
+    /// The Lease's name.
+    #[arg(long, default_value = "tracejob-summarizer")]
+    pub lease_name: String,
+
+    /// This replica's name in the Lease (the Deployment sets POD_NAME); default: host name and
+    /// a random suffix.
+    #[arg(long, env = "POD_NAME")]
+    pub identity: Option<String>,
+
+    /// Summarize the TraceJobs of this namespace only (default: every namespace).
+    #[arg(long)]
+    pub namespace: Option<String>,
+
+    /// Seconds an unassigned pod-target TraceJob's pod may take to be scheduled to a node before
+    /// the TraceJob fails (the agents' --target-timeout).
+    #[arg(long, default_value_t = 120)]
+    pub target_timeout: u64,
+
+    /// Address of /healthz, /readyz and /metrics.
+    #[arg(long, env = "LISTEN_ADDRESS", default_value = "0.0.0.0:9470")]
+    pub listen: SocketAddr,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+}
+
+/// Runs until SIGTERM or SIGINT: a candidate until it holds the Lease, then the summarizer until
+/// it loses it.
+pub async fn run(config: Config) -> Result<(), Error> {
+    let identity = config.identity.clone().unwrap_or_else(|| {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+        let suffix = uuid::Uuid::new_v4().simple().to_string();
+        format!("{}-{}", host.trim(), &suffix[..8])
+    });
+    let metrics = Metrics::new();
+    let ready = Arc::new(AtomicBool::new(false));
+    let health = Health {
+        ready: ready.clone(),
+        metrics: metrics.clone(),
+    };
+    let listen = config.listen;
+    tokio::spawn(async move {
+        if let Err(e) = server::serve(listen, health).await {
+            warn!(error = %e, %listen, "the health and metrics endpoint stopped");
+        }
+    });
+    let client = client::connect(metrics.clone()).await?;
+    let elector = lease::Elector::new(
+        Api::<Lease>::namespaced(client.clone(), &config.lease_namespace),
+        &config.lease_name,
+        &identity,
+    );
+    info!(identity, lease = %config.lease_name, namespace = %config.lease_namespace, "tracejob summarizer starting");
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(|e| Error::Kube(kube::Error::Service(Box::new(e))))?;
+    tokio::select! {
+        () = elect_and_lead(&elector, &client, &config, &ready) => {}
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+    Ok(())
+}
+
+async fn elect_and_lead(
+    elector: &lease::Elector,
+    client: &Client,
+    config: &Config,
+    ready: &AtomicBool,
+) {
+    loop {
+        // A candidate: ready (it serves), waiting for the Lease.
+        ready.store(true, Ordering::Relaxed);
+        loop {
+            match elector.round().await {
+                Ok(true) => break,
+                Ok(false) => {}
+                Err(e) => warn!(error = %e, "cannot read or take the Lease"),
+            }
+            tokio::time::sleep(lease::RETRY).await;
+        }
+        info!(
+            identity = elector.identity(),
+            "holding the Lease: summarizing"
+        );
+        let mut last_renewed = Instant::now();
+        let leading = lead(client.clone(), config.clone());
+        tokio::pin!(leading);
+        loop {
+            tokio::select! {
+                () = &mut leading => {}
+                () = tokio::time::sleep(lease::RENEW) => {}
+            }
+            match elector.round().await {
+                Ok(true) => last_renewed = Instant::now(),
+                Ok(false) => {
+                    warn!("another summarizer holds the Lease now; standing by");
+                    break;
+                }
+                Err(e) => {
+                    warn!(error = %e, "cannot renew the Lease");
+                    // Step down before the Lease runs out, so two never write at once.
+                    if last_renewed.elapsed() >= lease::DURATION - lease::RETRY {
+                        break;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A TraceJob, by namespace and name.
+type Key = ObjectRef<TraceJob>;
+
+/// What the summarizer knows of the TraceJobs it writes for.
+#[derive(Default)]
+struct Book {
+    /// TraceJobs to look at again.
+    dirty: HashSet<Key>,
+    /// When each TraceJob was last written (the debounce).
+    written: HashMap<Key, Instant>,
+    /// TraceJobs with a write under way.
+    in_flight: HashSet<Key>,
+    /// When each unclaimed pod-target TraceJob's pod may be looked at next.
+    look_after: HashMap<Key, Instant>,
+}
+
+/// Summarizes until dropped (the Lease was lost).
+async fn lead(client: Client, config: Config) {
+    let (jobs_api, parts_api): (Api<TraceJob>, Api<TraceJobNode>) = match &config.namespace {
+        Some(ns) => (
+            Api::namespaced(client.clone(), ns),
+            Api::namespaced(client.clone(), ns),
+        ),
+        None => (Api::all(client.clone()), Api::all(client.clone())),
+    };
+    let (jobs, jobs_writer) = reflector::store();
+    let (parts, parts_writer) = reflector::store();
+    let job_events = reflector::reflector(
+        jobs_writer,
+        watcher::watcher(jobs_api, watcher::Config::default()).default_backoff(),
+    );
+    let part_events = reflector::reflector(
+        parts_writer,
+        watcher::watcher(parts_api, watcher::Config::default()).default_backoff(),
+    );
+    tokio::pin!(job_events, part_events);
+    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<(Key, bool)>();
+    let mut book = Book::default();
+    let mut listed = (false, false);
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    loop {
+        tokio::select! {
+            Some(event) = job_events.next() => match event {
+                Ok(Event::Apply(tj) | Event::InitApply(tj) | Event::Delete(tj)) => {
+                    book.dirty.insert(ObjectRef::from_obj(&tj));
+                }
+                Ok(Event::InitDone) => listed.0 = true,
+                Ok(Event::Init) => {}
+                Err(e) => warn!(error = %e, "watching TraceJobs failed; retrying"),
+            },
+            Some(event) = part_events.next() => match event {
+                Ok(Event::Apply(p) | Event::InitApply(p) | Event::Delete(p)) => {
+                    book.dirty.insert(owner_key(&p));
+                }
+                Ok(Event::InitDone) => listed.1 = true,
+                Ok(Event::Init) => {}
+                Err(e) => warn!(error = %e, "watching TraceJobNodes failed; retrying"),
+            },
+            Some((key, ok)) = done_rx.recv() => {
+                book.in_flight.remove(&key);
+                // Looked at again: the write may have failed, or the world moved meanwhile.
+                if !ok || book.dirty.contains(&key) {
+                    book.dirty.insert(key);
+                }
+            }
+            _ = tick.tick() => {
+                if listed == (true, true) {
+                    step(&client, &config, &jobs, &parts, &mut book, &done_tx);
+                }
+            }
+        }
+    }
+}
+
+fn owner_key(part: &TraceJobNode) -> Key {
+    let key = ObjectRef::new(&part.spec.trace_job);
+    match part.namespace() {
+        Some(ns) => key.within(&ns),
+        None => key,
+    }
+}
+
+/// Looks at every dirty TraceJob that may be written now, and starts the writes it needs.
+fn step(
+    client: &Client,
+    config: &Config,
+    jobs: &Store<TraceJob>,
+    parts: &Store<TraceJobNode>,
+    book: &mut Book,
+    done: &mpsc::UnboundedSender<(Key, bool)>,
+) {
+    let now = Instant::now();
+    let due: Vec<Key> = book
+        .dirty
+        .iter()
+        .filter(|k| !book.in_flight.contains(*k))
+        .filter(|k| book.written.get(*k).is_none_or(|t| now >= *t + DEBOUNCE))
+        .filter(|k| book.look_after.get(*k).is_none_or(|t| now >= *t))
+        .cloned()
+        .collect();
+    if due.is_empty() {
+        return;
+    }
+    // Each node's part, by the UID of its TraceJob: one pass over the store per step.
+    let all_parts = parts.state();
+    let mut by_owner: HashMap<&str, Vec<&TraceJobNode>> = HashMap::new();
+    for p in &all_parts {
+        if let Some(uid) = p.owner_uid() {
+            by_owner.entry(uid).or_default().push(p);
+        }
+    }
+    for key in due {
+        book.dirty.remove(&key);
+        let Some(job) = jobs.get(&key) else {
+            book.written.remove(&key);
+            book.look_after.remove(&key);
+            continue;
+        };
+        let uid = job.uid().unwrap_or_default();
+        let work = if job.spec.node_selector.is_some() {
+            let mine = by_owner.get(uid.as_str()).cloned().unwrap_or_default();
+            let want = status::summary(&job, &mine, crate::cluster::writer::now());
+            let merge = status::merge_due(&job, &mine);
+            if !merge && status::summary_is_current(&job, &want) {
+                continue;
+            }
+            let mine: Vec<TraceJobNode> = mine.into_iter().cloned().collect();
+            let (client, job) = (client.clone(), (*job).clone());
+            futures::future::Either::Left(async move {
+                write::fan_out(&client, &job, &mine, want, merge).await
+            })
+        } else if status::unclaimed_target(&job) {
+            // The pod's node usually claims it at once: look at its pod only when it did not.
+            let waited = crate::decide::job::age_of(&job);
+            if waited < UNCLAIMED_LOOK {
+                book.dirty.insert(key.clone());
+                book.look_after.insert(key, now + (UNCLAIMED_LOOK - waited));
+                continue;
+            }
+            book.look_after.insert(key.clone(), now + UNCLAIMED_LOOK);
+            let timeout = Duration::from_secs(config.target_timeout);
+            let (client, job) = (client.clone(), (*job).clone());
+            futures::future::Either::Right(
+                async move { write::unclaimed(&client, &job, timeout).await },
+            )
+        } else {
+            book.look_after.remove(&key);
+            continue;
+        };
+        book.in_flight.insert(key.clone());
+        book.written.insert(key.clone(), now);
+        let done = done.clone();
+        tokio::spawn(async move {
+            let ok = match work.await {
+                Ok(write::Outcome::Done) => true,
+                // Not over yet (an unscheduled pod): looked at again later.
+                Ok(write::Outcome::Again) => false,
+                Err(e) => {
+                    warn!(namespace = key.namespace.as_deref().unwrap_or_default(), name = %key.name, error = %e, "writing a TraceJob's status failed; trying again");
+                    false
+                }
+            };
+            let _ = done.send((key, ok));
+        });
+    }
+}

@@ -1,0 +1,298 @@
+//! The summarizer's writes: a fan-out TraceJob's summary (server-side apply of its status, field
+//! manager `MANAGER`), its merged output ConfigMap, and the end of an unassigned pod-target
+//! TraceJob whose pod no node can take. One attempt each; the caller looks again later.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::Write;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{ConfigMap, Pod};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::ByteString;
+use kube::api::{ListParams, Patch, PatchParams, PostParams};
+use kube::{Api, Client, Resource, ResourceExt};
+use serde_json::json;
+
+use crate::cluster::writer::now;
+use crate::decide::status;
+use crate::output::fit::CONFIGMAP_BUDGET;
+use crate::resource::node::controller;
+use crate::resource::{OutputRef, Phase, TraceJob, TraceJobNode, TraceJobStatus, LABEL_TRACEJOB};
+
+/// The field manager of the summarizer's status writes.
+pub const MANAGER: &str = "tracejob-summarizer";
+/// The label of a merged output ConfigMap.
+pub const LABEL_MERGED: &str = "observe.tracejob.dev/merged";
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("the nodes' output cannot be merged: {0}")]
+    Merge(String),
+}
+
+/// What became of a look at a TraceJob.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Written, or nothing to write (it changed or went meanwhile).
+    Done,
+    /// Nothing to write yet: look again later.
+    Again,
+}
+
+/// The merged output's ConfigMap name: the TraceJob's name and `-output-merged`.
+pub fn merged_name(tracejob: &str) -> String {
+    let suffix = "-output-merged";
+    let base: String = tracejob.chars().take(253 - suffix.len()).collect();
+    format!("{}{suffix}", base.trim_end_matches(['-', '.']))
+}
+
+/// Writes a fan-out TraceJob's summary `want`; first, when `merge`, its merged output.
+pub async fn fan_out(
+    client: &Client,
+    job: &TraceJob,
+    parts: &[TraceJobNode],
+    mut want: TraceJobStatus,
+    merge: bool,
+) -> Result<Outcome, Error> {
+    if merge {
+        let (name, merged, how) = merged_output(client, job, parts).await?;
+        want.output_ref = Some(OutputRef { name });
+        want.merged_nodes = Some(i64::try_from(parts.len()).unwrap_or(i64::MAX));
+        let message = format!("the maps of {merged} nodes merged ({how})");
+        want.conditions.retain(|c| c.type_ != "OutputStored");
+        want.conditions
+            .push(status::output_stored("Merged", &message, job, now()));
+    }
+    apply_status(client, job, want, None).await
+}
+
+/// Applies `status` to the TraceJob (onto `version` only, when given). A TraceJob gone, or
+/// changed since `version`, needs nothing more.
+async fn apply_status(
+    client: &Client,
+    job: &TraceJob,
+    status: TraceJobStatus,
+    version: Option<String>,
+) -> Result<Outcome, Error> {
+    let mut object = json!({
+        "apiVersion": TraceJob::api_version(&()),
+        "kind": TraceJob::kind(&()),
+        "metadata": { "name": job.name_any() },
+        "status": status,
+    });
+    if let Some(rv) = version {
+        object["metadata"]["resourceVersion"] = json!(rv);
+    }
+    let api: Api<TraceJob> = Api::namespaced(client.clone(), &job.namespace().unwrap_or_default());
+    match api
+        .patch_status(
+            &job.name_any(),
+            &PatchParams::apply(MANAGER).force(),
+            &Patch::Apply(object),
+        )
+        .await
+    {
+        Ok(_) => Ok(Outcome::Done),
+        Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => Ok(Outcome::Done),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Reads every node's output (one paged LIST by the TraceJob's label, not a GET per node),
+/// merges the maps and stores them in the merged ConfigMap. Returns its name, how many nodes'
+/// outputs it holds, and how it was stored.
+async fn merged_output(
+    client: &Client,
+    job: &TraceJob,
+    parts: &[TraceJobNode],
+) -> Result<(String, usize, &'static str), Error> {
+    let ns = job.namespace().unwrap_or_default();
+    let api: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
+    let wanted: HashMap<String, String> = parts
+        .iter()
+        .filter_map(|p| {
+            let r = p.status.as_ref()?.output_ref.as_ref()?;
+            Some((r.name.clone(), p.spec.node_name.clone()))
+        })
+        .collect();
+    let selector = format!("{LABEL_TRACEJOB}={},!{LABEL_MERGED}", job.name_any());
+    let mut params = ListParams::default().labels(&selector).limit(100);
+    let mut nodes: Vec<(String, ConfigMap)> = Vec::new();
+    loop {
+        let page = api.list(&params).await?;
+        for cm in page.items {
+            if let Some(node) = wanted.get(&cm.name_any()) {
+                nodes.push((node.clone(), cm));
+            }
+        }
+        match page.metadata.continue_.filter(|c| !c.is_empty()) {
+            Some(token) => params = params.continue_token(&token),
+            None => break,
+        }
+    }
+    nodes.sort_by(|a, b| a.0.cmp(&b.0));
+    let count = nodes.len();
+    let program = job.spec.program.clone();
+    // Parsing and rendering many nodes' output is CPU work: off the async threads.
+    let (data, binary, how) = tokio::task::spawn_blocking(move || -> Result<_, Error> {
+        let merged = crate::plugin::show::merged(&nodes, &program)
+            .map_err(|e| Error::Merge(e.to_string()))?;
+        let maps = crate::output::maps::Maps {
+            bpftrace: merged.bpftrace.clone(),
+            maps: merged.merged.maps.clone(),
+        };
+        let maps_json = serde_json::to_string(&maps).map_err(|e| Error::Merge(e.to_string()))?;
+        Ok(fit(merged.text(), maps_json, &program))
+    })
+    .await
+    .map_err(|e| Error::Merge(e.to_string()))??;
+    let name = merged_name(&job.name_any());
+    let cm = ConfigMap {
+        metadata: ObjectMeta {
+            name: Some(name.clone()),
+            namespace: Some(ns),
+            labels: Some(BTreeMap::from([
+                (LABEL_TRACEJOB.to_string(), job.name_any()),
+                (LABEL_MERGED.to_string(), "true".to_string()),
+            ])),
+            owner_references: Some(vec![controller(job)]),
+            ..Default::default()
+        },
+        data: Some(data),
+        binary_data: Some(binary),
+        ..Default::default()
+    };
+    match api.create(&PostParams::default(), &cm).await {
+        Ok(_) => {}
+        // Written before (a late node ended since, or another summarizer wrote it): replaced
+        // whole.
+        Err(kube::Error::Api(s)) if s.code == 409 => {
+            api.replace(&name, &PostParams::default(), &cm).await?;
+        }
+        Err(e) => return Err(e.into()),
+    }
+    Ok((name, count, how))
+}
+
+/// The merged output in a ConfigMap's budget: as text when it fits, else gzip; maps.json kept
+/// while it fits.
+fn fit(
+    text: String,
+    maps_json: String,
+    program: &str,
+) -> (
+    BTreeMap<String, String>,
+    BTreeMap<String, ByteString>,
+    &'static str,
+) {
+    let budget = usize::try_from(CONFIGMAP_BUDGET).unwrap_or(usize::MAX);
+    let mut data = BTreeMap::from([("program".to_string(), program.to_string())]);
+    let mut binary = BTreeMap::new();
+    if text.len() + maps_json.len() + program.len() <= budget {
+        data.insert("output".into(), text);
+        data.insert("maps.json".into(), maps_json);
+        return (data, binary, "as text");
+    }
+    let output = gzip(text.as_bytes());
+    let maps = gzip(maps_json.as_bytes());
+    let mut room = budget.saturating_sub(program.len());
+    if output.len() <= room {
+        room -= output.len();
+        binary.insert("output.gz".into(), ByteString(output));
+        if maps.len() <= room {
+            binary.insert("maps.json.gz".into(), ByteString(maps));
+        }
+        return (data, binary, "compressed");
+    }
+    if maps.len() <= room {
+        binary.insert("maps.json.gz".into(), ByteString(maps));
+    }
+    data.insert(
+        "output".into(),
+        "the merged output is larger than a ConfigMap holds: see each node's output (kubectl tracejob output NAME --per-node)\n".into(),
+    );
+    (data, binary, "too large; maps.json only")
+}
+
+fn gzip(bytes: &[u8]) -> Vec<u8> {
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    // Writing to a Vec cannot fail.
+    let _ = e.write_all(bytes);
+    e.finish().unwrap_or_default()
+}
+
+/// An unassigned pod-target TraceJob that no node claimed: Failed if its pod does not exist, or
+/// was not scheduled to a node within `timeout` of the TraceJob's creation; otherwise looked at
+/// again later (its node's agent claims it once the pod is there). Written only onto the version
+/// read, so a claim made meanwhile wins.
+pub async fn unclaimed(
+    client: &Client,
+    job: &TraceJob,
+    timeout: Duration,
+) -> Result<Outcome, Error> {
+    let ns = job.namespace().unwrap_or_default();
+    let Some(target) = &job.spec.target else {
+        return Ok(Outcome::Done);
+    };
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
+    let (reason, message) = match pods.get_opt(&target.pod).await? {
+        None => (
+            "TargetNotFound",
+            format!("pod {} not found in namespace {ns}", target.pod),
+        ),
+        Some(pod)
+            if pod
+                .spec
+                .as_ref()
+                .and_then(|s| s.node_name.as_ref())
+                .is_none() =>
+        {
+            if crate::decide::job::age_of(job) < timeout {
+                return Ok(Outcome::Again);
+            }
+            (
+                "TargetNotRunning",
+                format!(
+                    "pod {} was not scheduled to a node within {}s (--target-timeout)",
+                    target.pod,
+                    timeout.as_secs()
+                ),
+            )
+        }
+        // On a node: that node's agent claims it (or, without an agent there, nothing can).
+        Some(_) => return Ok(Outcome::Again),
+    };
+    let failed = TraceJobStatus {
+        phase: Some(Phase::Failed),
+        completion_time: Some(now()),
+        message: Some(message),
+        ..Default::default()
+    };
+    let failed = status::complete(failed, reason, job, now());
+    apply_status(client, job, failed, job.resource_version()).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn merged_names_are_valid() {
+        assert_eq!(merged_name("bio"), "bio-output-merged");
+        assert!(merged_name(&"x".repeat(253)).len() <= 253);
+    }
+
+    #[test]
+    fn merged_output_fits_a_configmap() {
+        let (data, binary, how) = fit("@c: 1\n".into(), "{}".into(), "BEGIN {}");
+        assert_eq!((data["output"].as_str(), how), ("@c: 1\n", "as text"));
+        assert!(binary.is_empty());
+        // Large but compressible: gzip.
+        let big = "@c[x]: 1\n".repeat(200_000);
+        let (data, binary, how) = fit(big, "{}".into(), "BEGIN {}");
+        assert_eq!(how, "compressed");
+        assert!(binary.contains_key("output.gz") && !data.contains_key("output"));
+    }
+}
