@@ -4,14 +4,18 @@
 //!
 //! Agent and bare-bpftrace runs are interleaved (one of each in turn), so a slower moment of the
 //! machine falls on both; each latency is given as min / median / max.
-//! BENCH_RUNS (default 10) sets the latency runs, BENCH_FOOTPRINT_SECS (default 60) the footprint
-//! windows, BENCH_SCALE (default "10,50,100"; empty for none) the agent counts of the scale table;
-//! BENCH_ONLY=scale runs the scale table alone; BENCH_SCALE_TIMEOUT_SECS (default 900) bounds each
-//! of its waits (a row that did not finish says "> limit").
+//! BENCH_RUNS (default 10; 3 for the scale table) sets the runs, BENCH_FOOTPRINT_SECS (default 60)
+//! the footprint windows, BENCH_SCALE (default "100,300,1000"; empty for none) the node counts of
+//! the scale table (hollow agents: `scale`); BENCH_ONLY=scale runs the scale table alone;
+//! BENCH_SCALE_TIMEOUT_SECS (default 300) bounds each of its waits (a wait that ran out says
+//! "> limit"); BENCH_SCALE_POD_TARGET=0 leaves out its pod-target rows.
 
 #[path = "../tests/e2e/support/mod.rs"]
 #[allow(unused_imports)]
 mod support;
+
+#[path = "tracejob/scale.rs"]
+mod scale;
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read};
@@ -25,7 +29,7 @@ use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::{Patch, PatchParams, PostParams};
 use kube::runtime::wait::await_condition;
 use kube::Api;
-use support::{bpftrace_double, must, register_node, wait_for, Agent, ControlPlane, Env};
+use support::{bpftrace_double, must, wait_for, Agent, ControlPlane, Env};
 use tracejob_agent::resource::{Phase, TraceJob, TraceJobSpec};
 
 const BIOLATENCY: &str = include_str!("../bpf-samples/biolatency.bt");
@@ -292,159 +296,14 @@ impl Bench {
     }
 }
 
-/// CPU seconds a process has used (user and system).
-fn cpu_seconds(pid: i32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let fields: Vec<f64> = stat
-        .rsplit_once(')')
-        .map(|(_, r)| {
-            r.split_whitespace()
-                .filter_map(|f| f.parse().ok())
-                .collect()
-        })
-        .unwrap_or_default();
-    // After the command: utime and stime are fields 12 and 13 (from 1, state being 1).
-    (fields.get(10).copied().unwrap_or(0.0) + fields.get(11).copied().unwrap_or(0.0)) / 100.0
-}
-
-/// One agent's API use so far: requests other than watches, and bytes received on watches.
-fn api_use(agent: &Agent) -> (f64, f64) {
-    let (_, body) = agent.get("/metrics");
-    let mut requests = 0.0;
-    let mut watch_bytes = 0.0;
-    for line in body.lines().filter(|l| !l.starts_with('#')) {
-        let Some((series, value)) = line.rsplit_once(' ') else {
-            continue;
-        };
-        let value: f64 = value.parse().unwrap_or(0.0);
-        if series.starts_with("tracejob_api_requests_total") && !series.contains("WATCH") {
-            requests += value;
-        }
-        if series == "tracejob_api_received_bytes_total{kind=\"watch\"}" {
-            watch_bytes += value;
-        }
-    }
-    (requests, watch_bytes)
-}
-
-/// N agents with distinct node names against one API server, and one TraceJob whose node
-/// selector matches them all: times until every node runs it and until every output is stored,
-/// the API requests and watch bytes of each agent, and the API server's CPU. bpftrace is the
-/// test double here (a line every 200 ms until SIGINT), so what is measured is the agents and the
-/// API server, not N compilations of a program on two cores.
-fn scale(b: &Bench, n: usize) -> [String; 7] {
-    let pool = format!("scale-{n}");
-    let double = bpftrace_double().to_string_lossy().into_owned();
-    let agents: Vec<Agent> = (0..n)
-        .map(|i| {
-            let node = format!("{pool}-{i}");
-            register_node(&b.env, &node, &[("pool", &pool)]);
-            Agent::start_registered(&node, &b.env.cp.kubeconfig, &["--bpftrace", &double], &[])
-        })
-        .collect();
-    for a in &agents {
-        wait_for(Duration::from_secs(120), "agent ready", || {
-            (a.get("/readyz").0 == 200).then_some(())
-        });
-    }
-    let ns = b.env.namespace(&pool);
-    let api = b.api(&ns);
-    let apiserver = b.env.cp.apiserver_pid().expect("the API server runs");
-    let before: Vec<(f64, f64)> = agents.iter().map(api_use).collect();
-    let cpu0 = cpu_seconds(apiserver);
-    let entries = |job: &TraceJob, phase: Phase, stored: bool| {
-        job.status.as_ref().map_or(0, |s| {
-            s.nodes
-                .iter()
-                .filter(|e| e.phase == Some(phase) && (!stored || e.output_ref.is_some()))
-                .count()
-        })
-    };
-    // N=100 may not finish on a small machine: each wait is bounded and reported as such.
-    let limit = Duration::from_secs(env_num("BENCH_SCALE_TIMEOUT_SECS", 900));
-    let bounded = |took: Option<Duration>| {
-        took.map_or(format!("> {}", limit.as_secs()), |d| {
-            format!("{:.1}", d.as_secs_f64())
-        })
-    };
-    let (running, stored, size) = b.rt.block_on(async {
-        let mut job = TraceJob::new(
-            "wide",
-            TraceJobSpec {
-                node_name: None,
-                node_selector: Some(
-                    serde_json::from_value(serde_json::json!({"matchLabels": {"pool": pool}}))
-                        .expect("selector"),
-                ),
-                target: None,
-                program: "// double: print-every-ms=200\nBEGIN {}".into(),
-                args: vec![],
-                stop: false,
-                deadline: 3600,
-                deadline_grace_period: 300,
-            },
-        );
-        job.metadata.namespace = Some(ns.clone());
-        let t0 = Instant::now();
-        must(api.create(&PostParams::default(), &job).await, "create");
-        let all = |phase: Phase, stored: bool| {
-            move |j: Option<&TraceJob>| j.is_some_and(|j| entries(j, phase, stored) == n)
-        };
-        let running = tokio::time::timeout(
-            limit,
-            await_condition(api.clone(), "wide", all(Phase::Running, false)),
-        )
-        .await
-        .map(|r| must(r, "all Running"))
-        .ok()
-        .map(|_| t0.elapsed());
-        let t1 = Instant::now();
-        let stop = Patch::Merge(serde_json::json!({"spec": {"stop": true}}));
-        must(
-            api.patch("wide", &PatchParams::default(), &stop).await,
-            "stop",
-        );
-        let stored = tokio::time::timeout(
-            limit,
-            await_condition(api.clone(), "wide", all(Phase::Completed, true)),
-        )
-        .await
-        .map(|r| must(r, "all stored"))
-        .ok()
-        .map(|_| t1.elapsed());
-        // What every watcher of the TraceJob receives on each change, managedFields included.
-        let job = must(api.get("wide").await, "the TraceJob");
-        let size = must(serde_json::to_vec(&job), "json").len();
-        (running, stored, size)
-    });
-    let cpu = cpu_seconds(apiserver) - cpu0;
-    let after: Vec<(f64, f64)> = agents.iter().map(api_use).collect();
-    let requests: f64 = after
-        .iter()
-        .zip(&before)
-        .map(|(a, b)| a.0 - b.0)
-        .sum::<f64>()
-        / n as f64;
-    let watch: f64 = after
-        .iter()
-        .zip(&before)
-        .map(|(a, b)| a.1 - b.1)
-        .sum::<f64>()
-        / n as f64;
-    drop(agents);
-    [
-        n.to_string(),
-        bounded(running),
-        bounded(stored),
-        format!("{requests:.1}"),
-        format!("{:.0}", watch / 1024.0),
-        format!("{cpu:.1}"),
-        format!("{:.0}", size as f64 / 1024.0),
-    ]
-}
-
 fn main() {
+    // This binary run again as the scale table's hollow agents.
+    if std::env::var_os(scale::HOLLOW).is_some() {
+        scale::hollow_main();
+        return;
+    }
     support::require_bpftrace_environment();
+    scale::raise_open_files();
     let runs = env_num("BENCH_RUNS", 10);
     let window = Duration::from_secs(env_num("BENCH_FOOTPRINT_SECS", 60));
     let env = Env::new(ControlPlane::start());
@@ -497,7 +356,7 @@ fn main() {
 
     // BENCH_ONLY=scale: the scale table alone (it takes most of the time).
     if std::env::var("BENCH_ONLY").as_deref() == Ok("scale") {
-        scale_table(&b);
+        scale::table(&b);
         return;
     }
 
@@ -724,14 +583,16 @@ fn main() {
     }
     drop(idle);
 
-    // 4: scale on one node, and many agents on one API server.
+    // 4: scale on one node (as many traces as a node runs at once by default), and many agents
+    // on one API server.
+    const ONE_NODE: usize = 32;
     let scale_ns = b.env.namespace("scale");
     let fifty = Agent::start_with(&b.env, "scale-node", &b.env.cp.kubeconfig, &[], &[]);
     let api = b.api(&scale_ns);
     let cms: Api<ConfigMap> = Api::namespaced(b.client.clone(), &scale_ns);
     let (running, landed) = b.rt.block_on(async {
         let t0 = Instant::now();
-        for i in 0..50 {
+        for i in 0..ONE_NODE {
             must(
                 api.create(
                     &PostParams::default(),
@@ -745,7 +606,7 @@ fn main() {
                 "create",
             );
         }
-        for i in 0..50 {
+        for i in 0..ONE_NODE {
             must(
                 await_condition(api.clone(), &format!("s-{i}"), phase_is(Phase::Running)).await,
                 "Running",
@@ -754,14 +615,14 @@ fn main() {
         let running = t0.elapsed();
         let t1 = Instant::now();
         let stop = Patch::Merge(serde_json::json!({"spec": {"stop": true}}));
-        for i in 0..50 {
+        for i in 0..ONE_NODE {
             must(
                 api.patch(&format!("s-{i}"), &PatchParams::default(), &stop)
                     .await,
                 "stop",
             );
         }
-        for i in 0..50 {
+        for i in 0..ONE_NODE {
             must(
                 await_condition(api.clone(), &format!("s-{i}"), phase_is(Phase::Completed)).await,
                 "Completed",
@@ -777,13 +638,13 @@ fn main() {
                     .is_some_and(|n| n.contains("-output-"))
             })
             .count();
-        assert_eq!(n, 50);
+        assert_eq!(n, ONE_NODE);
         (running, t1.elapsed())
     });
     b.row(
-        "50 TraceJobs on one node",
+        &format!("{ONE_NODE} TraceJobs on one node (the default --max-running-traces)"),
         format!(
-            "all Running after {:.1} s; all 50 ConfigMaps {:.1} s after the stops",
+            "all Running after {:.1} s; all {ONE_NODE} ConfigMaps {:.1} s after the stops",
             running.as_secs_f64(),
             landed.as_secs_f64()
         ),
@@ -850,27 +711,5 @@ fn main() {
         println!("| {what} | {value} |");
     }
 
-    scale_table(&b);
-}
-
-/// Scale: BENCH_SCALE="10,50,100" (the default), one run per N, each on the same API server.
-fn scale_table(b: &Bench) {
-    let sizes: Vec<usize> = std::env::var("BENCH_SCALE")
-        .unwrap_or_else(|_| "10,50,100".into())
-        .split(',')
-        .filter_map(|n| n.trim().parse().ok())
-        .collect();
-    if sizes.is_empty() {
-        return; // BENCH_SCALE="": the main table alone
-    }
-    let mut table = Vec::new();
-    for n in sizes {
-        let row = scale(b, n);
-        eprintln!("bench: scale {row:?}");
-        table.push(row);
-    }
-    println!("\n| agents (N) | apply until all Running (s) | stop until all outputs stored (s) | API requests per agent (not watches) | watch KiB per agent | API server CPU (s) | TraceJob at the end (KiB) |\n|---|---|---|---|---|---|---|");
-    for row in table {
-        println!("| {} |", row.join(" | "));
-    }
+    scale::table(&b);
 }

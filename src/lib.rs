@@ -14,3 +14,4 @@ pub mod output;
 pub mod plugin;
 pub mod resource;
 pub mod summarize;
+pub mod trigger;

@@ -1,6 +1,6 @@
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use tracejob_agent::config::{Config, LogFormat};
 use tracing_subscriber::EnvFilter;
 
@@ -34,7 +34,10 @@ enum Command {
     /// Keep the status and merged output of TraceJobs on several nodes (the summarizer
     /// Deployment's command; one replica is active at a time).
     Summarize(Box<Summarizer>),
-    /// Print the TraceJob and TraceJobNode CustomResourceDefinitions as YAML.
+    /// Answer Alertmanager's webhook: start a TraceJob for each alert a TraceTrigger matches
+    /// (the trigger receiver Deployment's command).
+    TriggerReceiver(Box<tracejob_agent::trigger::Config>),
+    /// Print the TraceJob, TraceJobNode and TraceTrigger CustomResourceDefinitions as YAML.
     Crd,
     /// Supervise one bpftrace run (started by the agent, one per trace).
     #[command(hide = true)]
@@ -56,8 +59,23 @@ fn main() -> ExitCode {
         },
         Command::Shim(args) => tracejob_agent::host::shim::run(args),
         Command::Run(config) => {
+            // Flags that do not go together end the agent at once, as a usage error (exit 2).
+            if let Err(e) = config.validate() {
+                let mut cli = Cli::command();
+                cli.build();
+                let run = cli.find_subcommand_mut("run").expect("the run command");
+                run.error(clap::error::ErrorKind::ArgumentConflict, e)
+                    .exit();
+            }
             logs(config.log_format, &config.log_level);
             block_on(tracejob_agent::agent::run(*config), "tracejob-agent")
+        }
+        Command::TriggerReceiver(c) => {
+            logs(c.log_format, &c.log_level);
+            block_on(
+                tracejob_agent::trigger::run(*c),
+                "tracejob trigger receiver",
+            )
         }
         Command::Summarize(s) => {
             logs(s.log_format, &s.log_level);

@@ -66,9 +66,19 @@ impl Cluster {
     }
 
     fn apply(&self, yaml: &str) {
+        let out = self.apply_in("default", yaml);
+        assert!(
+            out.status.success(),
+            "kubectl apply: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// `kubectl apply -n NS -f -` of `yaml`, whatever it answers.
+    fn apply_in(&self, ns: &str, yaml: &str) -> Output {
         let mut child = Command::new(&self.kubectl)
             .env("KUBECONFIG", &self.kubeconfig)
-            .args(["apply", "-f", "-"])
+            .args(["apply", "-n", ns, "-f", "-"])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -81,19 +91,19 @@ impl Cluster {
             .expect("stdin")
             .write_all(yaml.as_bytes())
             .expect("write");
-        let out = child.wait_with_output().expect("kubectl");
-        assert!(
-            out.status.success(),
-            "kubectl apply: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        child.wait_with_output().expect("kubectl")
     }
 
     fn trace(&self, name: &str, program: &str) {
-        self.apply(&format!(
+        self.apply(&self.trace_yaml(name, program));
+    }
+
+    /// A TraceJob of this cluster's node.
+    fn trace_yaml(&self, name: &str, program: &str) -> String {
+        format!(
             "apiVersion: observe.tracejob.dev/v1alpha1\nkind: TraceJob\nmetadata:\n  name: {name}\nspec:\n  nodeName: {}\n  deadlineGracePeriod: 300\n  program: '{program}'\n",
             self.node
-        ));
+        )
     }
 
     fn wait_condition(&self, name: &str, condition: &str, seconds: u32) {
@@ -466,6 +476,183 @@ fn pod_targets(cluster: &Cluster) {
     );
 }
 
+/// The default install denies by default: a namespace without the annotation traces nothing
+/// (admission rejects its TraceJob at `kubectl apply`), one scoped to other nodes is refused by
+/// this node's agent, and the annotated one (try-it's `default`) ran.
+fn namespace_scopes(cluster: &Cluster) {
+    step("deny by default: an unannotated namespace is refused, an annotated one runs");
+    let scope = cluster.k(&[
+        "get",
+        "namespace",
+        "default",
+        "-o",
+        "jsonpath={.metadata.annotations.observe\\.tracejob\\.dev/node-selector}",
+    ]);
+    assert_eq!(
+        scope, "!observe.tracejob.dev/untraceable",
+        "try-it's annotation"
+    );
+    assert_eq!(cluster.field("biolatency", ".status.phase"), "Completed");
+    cluster.k(&["create", "namespace", "unannotated"]);
+    let out = cluster.apply_in(
+        "unannotated",
+        &cluster.trace_yaml("refused", COUNT_SYSCALLS),
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success()
+            && stderr.contains("tracejob-annotated-namespaces")
+            && stderr.contains("observe.tracejob.dev/node-selector"),
+        "a TraceJob of an unannotated namespace: {stderr}"
+    );
+    cluster.k(&["create", "namespace", "elsewhere"]);
+    cluster.k(&[
+        "annotate",
+        "namespace",
+        "elsewhere",
+        "observe.tracejob.dev/node-selector=pool=elsewhere",
+    ]);
+    let out = cluster.apply_in("elsewhere", &cluster.trace_yaml("away", COUNT_SYSCALLS));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    cluster.k(&[
+        "wait",
+        "-n",
+        "elsewhere",
+        "--for=condition=Failed",
+        "tracejob/away",
+        "--timeout=120s",
+    ]);
+    let reason = cluster.k(&[
+        "get",
+        "-n",
+        "elsewhere",
+        "tracejob",
+        "away",
+        "-o",
+        "jsonpath={.status.conditions[?(@.type==\"Failed\")].reason} {.status.id}",
+    ]);
+    assert_eq!(
+        reason.trim(),
+        "NodeNotAllowed",
+        "refused before anything ran"
+    );
+}
+
+/// The trigger receiver as its Deployment's pod (tests/cluster/trigger), called as Alertmanager's
+/// webhook would call it: a firing alert makes a TraceJob Running on the node, its resolution
+/// stops it with its maps collected.
+fn triggered_trace(cluster: &Cluster) {
+    step("the trigger receiver's pod: a firing alert traces the node, its resolution stops it");
+    let token = format!("cluster-test-{}", std::process::id());
+    cluster.k(&[
+        "-n",
+        "tracejob-system",
+        "create",
+        "secret",
+        "generic",
+        "tracejob-trigger-token",
+        &format!("--from-literal=token={token}"),
+    ]);
+    cluster.k(&["apply", "-k", "tests/cluster/trigger"]);
+    cluster.k(&[
+        "-n",
+        "tracejob-system",
+        "rollout",
+        "status",
+        "deploy/tracejob-trigger-receiver",
+        "--timeout=180s",
+    ]);
+    let trigger = serde_json::json!({
+        "apiVersion": "observe.tracejob.dev/v1alpha1", "kind": "TraceTrigger",
+        "metadata": {"name": "cluster-alert", "namespace": "default"},
+        "spec": {
+            "matchers": ["alertname=\"ClusterTestAlert\""],
+            "target": {"kind": "Node"},
+            "trace": {"program": COUNT_SYSCALLS, "deadline": 300, "deadlineGracePeriod": 300}
+        }
+    });
+    cluster.apply(&trigger.to_string());
+    let alert = |status: &str| {
+        let body = serde_json::json!({
+            "version": "4", "status": status,
+            "alerts": [{
+                "status": status,
+                "labels": {"alertname": "ClusterTestAlert", "node": cluster.node},
+                "startsAt": "2026-01-01T00:00:00Z",
+                "fingerprint": "c1a2b3c4d5e6f708"
+            }]
+        });
+        wait_for(
+            Duration::from_secs(60),
+            &format!("the receiver to take the {status} alert"),
+            || {
+                let out = run(Command::new("curl")
+                    .args(["-sf", "-m", "10", "-H"])
+                    .arg(format!("Authorization: Bearer {token}"))
+                    .args(["-H", "Content-Type: application/json", "-d"])
+                    .arg(body.to_string())
+                    .arg("http://127.0.0.1:9471/alerts"));
+                out.status.success().then_some(())
+            },
+        );
+    };
+    // Without the token: 401.
+    let out = run(Command::new("curl").args([
+        "-s",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        "-d",
+        "{}",
+        "http://127.0.0.1:9471/alerts",
+    ]));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "401", "no token");
+    alert("firing");
+    let name = wait_for(Duration::from_secs(60), "the triggered TraceJob", || {
+        let names = cluster.k(&[
+            "get",
+            "tracejob",
+            "-l",
+            "observe.tracejob.dev/trigger=cluster-alert",
+            "-o",
+            "jsonpath={.items[*].metadata.name}",
+        ]);
+        names.split_whitespace().next().map(str::to_string)
+    });
+    cluster.wait_condition(&name, "Running", 120);
+    assert_eq!(cluster.field(&name, ".spec.nodeName"), cluster.node);
+    let pid = cluster.field(&name, ".status.pid");
+    assert!(alive(&pid), "bpftrace {pid} of {name} is not running");
+    alert("resolved");
+    cluster.wait_condition(&name, "Completed", 180);
+    assert_eq!(cluster.field(&name, ".spec.stop"), "true");
+    let output = cluster.output(&name);
+    assert!(output.contains("@calls["), "output: {output}");
+    assert_eq!(
+        cluster.k(&[
+            "get",
+            "tt",
+            "cluster-alert",
+            "-o",
+            "jsonpath={.status.tracesCreated}"
+        ]),
+        "1"
+    );
+    // Only the receiver's pod goes; the rest of the component leaves with the cluster.
+    cluster.k(&[
+        "-n",
+        "tracejob-system",
+        "delete",
+        "deploy/tracejob-trigger-receiver",
+        "--wait=true",
+    ]);
+}
+
 fn step(what: &str) {
     eprintln!("cluster test: {what}");
 }
@@ -566,6 +753,8 @@ fn the_daemonset_runs_traces_on_a_real_kubelet() {
     let message = cluster.field("broken", ".status.message");
     assert!(message.contains("no_such_group"), "message: {message}");
 
+    namespace_scopes(&cluster);
+
     pod_targets(&cluster);
 
     step("deleting the agent's pod mid-trace: the DaemonSet's next pod takes the trace over");
@@ -626,6 +815,8 @@ fn the_daemonset_runs_traces_on_a_real_kubelet() {
     });
     cluster.k(&["apply", "-k", "tests/cluster/overlay"]);
     cluster.ready_agent(None);
+
+    triggered_trace(&cluster);
 
     step("kubectl delete -k removes everything and leaves no bpftrace");
     cluster.trace("last", COUNT_SYSCALLS);

@@ -82,6 +82,7 @@ fn kustomization_lists_every_manifest() {
             "rbac-agent.yaml",
             "rbac-users.yaml",
             "agent-fence.yaml",
+            "namespace-scopes.yaml",
             "daemonset.yaml",
             "summarizer.yaml"
         ]
@@ -447,7 +448,12 @@ fn dockerfile_is_multi_stage_pinned_and_runs_the_agent_with_bpftrace() {
     let froms: Vec<Vec<&str>> = lines
         .iter()
         .filter(|l| l.starts_with("FROM "))
-        .map(|l| l.split_whitespace().collect())
+        // FROM [--platform=...] IMAGE [AS NAME]
+        .map(|l| {
+            l.split_whitespace()
+                .filter(|w| !w.starts_with("--"))
+                .collect()
+        })
         .collect();
     let stages: Vec<(&str, &str)> = froms
         .iter()
@@ -542,7 +548,7 @@ fn policy_resources(p: &ValidatingAdmissionPolicy) -> Vec<String> {
 fn admission_policies_parse_and_reference_only_existing_fields() {
     let docs: Vec<serde_json::Value> = [
         "daemonset/agent-fence.yaml",
-        "daemonset/components/deny-unannotated/admission.yaml",
+        "daemonset/namespace-scopes.yaml",
         "daemonset/optional/deadline-cap.yaml",
     ]
     .into_iter()
@@ -628,14 +634,18 @@ fn admission_policies_parse_and_reference_only_existing_fields() {
             other => panic!("unexpected {other:?}"),
         }
     }
-    assert_eq!(policies, 10);
+    assert_eq!(policies, 11);
 }
 
-const AGENT: &str = "system:serviceaccount:tracejob-system:tracejob-agent";
-const SUMMARIZER: &str = "system:serviceaccount:tracejob-system:tracejob-summarizer";
+/// The fences' match conditions: a ServiceAccount of this name in any namespace, so that they
+/// hold wherever the install put it (agent-fence.yaml says why matching broadly is safe).
+const AGENT: &str =
+    "request.userInfo.username.matches('^system:serviceaccount:[^:]+:tracejob-agent$')";
+const SUMMARIZER: &str =
+    "request.userInfo.username.matches('^system:serviceaccount:[^:]+:tracejob-summarizer$')";
 
 #[test]
-fn fences_match_each_service_account_by_exact_name_and_cover_every_write() {
+fn fences_match_each_service_account_by_name_in_any_namespace_and_cover_every_write() {
     let policies = fence_policies();
     let mut covered: BTreeSet<(String, String)> = BTreeSet::new();
     for p in &policies {
@@ -663,8 +673,12 @@ fn fences_match_each_service_account_by_exact_name_and_cover_every_write() {
         assert_eq!(conditions.len(), 1, "{name}");
         let who = [AGENT, SUMMARIZER]
             .into_iter()
-            .find(|sa| conditions[0].expression == format!("request.userInfo.username == '{sa}'"))
-            .unwrap_or_else(|| panic!("{name} matches no service account by its exact name"));
+            .find(|sa| conditions[0].expression == *sa)
+            .unwrap_or_else(|| panic!("{name} matches no service account by its name"));
+        // Nothing names the install's namespace: a renamed install would escape it.
+        for expr in policy_expressions(p) {
+            assert!(!expr.contains("tracejob-system"), "{name}: {expr}");
+        }
         assert!(name.starts_with(if who == AGENT {
             "tracejob-agent-"
         } else {
@@ -789,7 +803,8 @@ fn the_summarizer_writes_only_summaries_and_merged_outputs() {
         "o.controller",
         "request.operation != 'UPDATE' ||",
         "oldObject.metadata.labels['observe.tracejob.dev/merged'] == 'true'",
-        "['kube-system', 'kube-public', 'kube-node-lease', 'tracejob-system']",
+        "['kube-system', 'kube-public', 'kube-node-lease', variables.home]",
+        "home = request.userInfo.username.split(':')[2]",
     ] {
         assert!(maps.contains(needle), "{needle}:\n{maps}");
     }
@@ -798,6 +813,198 @@ fn the_summarizer_writes_only_summaries_and_merged_outputs() {
         BTreeSet::from(["CREATE".to_string(), "UPDATE".to_string()])
     );
     assert!(checks("tracejob-summarizer-events").contains("object.regarding.kind == 'TraceJob'"));
+}
+
+#[test]
+fn the_agent_writes_only_its_own_outputs_and_events() {
+    let maps = checks("tracejob-agent-configmaps");
+    for needle in [
+        // Its node's, in neither the system namespaces nor its own (wherever that is).
+        "object.metadata.labels['observe.tracejob.dev/node'] == variables.node",
+        "variables.node != ''",
+        "['kube-system', 'kube-public', 'kube-node-lease', variables.home]",
+        "home = request.userInfo.username.split(':')[2]",
+        // Exactly one owner, a controller reference to a TraceJob (or TraceJobNode).
+        "size(object.metadata.ownerReferences) == 1",
+        "(o.kind == 'TraceJob' || o.kind == 'TraceJobNode')",
+        "o.apiVersion.startsWith('observe.tracejob.dev/')",
+        "has(o.controller) && o.controller",
+        // Named and labelled for that owner.
+        "object.metadata.labels['observe.tracejob.dev/tracejob'] == o.name",
+        "o.name == variables.base",
+        "lastIndexOf('-output-')",
+        "variables.run.matches('^[0-9a-f]{8}(-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})?$')",
+        // An update only over its own output of the same owner.
+        "oldObject.metadata.labels['observe.tracejob.dev/node'] == variables.node",
+        "oldObject.metadata.ownerReferences == object.metadata.ownerReferences",
+    ] {
+        assert!(maps.contains(needle), "{needle} is not checked:\n{maps}");
+    }
+    // OWNER-output-RUN, as the agent names them (OWNER, a label value too, is never cut short).
+    assert_eq!(
+        tracejob_agent::cluster::writer::output_name("owner", "0b6c1f1e"),
+        "owner-output-0b6c1f1e"
+    );
+    let events = checks("tracejob-agent-events");
+    for needle in [
+        "(object.regarding.kind == 'TraceJob' || object.regarding.kind == 'TraceJobNode')",
+        "object.regarding.namespace == request.namespace",
+        "object.reportingInstance == variables.node",
+        "oldObject.reportingInstance == variables.node",
+        "['kube-system', 'kube-public', 'kube-node-lease', variables.home]",
+    ] {
+        assert!(
+            events.contains(needle),
+            "{needle} is not checked:\n{events}"
+        );
+    }
+    assert!(checks("tracejob-agent-tracejobnodes").contains("variables.home]"));
+}
+
+fn scope_policy(name: &str) -> ValidatingAdmissionPolicy {
+    documents("daemonset/namespace-scopes.yaml")
+        .iter()
+        .filter(|d| d["kind"] == "ValidatingAdmissionPolicy")
+        .map(typed::<ValidatingAdmissionPolicy>)
+        .find(|p| p.metadata.name.as_deref() == Some(name))
+        .unwrap_or_else(|| panic!("no policy {name}"))
+}
+
+#[test]
+fn namespaces_trace_nothing_until_annotated_by_someone_allowed_to() {
+    let docs = documents("daemonset/namespace-scopes.yaml");
+    for name in ["tracejob-annotated-namespaces", "tracejob-namespace-scopes"] {
+        let p = scope_policy(name);
+        assert_eq!(
+            p.spec.as_ref().and_then(|s| s.failure_policy.as_deref()),
+            Some("Fail"),
+            "{name}"
+        );
+        assert!(
+            docs.iter()
+                .any(|d| d["kind"] == "ValidatingAdmissionPolicyBinding"
+                    && d["spec"]["policyName"] == name
+                    && d["spec"]["validationActions"] == serde_json::json!(["Deny"])),
+            "{name} is not bound with Deny"
+        );
+        // For everyone: no match condition narrows it.
+        assert!(p.spec.and_then(|s| s.match_conditions).is_none(), "{name}");
+    }
+    let text = |p: ValidatingAdmissionPolicy| policy_expressions(&p).join("\n");
+    let deny = text(scope_policy("tracejob-annotated-namespaces"));
+    for needle in [
+        "'observe.tracejob.dev/node-selector' in namespaceObject.metadata.annotations",
+        ".trim() != ''",
+    ] {
+        assert!(deny.contains(needle), "{needle}:\n{deny}");
+    }
+    assert_eq!(
+        policy_resources(&scope_policy("tracejob-annotated-namespaces")),
+        ["tracejobs"]
+    );
+    let scopes = text(scope_policy("tracejob-namespace-scopes"));
+    for needle in [
+        "authorizer.group('observe.tracejob.dev').resource('namespacescopes').name(object.metadata.name).check('update').allowed()",
+        "variables.scoped != variables.wasScoped || variables.scope != variables.oldScope",
+        "variables.scope.trim() != ''",
+    ] {
+        assert!(scopes.contains(needle), "{needle}:\n{scopes}");
+    }
+    assert_eq!(
+        policy_resources(&scope_policy("tracejob-namespace-scopes")),
+        ["namespaces"]
+    );
+    // The permission, for people: that one virtual resource, not aggregated anywhere.
+    let users = documents("daemonset/rbac-users.yaml");
+    let role: ClusterRole = typed(
+        users
+            .iter()
+            .find(|d| d["metadata"]["name"] == "tracejob-scope-admin")
+            .expect("ClusterRole tracejob-scope-admin"),
+    );
+    assert!(role
+        .metadata
+        .labels
+        .unwrap_or_default()
+        .keys()
+        .all(|k| !k.contains("aggregate-to")));
+    assert_eq!(
+        grants(role.rules.unwrap_or_default()),
+        BTreeSet::from(["observe.tracejob.dev/namespacescopes:update".to_string()])
+    );
+}
+
+#[test]
+fn the_allow_unannotated_component_removes_only_the_default_deny() {
+    let base = kustomize("daemonset");
+    let mut allowing = kustomize("tests/fixtures/allow-unannotated");
+    let removed: Vec<&serde_json::Value> = base
+        .iter()
+        .filter(|d| !allowing.contains(d))
+        .filter(|d| d["kind"] != "DaemonSet")
+        .collect();
+    let names: Vec<String> = removed
+        .iter()
+        .map(|d| {
+            format!(
+                "{}/{}",
+                d["kind"].as_str().unwrap_or_default(),
+                d["metadata"]["name"].as_str().unwrap_or_default()
+            )
+        })
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "ValidatingAdmissionPolicy/tracejob-annotated-namespaces",
+            "ValidatingAdmissionPolicyBinding/tracejob-annotated-namespaces"
+        ]
+    );
+    let ds = allowing
+        .iter_mut()
+        .find(|d| d["kind"] == "DaemonSet")
+        .expect("DaemonSet");
+    let args = ds["spec"]["template"]["spec"]["containers"][0]["args"]
+        .as_array_mut()
+        .expect("args");
+    assert_eq!(args.pop(), Some("--unannotated-namespaces=allow".into()));
+    let rest: Vec<&serde_json::Value> = base.iter().filter(|d| !removed.contains(d)).collect();
+    assert_eq!(allowing.iter().collect::<Vec<_>>(), rest);
+}
+
+#[test]
+fn a_renamed_install_names_tracejob_system_nowhere() {
+    let renamed = kustomize("tests/fixtures/renamed-install");
+    assert_eq!(renamed.len(), kustomize("daemonset").len());
+    let text = serde_json::to_string(&renamed).expect("json");
+    assert!(!text.contains("tracejob-system"), "{text}");
+    let ns = renamed
+        .iter()
+        .find(|d| d["kind"] == "Namespace")
+        .expect("Namespace");
+    assert_eq!(ns["metadata"]["name"], "tracing-elsewhere");
+    for d in &renamed {
+        for subject in d["subjects"].as_array().into_iter().flatten() {
+            assert_eq!(subject["namespace"], "tracing-elsewhere", "{d}");
+        }
+    }
+    // The protected node labels, set as the README shows.
+    let fixture = read("tests/fixtures/renamed-install/kustomization.yaml");
+    let patch = &fixture[fixture.find("patches:").expect("patches")..];
+    // In the README, a code block inside a list item: indented by two.
+    let indented: String = patch.lines().map(|l| format!("  {l}\n")).collect();
+    assert!(
+        read("README.md").contains(&indented),
+        "the README's patch differs:\n{indented}"
+    );
+    let ds = renamed
+        .iter()
+        .find(|d| d["kind"] == "DaemonSet")
+        .expect("DaemonSet");
+    let args = ds["spec"]["template"]["spec"]["containers"][0]["args"].to_string();
+    for label in tracejob_agent::decide::scope::PROTECTED_LABELS {
+        assert!(args.contains(label), "{label}: {args}");
+    }
 }
 
 /// `kubectl kustomize DIR`, with the kubectl of the test release (built by the harness, cached).

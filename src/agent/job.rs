@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use kube::ResourceExt;
 use nix::sys::signal::Signal;
-use tokio::sync::watch;
+use tokio::sync::{watch, OwnedSemaphorePermit};
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn, Instrument};
 
@@ -125,6 +125,9 @@ struct Run {
     live: Live,
     /// The target container, looked at whenever this node's pods change while the trace runs.
     target: Option<TargetWatch>,
+    /// This run's place among the node's `--max-running-traces` (none: taken over beyond it, or
+    /// never started).
+    _slot: Option<OwnedSemaphorePermit>,
 }
 
 struct TargetWatch {
@@ -162,6 +165,8 @@ enum Scope {
 }
 
 /// The reason of a TraceJob refused on this node.
+/// The condition of a trace waiting for a place among the node's running traces.
+const WAITING: &str = "Waiting";
 /// A claim the API server forbids this agent (403).
 const CLAIM_FORBIDDEN: &str = "ClaimForbidden";
 const NODE_NOT_ALLOWED: &str = "NodeNotAllowed";
@@ -342,22 +347,31 @@ impl Actor {
     /// namespace's annotation and the node's labels, as their watches have them.
     async fn scope(&mut self) -> Scope {
         let namespace = self.seen.job.namespace().unwrap_or_default();
-        let node = self.ctx.writer.node().to_string();
         let Some(annotation) = self.namespace_selector(&namespace).await else {
             return Scope::Over;
         };
         let Some(labels) = self.node_labels().await else {
             return Scope::Over;
         };
-        match scope::allowed(
-            annotation.as_deref(),
-            &node,
-            &labels,
-            self.ctx.config.unannotated_namespaces,
-        ) {
+        match self.allowed(annotation.as_deref(), &labels) {
             Ok(()) => Scope::Allowed,
             Err(why) => Scope::Refused(why),
         }
+    }
+
+    /// `scope::allowed` for this node under the agent's flags.
+    fn allowed(
+        &self,
+        annotation: Option<&str>,
+        labels: &std::collections::BTreeMap<String, String>,
+    ) -> Result<(), String> {
+        scope::allowed(
+            annotation,
+            self.ctx.writer.node(),
+            labels,
+            self.ctx.config.unannotated_namespaces,
+            &self.ctx.config.protected_node_labels,
+        )
     }
 
     /// Ends a TraceJob this node may not run: Failed, NodeNotAllowed, and no bpftrace.
@@ -483,6 +497,7 @@ impl Actor {
 
     /// Starts a claimed run: its directory and record, then the shim and bpftrace.
     async fn start(&mut self, run_id: String) -> Option<Run> {
+        let slot = self.slot().await?;
         let mut record = Record {
             namespace: self.seen.job.namespace().unwrap_or_default(),
             name: self.seen.job.name_any(),
@@ -539,6 +554,7 @@ impl Actor {
             printed_at_sigint: 0,
             live: Live::default(),
             target: None,
+            _slot: slot,
         };
         run.target = target_watch(&self.seen.job, &run.record, self.ctx.stores.pods.changes());
         if self.seen.job.spec.stop {
@@ -571,6 +587,58 @@ impl Actor {
             }
         }
         Some(run)
+    }
+
+    /// A place among the traces this node runs (`--max-running-traces`), waited for while the
+    /// node runs as many, Pending with a Waiting condition that says so. None: deleted or the
+    /// agent exits meanwhile; Some(None): stopped while it waited (it will not run).
+    async fn slot(&mut self) -> Option<Option<OwnedSemaphorePermit>> {
+        let slots = self.ctx.slots.clone();
+        if let Ok(permit) = slots.clone().try_acquire_owned() {
+            return Some(Some(permit));
+        }
+        let max = self.ctx.config.max_running_traces;
+        info!(
+            max,
+            "this node runs as many traces as it may; waiting for one to end"
+        );
+        self.ours.message = Some(format!(
+            "waiting: node {} runs {max} traces, its --max-running-traces; this one starts when one of them ends",
+            self.ctx.writer.node()
+        ));
+        self.ours.conditions.retain(|c| c.type_ != WAITING);
+        self.ours
+            .conditions
+            .push(k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition {
+                type_: WAITING.into(),
+                status: "True".into(),
+                reason: "MaxRunningTraces".into(),
+                message: self.ours.message.clone().unwrap_or_default(),
+                last_transition_time: writer::now(),
+                observed_generation: self.seen.job.metadata.generation,
+            });
+        self.report("Starting");
+        let permit = loop {
+            if self.seen.job.spec.stop {
+                break None;
+            }
+            tokio::select! {
+                permit = slots.clone().acquire_owned() => break permit.ok(),
+                alive = self.seen.next() => if !alive || self.seen.deleted { return None },
+            }
+        };
+        for c in self
+            .ours
+            .conditions
+            .iter_mut()
+            .filter(|c| c.type_ == WAITING)
+        {
+            c.status = "False".into();
+            c.reason = "Started".into();
+            c.message = "a slot freed".into();
+            c.last_transition_time = writer::now();
+        }
+        Some(permit)
     }
 
     /// Whether this node runs a TraceJob with a target: the one its pod runs on, as this node's
@@ -760,6 +828,8 @@ impl Actor {
             printed_at_sigint: 0,
             live: Live::default(),
             target: None,
+            // A trace taken over runs already: it takes a place if one is free.
+            _slot: self.ctx.slots.clone().try_acquire_owned().ok(),
         };
         run.target = target_watch(&self.seen.job, &run.record, self.ctx.stores.pods.changes());
         run
@@ -782,6 +852,7 @@ impl Actor {
                 Process::Starting { .. } | Process::Tracing { .. }
             ) {
                 self.check_target(&mut run);
+                self.check_scope(&mut run);
             }
             let now = Instant::now();
             let wanted = self.wanted(&run);
@@ -876,6 +947,7 @@ impl Actor {
             output_full: printed >= head,
             stuck,
             target_lost: run.record.target_lost.is_some(),
+            revoked: run.record.revoked.is_some(),
             agent_removed: *self.ctx.removed.borrow(),
             status_rejected: self.rejected.is_some(),
             ..Wanted::of(&self.seen.job, self.ctx.config.start_timeout())
@@ -966,8 +1038,11 @@ impl Actor {
         if self.seen.deleted {
             return;
         }
-        let why = match (&run.record.target_lost, reason) {
-            (Some(lost), StopReason::TargetLost) => lost.clone(),
+        let why = match (&run.record.target_lost, &run.record.revoked, reason) {
+            (Some(lost), _, StopReason::TargetLost) => lost.clone(),
+            (_, Some(revoked), StopReason::Revoked) => {
+                format!("{}: {revoked}", reason.describe())
+            }
             _ => reason.describe().to_string(),
         };
         self.ours.phase = Some(Phase::Stopping);
@@ -1022,6 +1097,28 @@ impl Actor {
         if let Some(why) = target::lost(pod.as_deref(), &watch.target, &watch.started) {
             info!(%why, "the target is gone; stopping the trace");
             run.record.target_lost = Some(why);
+            self.save(&run.record);
+        }
+    }
+
+    /// Whether the namespace may still trace this node, from the watched Namespace and Node (a
+    /// memory read: done on every turn of the loop, so a revoked scope stops the trace within a
+    /// second or two). A running trace taken over after a restart is checked the same way.
+    fn check_scope(&mut self, run: &mut Run) {
+        if run.record.revoked.is_some() {
+            return;
+        }
+        let namespace = self.seen.job.namespace().unwrap_or_default();
+        let (Some(annotation), Some(labels)) = (
+            self.ctx.stores.namespace_selector(&namespace),
+            self.ctx.stores.node_labels(),
+        ) else {
+            // Not watched (yet): nothing is known to have changed.
+            return;
+        };
+        if let Err(why) = self.allowed(annotation.as_deref(), &labels) {
+            info!(%why, "the namespace may no longer trace this node; stopping the trace");
+            run.record.revoked = Some(why);
             self.save(&run.record);
         }
     }
@@ -1135,6 +1232,9 @@ impl Actor {
         if let (Some(StopReason::TargetLost), Some(why)) =
             (run.record.stopped, &run.record.target_lost)
         {
+            outcome.message = format!("{}: {why}", outcome.message);
+        }
+        if let (Some(StopReason::Revoked), Some(why)) = (run.record.stopped, &run.record.revoked) {
             outcome.message = format!("{}: {why}", outcome.message);
         }
         info!(phase = %outcome.phase, ?exit, reason = %outcome.reason, "bpftrace ended");

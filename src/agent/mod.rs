@@ -40,12 +40,18 @@ use server::Health;
 pub enum Error {
     #[error(transparent)]
     State(#[from] rundir::Error),
+    #[error("invalid flags: {0}")]
+    Config(#[from] crate::config::Invalid),
     #[error("Kubernetes API: {0}")]
     Kube(#[from] kube::Error),
     #[error("cannot find the agent's own executable (it runs as each trace's shim): {0}")]
     Exe(std::io::Error),
     #[error("cannot handle SIGTERM: {0}")]
     Signal(std::io::Error),
+    #[error("a task on a blocking thread failed: {0}")]
+    Join(#[from] tokio::task::JoinError),
+    #[error("cannot limit the traces' cgroup: {0}")]
+    Cgroup(#[from] crate::host::cgroup::Error),
     #[error("the watch of this node's TraceJobNodes ended before it listed them")]
     PartsWatch,
     #[error(transparent)]
@@ -71,6 +77,8 @@ pub struct Ctx {
     pub removed: watch::Receiver<bool>,
     /// Its Node, the Namespaces and its node's pods, as their watches have them.
     pub stores: Stores,
+    /// A permit per trace running (`--max-running-traces`).
+    pub slots: Arc<Semaphore>,
 }
 
 /// Runs until SIGTERM or SIGINT: the process around `serve` (the health and metrics endpoint,
@@ -115,7 +123,12 @@ pub async fn serve(
     ready: Arc<AtomicBool>,
     shutdown: impl std::future::Future<Output = Result<(), Error>>,
 ) -> Result<(), Error> {
+    config.validate()?;
+    // Locked for this agent's life: a second agent on the directory ends here.
     let state = StateDir::open(&config.state_dir)?;
+    if let Some(root) = config.host_cgroup_root.clone() {
+        limit_traces(root, &config).await?;
+    }
     let version = bpftrace::version(&config.bpftrace).unwrap_or_else(|| "unknown".into());
     info!(node = %config.node_name, bpftrace = %config.bpftrace.display(), %version, "tracejob-agent starting");
     metrics
@@ -131,6 +144,9 @@ pub async fn serve(
     let stores = Stores::start(&client, &node, metrics.clone());
     let ctx = Arc::new(Ctx {
         stores,
+        slots: Arc::new(Semaphore::new(
+            usize::try_from(config.max_running_traces).unwrap_or(usize::MAX),
+        )),
         client: client.clone(),
         metrics: metrics.clone(),
         bpftrace_version: version.clone(),
@@ -196,6 +212,26 @@ pub async fn serve(
                 }
             }
         }
+    }
+    Ok(())
+}
+
+/// Sets the memory and pid limits of the cgroup every trace runs in (off the async threads: it
+/// writes to cgroupfs).
+async fn limit_traces(root: PathBuf, config: &Config) -> Result<(), Error> {
+    let limits = crate::host::cgroup::Limits {
+        memory_bytes: config.traces_memory_max,
+        pids: config.traces_pids_max,
+    };
+    let written =
+        tokio::task::spawn_blocking(move || crate::host::cgroup::limit_traces(&root, limits))
+            .await??;
+    if written.iter().any(|p| p.ends_with("pids.max"))
+        && written.iter().any(|p| !p.ends_with("pids.max"))
+    {
+        info!(?written, ?limits, "the traces' cgroup is limited");
+    } else {
+        warn!(?written, ?limits, "this host lacks a memory or pids cgroup controller: the traces' cgroup is not fully limited");
     }
     Ok(())
 }

@@ -65,11 +65,27 @@ pub enum Error {
 }
 
 impl Error {
-    /// Worth retrying: the API server is unreachable, overloaded or failing. Anything else (the
-    /// object is gone, was changed since it was read, or the write is invalid) will not heal.
+    /// The one rule for every write: retry (with jittered backoff) only while no verdict on the
+    /// write was reached: the API server could not be reached or did not answer (connection,
+    /// TLS, timeout, the credentials could not be refreshed), or answered 429 or 5xx (overloaded
+    /// or failing). A verdict is final and ends the attempt with its reason: any other status
+    /// (400 malformed, 403 refused, 404 gone, 409 changed since it was read: the caller reads
+    /// it again and decides anew, 422 invalid), and a request this client cannot even build or
+    /// send as configured (its body or URL cannot be encoded, a proxy or TLS setting it does not
+    /// support), which would fail the same way every time.
     pub fn is_transient(&self) -> bool {
         match self {
             Error::Kube(kube::Error::Api(s)) => s.code == 429 || s.code >= 500,
+            Error::Kube(
+                kube::Error::BuildRequest(_)
+                | kube::Error::HttpError(_)
+                | kube::Error::ProxyProtocolUnsupported { .. }
+                | kube::Error::ProxyProtocolDisabled { .. }
+                | kube::Error::TlsRequired
+                | kube::Error::InferConfig(_)
+                | kube::Error::InferKubeconfig(_)
+                | kube::Error::Discovery(_),
+            ) => false,
             Error::Kube(_) => true,
             Error::NotOurs(_) => false,
         }
@@ -479,6 +495,33 @@ mod tests {
         assert!(
             long.len() <= 253 && long.ends_with("-output-0b6c1f1e-0000-4000-8000-000000000000")
         );
+    }
+
+    #[test]
+    fn only_writes_without_a_verdict_are_retried() {
+        let api = |code: u16| {
+            Error::Kube(kube::Error::Api(Box::new(
+                kube::core::Status::failure("x", "Reason").with_code(code),
+            )))
+        };
+        for code in [429, 500, 503, 504] {
+            assert!(api(code).is_transient(), "{code}");
+        }
+        for code in [400, 403, 404, 409, 410, 413, 422] {
+            assert!(!api(code).is_transient(), "{code}");
+        }
+        // A body that cannot be built fails the same way every time.
+        let unbuildable = Error::Kube(kube::Error::BuildRequest(
+            kube::core::request::Error::Validation("the body".into()),
+        ));
+        assert!(!unbuildable.is_transient());
+        assert!(!Error::Kube(kube::Error::TlsRequired).is_transient());
+        assert!(!Error::NotOurs("x".into()).is_transient());
+        // The connection broke mid-answer: nothing was decided.
+        let broken = Error::Kube(kube::Error::ReadEvents(std::io::Error::from(
+            std::io::ErrorKind::ConnectionReset,
+        )));
+        assert!(broken.is_transient());
     }
 
     #[test]

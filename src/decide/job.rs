@@ -57,6 +57,8 @@ pub enum StopReason {
     StatusRejected,
     /// The target container restarted or stopped, or its pod was deleted.
     TargetLost,
+    /// The namespace may no longer trace this node (its annotation or the node's labels changed).
+    Revoked,
 }
 
 impl StopReason {
@@ -74,6 +76,7 @@ impl StopReason {
             }
             StopReason::StatusRejected => "the API server rejected the TraceJob's status",
             StopReason::TargetLost => "the target container is gone",
+            StopReason::Revoked => "its namespace may no longer trace this node",
         }
     }
 }
@@ -125,6 +128,8 @@ pub struct Wanted {
     pub stuck: bool,
     /// The target container restarted, stopped or went with its pod.
     pub target_lost: bool,
+    /// The namespace may no longer trace this node.
+    pub revoked: bool,
     pub deadline: Duration,
     pub grace: Duration,
     pub start_timeout: Duration,
@@ -140,6 +145,7 @@ impl Wanted {
             status_rejected: false,
             stuck: false,
             target_lost: false,
+            revoked: false,
             deadline: secs(job.spec.deadline, MAX_DEADLINE_SECONDS),
             grace: secs(job.spec.deadline_grace_period, MAX_GRACE_SECONDS),
             start_timeout,
@@ -154,6 +160,8 @@ impl Wanted {
             Some(StopReason::Requested)
         } else if self.status_rejected {
             Some(StopReason::StatusRejected)
+        } else if self.revoked {
+            Some(StopReason::Revoked)
         } else if self.target_lost {
             Some(StopReason::TargetLost)
         } else if self.output_full {
@@ -321,6 +329,14 @@ pub fn outcome(exit: &Exit, stopped: Option<StopReason>, killed: bool, errors: &
             with_errors(format!("stopped: {}", StopReason::StartTimeout.describe())),
         );
     }
+    if stopped == Some(StopReason::Revoked) {
+        // Its maps are still collected and stored; the trace itself ended for want of rights.
+        return failed(
+            "NodeNotAllowed",
+            code,
+            format!("stopped: {}", StopReason::Revoked.describe()),
+        );
+    }
     if stopped == Some(StopReason::StatusRejected) {
         return failed(
             "StatusRejected",
@@ -451,6 +467,7 @@ mod tests {
             status_rejected: false,
             stuck: false,
             target_lost: false,
+            revoked: false,
             deadline: Duration::from_secs(10),
             grace: Duration::from_secs(2),
             start_timeout: Duration::from_secs(5),
@@ -732,6 +749,21 @@ mod tests {
             ..found
         };
         assert_eq!(resume(unrecorded, t0), Process::Exited(Exit::Unrecorded));
+    }
+
+    #[test]
+    fn a_revoked_scope_stops_the_trace_and_fails_it_not_allowed() {
+        let wanted = Wanted {
+            revoked: true,
+            ..Wanted::of(&crate::resource::example(), Duration::from_secs(60))
+        };
+        assert_eq!(wanted.stop_reason(), Some(StopReason::Revoked));
+        let o = outcome(&Exit::Code(0), Some(StopReason::Revoked), false, "");
+        assert_eq!(
+            (o.phase, o.reason.as_str()),
+            (Phase::Failed, "NodeNotAllowed")
+        );
+        assert!(o.message.contains("may no longer trace"), "{}", o.message);
     }
 
     #[test]

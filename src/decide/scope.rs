@@ -1,8 +1,10 @@
 //! Which namespaces may trace which nodes. A namespace's annotation
 //! `observe.tracejob.dev/node-selector` holds a label selector (the syntax of `kubectl get -l`);
-//! its TraceJobs run only on nodes whose labels match. A control-plane node runs TraceJobs only
-//! from namespaces whose selector names the control-plane label. Namespaces without the
-//! annotation may trace every other node, or, with the deny-by-default install option, nothing.
+//! its TraceJobs run only on nodes whose labels match. A protected node (one with any of the
+//! protected labels, by default the control-plane and etcd roles) runs TraceJobs only from
+//! namespaces whose selector names one of its protected labels. Namespaces without the
+//! annotation trace nothing, or, with the allow-unannotated install option, every node but
+//! protected ones. An empty selector is no selector: it is refused.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -10,34 +12,51 @@ use kube::core::{Expression, Selector, SelectorExt};
 
 /// The Namespace annotation that scopes its TraceJobs to nodes.
 pub const ANNOTATION: &str = "observe.tracejob.dev/node-selector";
-/// The label of control-plane nodes.
-pub const CONTROL_PLANE: &str = "node-role.kubernetes.io/control-plane";
+/// The labels that make a node protected unless `--protected-node-labels` says otherwise: the
+/// node roles of control-plane and etcd nodes, as kubeadm, older clusters, and RKE set them.
+pub const PROTECTED_LABELS: [&str; 4] = [
+    "node-role.kubernetes.io/control-plane",
+    "node-role.kubernetes.io/master",
+    "node-role.kubernetes.io/etcd",
+    "node-role.kubernetes.io/controlplane",
+];
+/// A selector that matches every node but names no protected label: every node without the
+/// label `observe.tracejob.dev/untraceable`, so every node but protected ones.
+pub const EVERY_NODE_BUT_PROTECTED: &str = "!observe.tracejob.dev/untraceable";
 
 /// What namespaces without the annotation may trace.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Unannotated {
-    /// Every node but control-plane nodes.
+    /// Every node but protected nodes.
     Allow,
     /// Nothing.
     Deny,
 }
 
-/// Whether a TraceJob of a namespace (its annotation, if any) may run on a node (its labels).
+/// Whether a TraceJob of a namespace (its annotation, if any) may run on a node (its labels),
+/// given the labels that make a node protected (`protected`; empty entries are ignored).
 /// Err: why not, for the TraceJob's status.
 pub fn allowed(
     annotation: Option<&str>,
     node: &str,
     labels: &BTreeMap<String, String>,
     unannotated: Unannotated,
+    protected: &[String],
 ) -> Result<(), String> {
-    let control_plane = labels.contains_key(CONTROL_PLANE);
+    // This node's protected labels.
+    let own: Vec<&str> = protected
+        .iter()
+        .map(String::as_str)
+        .filter(|p| !p.is_empty() && labels.contains_key(*p))
+        .collect();
     let Some(text) = annotation else {
         return match unannotated {
             Unannotated::Deny => Err(format!(
                 "this namespace has no {ANNOTATION} annotation, and this cluster lets such namespaces trace no node"
             )),
-            Unannotated::Allow if control_plane => Err(format!(
-                "node {node} is a control-plane node: only namespaces whose {ANNOTATION} annotation names {CONTROL_PLANE} may trace it"
+            Unannotated::Allow if !own.is_empty() => Err(format!(
+                "node {node} is protected ({}): only namespaces whose {ANNOTATION} annotation names one of its protected labels may trace it",
+                own.join(", ")
             )),
             Unannotated::Allow => Ok(()),
         };
@@ -50,36 +69,49 @@ pub fn allowed(
             "node {node} does not match the namespace's {ANNOTATION} annotation ({text})"
         ));
     }
-    if control_plane && !names_control_plane(&selector) {
+    if !own.is_empty() && !names_any(&selector, &own) {
         return Err(format!(
-            "node {node} is a control-plane node, and the namespace's {ANNOTATION} annotation ({text}) does not name {CONTROL_PLANE}"
+            "node {node} is protected ({}), and the namespace's {ANNOTATION} annotation ({text}) names none of its protected labels",
+            own.join(", ")
         ));
     }
     Ok(())
 }
 
-/// The selector asks for the control-plane label by name (so it matches control-plane nodes on
-/// purpose, not by accident).
-fn names_control_plane(selector: &Selector) -> bool {
+/// The selector asks for one of `keys` by name (so it matches such a node on purpose, not by
+/// accident as `!gpu` or `zone!=a` would).
+fn names_any(selector: &Selector, keys: &[&str]) -> bool {
     selector.clone().into_iter().any(|e| match e {
         Expression::Exists(k) | Expression::Equal(k, _) | Expression::In(k, _) => {
-            k == CONTROL_PLANE
+            keys.contains(&k.as_str())
         }
         _ => false,
     })
 }
 
+/// One entry of `--protected-node-labels`: a label key (or nothing, which protects nothing).
+pub fn protected_label(text: &str) -> Result<String, String> {
+    let text = text.trim();
+    if text.is_empty() {
+        return Ok(String::new());
+    }
+    key_of(text)
+}
+
 /// Parses a label selector as `kubectl get -l` takes it: requirements separated by commas, each
 /// `key`, `!key`, `key=value`, `key==value`, `key!=value`, `key in (a,b)` or `key notin (a,b)`.
-/// The empty selector matches everything.
+/// The empty selector is refused: as a namespace's scope it would be every node by accident
+/// (name the nodes, or use [`EVERY_NODE_BUT_PROTECTED`]).
 pub fn parse(text: &str) -> Result<Selector, String> {
+    if text.trim().is_empty() {
+        return Err(format!(
+            "an empty selector (for every node but protected ones, say {EVERY_NODE_BUT_PROTECTED})"
+        ));
+    }
     let mut expressions = Vec::new();
     for requirement in split_requirements(text)? {
         let r = requirement.trim();
         if r.is_empty() {
-            if text.trim().is_empty() {
-                continue;
-            }
             return Err("an empty requirement".into());
         }
         expressions.push(requirement_of(r)?);
@@ -216,7 +248,11 @@ mod tests {
         ]);
         assert!(s.matches(&node));
         assert!(!s.matches(&labels(&[("pool", "tracing")])));
-        assert!(parse("").expect("empty").matches(&BTreeMap::new()));
+        // The empty selector is invalid: as a namespace's scope it would be every node.
+        for empty in ["", " ", "\t"] {
+            let e = parse(empty).unwrap_err();
+            assert!(e.contains(EVERY_NODE_BUT_PROTECTED), "{e}");
+        }
         for bad in [
             "a=(b", "a in b", "a in (b", "=b", "a,,b", "a b=c", "-a", "a=b c",
         ] {
@@ -225,37 +261,111 @@ mod tests {
         assert!(parse("example.com/pool notin (x)").is_ok());
     }
 
-    #[test]
-    fn unannotated_namespaces_trace_every_node_but_the_control_plane_unless_denied() {
-        let worker = labels(&[("kubernetes.io/os", "linux")]);
-        let cp = labels(&[(CONTROL_PLANE, "")]);
-        assert!(allowed(None, "w", &worker, Unannotated::Allow).is_ok());
-        let e = allowed(None, "cp", &cp, Unannotated::Allow).unwrap_err();
-        assert!(e.contains(ANNOTATION) && e.contains("control-plane"), "{e}");
-        let e = allowed(None, "w", &worker, Unannotated::Deny).unwrap_err();
-        assert!(e.contains(ANNOTATION), "{e}");
+    fn defaults() -> Vec<String> {
+        PROTECTED_LABELS.map(String::from).to_vec()
     }
 
     #[test]
-    fn an_annotation_scopes_to_matching_nodes_and_names_the_control_plane_on_purpose() {
+    fn unannotated_namespaces_trace_nothing_unless_allowed_and_then_no_protected_node() {
+        let worker = labels(&[("kubernetes.io/os", "linux")]);
+        let p = defaults();
+        let e = allowed(None, "w", &worker, Unannotated::Deny, &p).unwrap_err();
+        assert!(e.contains(ANNOTATION), "{e}");
+        assert!(allowed(None, "w", &worker, Unannotated::Allow, &p).is_ok());
+        for label in PROTECTED_LABELS {
+            let node = labels(&[(label, "")]);
+            let e = allowed(None, "cp", &node, Unannotated::Allow, &p).unwrap_err();
+            assert!(e.contains(ANNOTATION) && e.contains(label), "{e}");
+        }
+    }
+
+    #[test]
+    fn an_annotation_scopes_to_matching_nodes_and_names_a_protected_label_on_purpose() {
+        let p = defaults();
         let pool = labels(&[("pool", "tracing")]);
-        let cp = labels(&[(CONTROL_PLANE, ""), ("pool", "tracing")]);
-        assert!(allowed(Some("pool=tracing"), "n", &pool, Unannotated::Deny).is_ok());
-        let e = allowed(Some("pool=web"), "n", &pool, Unannotated::Allow).unwrap_err();
+        assert!(allowed(Some("pool=tracing"), "n", &pool, Unannotated::Deny, &p).is_ok());
+        let e = allowed(Some("pool=web"), "n", &pool, Unannotated::Allow, &p).unwrap_err();
         assert!(e.contains(ANNOTATION) && e.contains("pool=web"), "{e}");
-        // Matching the control plane by accident is not enough.
-        assert!(allowed(Some("pool=tracing"), "cp", &cp, Unannotated::Allow).is_err());
-        assert!(allowed(Some("!gpu"), "cp", &cp, Unannotated::Allow).is_err());
-        assert!(allowed(Some(CONTROL_PLANE), "cp", &cp, Unannotated::Allow).is_ok());
+        for label in PROTECTED_LABELS {
+            let node = labels(&[(label, ""), ("pool", "tracing")]);
+            // Matching a protected node by accident is not enough.
+            for accident in ["pool=tracing", "!gpu", EVERY_NODE_BUT_PROTECTED] {
+                let e = allowed(Some(accident), "cp", &node, Unannotated::Deny, &p).unwrap_err();
+                assert!(e.contains(label) && e.contains(accident), "{e}");
+            }
+            assert!(allowed(Some(label), "cp", &node, Unannotated::Deny, &p).is_ok());
+            assert!(allowed(
+                Some(&format!("{label} in (,true),pool=tracing")),
+                "cp",
+                &node,
+                Unannotated::Deny,
+                &p
+            )
+            .is_ok());
+            // Naming another protected label (one this node lacks) does not name its own.
+            let other = PROTECTED_LABELS
+                .iter()
+                .find(|l| **l != label)
+                .expect("another");
+            let both = labels(&[(label, ""), (other, "")]);
+            assert!(allowed(Some(other), "cp", &both, Unannotated::Deny, &p).is_ok());
+            let e = allowed(
+                Some(&format!("!{other}")),
+                "cp",
+                &node,
+                Unannotated::Deny,
+                &p,
+            )
+            .unwrap_err();
+            assert!(e.contains("names none"), "{e}");
+        }
+        // Every node but protected ones.
         assert!(allowed(
-            Some(&format!("{CONTROL_PLANE} in (,true)")),
-            "cp",
-            &cp,
-            Unannotated::Allow
+            Some(EVERY_NODE_BUT_PROTECTED),
+            "n",
+            &pool,
+            Unannotated::Deny,
+            &p
         )
         .is_ok());
-        let e = allowed(Some("pool in (x"), "n", &pool, Unannotated::Allow).unwrap_err();
+        let e = allowed(Some("pool in (x"), "n", &pool, Unannotated::Allow, &p).unwrap_err();
         assert!(e.contains("not a label selector"), "{e}");
+        // An empty annotation is no selector.
+        for empty in ["", "  "] {
+            let e = allowed(Some(empty), "n", &pool, Unannotated::Allow, &p).unwrap_err();
+            assert!(
+                e.contains("not a label selector") && e.contains("empty"),
+                "{e}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_protected_labels_are_configurable() {
+        let custom = vec!["example.com/secure".to_string()];
+        let secure = labels(&[("example.com/secure", "yes")]);
+        let master = labels(&[("node-role.kubernetes.io/master", "")]);
+        let any = Some(EVERY_NODE_BUT_PROTECTED);
+        assert!(allowed(any, "s", &secure, Unannotated::Deny, &defaults()).is_ok());
+        let e = allowed(any, "s", &secure, Unannotated::Deny, &custom).unwrap_err();
+        assert!(e.contains("example.com/secure"), "{e}");
+        assert!(allowed(
+            Some("example.com/secure=yes"),
+            "s",
+            &secure,
+            Unannotated::Deny,
+            &custom
+        )
+        .is_ok());
+        // Only the listed labels protect; an empty entry protects nothing.
+        assert!(allowed(any, "m", &master, Unannotated::Deny, &custom).is_ok());
+        assert!(allowed(any, "m", &master, Unannotated::Allow, &[String::new()]).is_ok());
+        assert_eq!(
+            protected_label(" example.com/secure "),
+            Ok("example.com/secure".into())
+        );
+        assert_eq!(protected_label(""), Ok(String::new()));
+        assert!(protected_label("not a key").is_err());
     }
 
     fn key() -> impl Strategy<Value = String> {

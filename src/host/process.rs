@@ -35,19 +35,46 @@ impl Identity {
     }
 }
 
+/// The system calls bpftrace's event loop blocks in, waiting for events, by this architecture's
+/// numbers (what /proc/PID/syscall shows): libbpf's perf and ring buffer polls are epoll_wait,
+/// older loops poll. aarch64 (the kernel's asm-generic table) has neither epoll_wait nor poll:
+/// its C library makes them epoll_pwait and ppoll.
+#[cfg(target_arch = "x86_64")]
+const WAITS: [nix::libc::c_long; 5] = {
+    use nix::libc::{SYS_epoll_pwait, SYS_epoll_pwait2, SYS_epoll_wait, SYS_poll, SYS_ppoll};
+    // 7, 271, 232, 281, 441
+    [
+        SYS_poll,
+        SYS_ppoll,
+        SYS_epoll_wait,
+        SYS_epoll_pwait,
+        SYS_epoll_pwait2,
+    ]
+};
+#[cfg(target_arch = "aarch64")]
+const WAITS: [nix::libc::c_long; 3] = {
+    use nix::libc::{SYS_epoll_pwait, SYS_epoll_pwait2, SYS_ppoll};
+    // 73, 22, 441
+    [SYS_ppoll, SYS_epoll_pwait, SYS_epoll_pwait2]
+};
+#[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+compile_error!("host::process::WAITS lists the event-loop system calls of x86_64 and aarch64 only: add this architecture's");
+
 /// True when the process is blocked polling for events: bpftrace enters that loop only after
 /// every probe is attached, so this is what makes "Attaching N probes..." mean tracing.
 pub fn is_polling(pid: i32) -> bool {
-    // x86_64 system call numbers of poll, ppoll, epoll_wait, epoll_pwait, epoll_pwait2.
-    // (procfs has no reader for /proc/PID/syscall.)
-    const WAITS: [&str; 5] = ["7", "271", "232", "281", "441"];
-    std::fs::read_to_string(format!("/proc/{pid}/syscall"))
-        .map(|s| {
-            s.split_whitespace()
-                .next()
-                .is_some_and(|n| WAITS.contains(&n))
-        })
-        .unwrap_or(false)
+    // procfs has no reader for /proc/PID/syscall.
+    std::fs::read_to_string(format!("/proc/{pid}/syscall")).is_ok_and(|s| is_waiting(&s))
+}
+
+/// Whether a /proc/PID/syscall line ("NR ARGS... SP PC", "running" or "-1 SP PC") shows one of
+/// the waits.
+fn is_waiting(syscall: &str) -> bool {
+    syscall
+        .split_whitespace()
+        .next()
+        .and_then(|n| n.parse::<nix::libc::c_long>().ok())
+        .is_some_and(|n| WAITS.contains(&n))
 }
 
 #[cfg(test)]
@@ -68,5 +95,66 @@ mod tests {
             start_ticks: 1
         }
         .is_alive());
+    }
+
+    #[test]
+    fn the_event_loops_waits_are_this_architectures() {
+        #[cfg(target_arch = "x86_64")]
+        let (epoll_wait, ppoll) = ("232", "271");
+        #[cfg(target_arch = "aarch64")]
+        let (epoll_wait, ppoll) = ("22", "73"); // epoll_pwait: aarch64 has no epoll_wait
+        assert!(is_waiting(&format!(
+            "{epoll_wait} 0x3 0x7ffd 0x10 0xffffffff 0x0 0x8 0x7ffc 0x7f01"
+        )));
+        assert!(is_waiting(&format!(
+            "{ppoll} 0x7ffd 0x1 0x0 0x0 0x8 0x0 0x7ffc 0x7f01"
+        )));
+        assert!(is_waiting("441 0x3 0x7ffd 0x10 0x0 0x0 0x8 0x7ffc 0x7f01"));
+        // read and nanosleep on x86_64 (0, 35) and aarch64 (63, 101), a process running or not
+        // in a system call.
+        for other in [
+            "0 0x3 0x0 0x0",
+            "35 0x0 0x0",
+            "63 0x3 0x0 0x0",
+            "101 0x0 0x0",
+            "running",
+            "-1 0x7ffc 0x7f01",
+            "",
+        ] {
+            assert!(!is_waiting(other), "{other:?}");
+        }
+    }
+
+    /// A thread of this process blocked in poll(2) is seen waiting, through the kernel's
+    /// /proc/PID/syscall. Not under qemu-user (how tests/run runs the aarch64 unit tests): there
+    /// the kernel shows the emulator's own host system call (x86_64's number), not the emulated
+    /// one, so the check is of no use there and cannot pass.
+    #[test]
+    fn a_thread_blocked_in_poll_is_seen_waiting() {
+        if under_qemu_user() {
+            eprintln!("skipped under qemu-user: /proc/PID/syscall shows the host's system call");
+            return;
+        }
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(nix::unistd::gettid().as_raw());
+            // SAFETY: poll of no descriptors, a plain sleep of 10 s.
+            unsafe { nix::libc::poll(std::ptr::null_mut(), 0, 10_000) };
+        });
+        let tid = rx.recv().expect("the thread's id");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while !is_polling(tid) {
+            assert!(std::time::Instant::now() < deadline, "never seen in poll");
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        assert!(
+            !is_polling(nix::unistd::gettid().as_raw()),
+            "this thread is running"
+        );
+    }
+
+    /// qemu-user runs as the process the kernel sees: its command name is the emulator's.
+    fn under_qemu_user() -> bool {
+        std::fs::read_to_string("/proc/self/comm").is_ok_and(|c| c.starts_with("qemu-"))
     }
 }

@@ -3,12 +3,21 @@
 //! the agent's record of the run, which a restarted agent needs to take it over and to report
 //! what was decided before it died. A run's directory is removed once its outcome is reported.
 //! Every record is written atomically and fsynced before anything it says is reported.
+//!
+//! One agent per state directory: `StateDir::open` takes an exclusive lock (`flock`) on
+//! `agent.lock` there, held as long as the agent lives, so a second agent on the same directory
+//! fails at once instead of taking over the first one's runs. The lock's descriptor is
+//! close-on-exec (as every file Rust opens), so the shims, which outlive the agent, never hold it,
+//! and the next agent takes it while the old traces run.
 
 use std::fs::{self, DirBuilder, File, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
+use nix::errno::Errno;
+use nix::fcntl::{Flock, FlockArg};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
@@ -25,6 +34,13 @@ pub enum Error {
     },
     #[error("status.id {0:?} is not a UUID")]
     BadRunId(String),
+    #[error("the state directory {dir} is in use: another tracejob-agent holds its lock {lock}{holder} (one agent per state directory; give this one another --state-dir, or stop the other)")]
+    Locked {
+        dir: PathBuf,
+        lock: PathBuf,
+        /// ", PID N" when the holder wrote its PID into the lock file.
+        holder: String,
+    },
 }
 
 fn io<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(std::io::Error) -> Error + 'a {
@@ -123,6 +139,9 @@ pub struct Record {
     /// Why the target was lost, if it was (the trace was stopped for it).
     #[serde(default)]
     pub target_lost: Option<String>,
+    /// Why the namespace may no longer trace this node, if so (the trace was stopped for it).
+    #[serde(default)]
+    pub revoked: Option<String>,
     /// The program as it ran, when the agent filled in variables ($container_pid, ...).
     #[serde(default)]
     pub program: Option<String>,
@@ -131,9 +150,17 @@ pub struct Record {
 #[derive(Debug, Clone)]
 pub struct StateDir {
     root: PathBuf,
+    /// The exclusive lock on `agent.lock`, released when the last clone is dropped (or the
+    /// process ends).
+    _lock: Arc<Flock<File>>,
 }
 
+/// The lock file in the state directory.
+pub const LOCK_FILE: &str = "agent.lock";
+
 impl StateDir {
+    /// Opens (and creates) the state directory and locks it for this agent; `Error::Locked` if
+    /// another agent has it.
     pub fn open(root: &Path) -> Result<StateDir, Error> {
         let jobs = root.join("jobs");
         DirBuilder::new()
@@ -141,8 +168,39 @@ impl StateDir {
             .mode(0o700)
             .create(&jobs)
             .map_err(io("create", &jobs))?;
+        let path = root.join(LOCK_FILE);
+        // Not truncated before the lock is ours: it holds the holder's PID.
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(&path)
+            .map_err(io("open", &path))?;
+        let lock = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+            Ok(lock) => lock,
+            Err((_, Errno::EWOULDBLOCK)) => {
+                let holder = fs::read_to_string(&path)
+                    .ok()
+                    .and_then(|s| s.trim().parse::<u32>().ok())
+                    .map(|pid| format!(", PID {pid}"))
+                    .unwrap_or_default();
+                return Err(Error::Locked {
+                    dir: root.to_path_buf(),
+                    lock: path,
+                    holder,
+                });
+            }
+            Err((_, errno)) => return Err(io("lock", &path)(errno.into())),
+        };
+        // Who holds it, for the next one's error message.
+        lock.set_len(0)
+            .and_then(|()| writeln!(&*lock, "{}", std::process::id()))
+            .map_err(io("write", &path))?;
         Ok(StateDir {
             root: root.to_path_buf(),
+            _lock: Arc::new(lock),
         })
     }
 
@@ -275,6 +333,63 @@ mod tests {
         );
         state.remove(&id).expect("remove");
         assert_eq!(state.load(&id), None);
+    }
+
+    #[test]
+    fn one_agent_per_state_directory() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let first = StateDir::open(tmp.path()).expect("open");
+        let again = StateDir::open(tmp.path()).expect_err("a second open must fail");
+        let message = again.to_string();
+        assert!(
+            matches!(&again, Error::Locked { holder, .. } if *holder == format!(", PID {}", std::process::id())),
+            "{message}"
+        );
+        assert!(
+            message.contains(&tmp.path().display().to_string())
+                && message.contains(&tmp.path().join(LOCK_FILE).display().to_string()),
+            "{message}"
+        );
+        // Held by every clone, released with the last.
+        let clone = first.clone();
+        drop(first);
+        assert!(
+            StateDir::open(tmp.path()).is_err(),
+            "a clone still holds it"
+        );
+        drop(clone);
+        StateDir::open(tmp.path()).expect("free again");
+    }
+
+    #[test]
+    fn the_lock_is_not_inherited_by_child_processes() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let _state = StateDir::open(tmp.path()).expect("open");
+        let lock = fs::canonicalize(tmp.path().join(LOCK_FILE)).expect("lock file");
+        // A child (as a shim, which outlives the agent) must not hold the lock's descriptor, or
+        // the next agent could not take the lock while it runs.
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .expect("sleep");
+        // Once it runs sleep: under qemu-user (tests/run's aarch64 unit tests) spawn returns
+        // before the exec, and the fork still has every descriptor.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while !fs::read_to_string(format!("/proc/{}/comm", child.id()))
+            .is_ok_and(|c| c == "sleep\n")
+        {
+            assert!(std::time::Instant::now() < deadline, "sleep did not start");
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        let fds = fs::read_dir(format!("/proc/{}/fd", child.id()))
+            .expect("the child's descriptors")
+            .flatten()
+            .filter_map(|fd| fs::read_link(fd.path()).ok())
+            .collect::<Vec<_>>();
+        let _ = child.kill();
+        let _ = child.wait();
+        assert!(!fds.is_empty(), "no descriptors read");
+        assert!(!fds.contains(&lock), "the child holds the lock: {fds:?}");
     }
 
     #[test]

@@ -54,6 +54,10 @@ pub enum Command {
     Get {
         /// A TraceJob's name.
         name: Option<String>,
+        /// Only the TraceJobs this TraceTrigger made (by their observe.tracejob.dev/trigger
+        /// label).
+        #[arg(long, conflicts_with = "name")]
+        trigger: Option<String>,
     },
     /// Stop a trace: bpftrace prints its maps, and they are stored.
     Stop {

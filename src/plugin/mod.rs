@@ -74,10 +74,14 @@ pub async fn main(cli: Cli) -> Result<(), Error> {
     let maps: Api<ConfigMap> = Api::namespaced(client.clone(), &namespace);
     match cli.command {
         Command::Run(args) => run(&client, &jobs, &maps, &namespace, *args, cli.output).await,
-        Command::Get { name } => {
-            let list = match name {
-                Some(n) => vec![jobs.get(&n).await?],
-                None => jobs.list(&ListParams::default()).await?.items,
+        Command::Get { name, trigger } => {
+            let list = match (name, trigger) {
+                (Some(n), _) => vec![jobs.get(&n).await?],
+                (None, Some(t)) => {
+                    let by = format!("{}={t}", crate::resource::trigger::LABEL_TRIGGER);
+                    jobs.list(&ListParams::default().labels(&by)).await?.items
+                }
+                (None, None) => jobs.list(&ListParams::default()).await?.items,
             };
             print!("{}", show::tracejobs(&list, cli.output)?);
             Ok(())

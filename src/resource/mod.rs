@@ -2,6 +2,7 @@
 
 pub mod crd;
 pub mod node;
+pub mod trigger;
 
 pub use node::{TraceJobNode, TraceJobNodeSpec, TraceJobNodeStatus};
 

@@ -36,9 +36,37 @@ use crate::resource::{TraceJob, TraceJobNode};
 /// At most one summary write per TraceJob in this time: a burst of node writes costs a few
 /// summary writes, not one per node.
 pub const DEBOUNCE: Duration = Duration::from_secs(2);
+/// The longest wait between two summary writes of a large fan-out while its phase stays.
+pub const DEBOUNCE_MAX: Duration = Duration::from_secs(15);
+
+/// How long after its last summary write a fan-out of `nodes` nodes is written again while its
+/// phase stays the same: 10 ms a node, between `DEBOUNCE` and `DEBOUNCE_MAX`. Every agent receives
+/// every version of the TraceJob (its spec.stop is what they watch for), so a rollout that takes
+/// longer on a larger fan-out must not write more versions: progress is written a few times per
+/// rollout whatever its size, and a phase change at once.
+pub fn debounce(nodes: usize) -> Duration {
+    let per_node =
+        Duration::from_millis(10).saturating_mul(u32::try_from(nodes).unwrap_or(u32::MAX));
+    per_node.clamp(DEBOUNCE, DEBOUNCE_MAX)
+}
 /// How long an unassigned pod-target TraceJob may stay unclaimed before the summarizer looks at
 /// its pod (the pod's node usually claims it at once), and how often it looks again.
 const UNCLAIMED_LOOK: Duration = Duration::from_secs(5);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_larger_fan_out_is_summarized_less_often_within_bounds() {
+        assert_eq!(debounce(0), DEBOUNCE);
+        assert_eq!(debounce(100), DEBOUNCE);
+        assert_eq!(debounce(300), Duration::from_secs(3));
+        assert_eq!(debounce(1000), Duration::from_secs(10));
+        assert_eq!(debounce(100_000), DEBOUNCE_MAX);
+        assert_eq!(debounce(usize::MAX), DEBOUNCE_MAX);
+    }
+}
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct Config {
@@ -284,6 +312,14 @@ fn step(
             let want = status::summary(&job, &mine, crate::cluster::writer::now());
             let merge = status::merge_due(&job, &mine);
             if !merge && status::summary_is_current(&job, &want) {
+                continue;
+            }
+            let phase_changed = job.status.as_ref().and_then(|s| s.phase) != want.phase;
+            let again_at = book.written.get(&key).map(|t| *t + debounce(mine.len()));
+            if again_at.is_some_and(|at| !merge && !phase_changed && now < at) {
+                // Progress only: looked at again each tick until a large fan-out's debounce
+                // has passed (a phase change meanwhile is written at once).
+                book.dirty.insert(key.clone());
                 continue;
             }
             let mine: Vec<TraceJobNode> = mine.into_iter().cloned().collect();

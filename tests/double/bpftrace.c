@@ -13,6 +13,8 @@
  *   flood-stderr     once attached, print a line, then warnings on stderr as fast as it can
  *                    until SIGINT
  *   print-every-ms=N once attached, print a line every N ms until SIGINT
+ *   idle-ms=N        otherwise wait for events N ms at a time (default 20; a signal ends the
+ *                    wait at once): many idle doubles on one machine cost little
  *   flood-after-stop=BYTES   on SIGINT, print BYTES more of printf lines before the maps
  *   exit-after-ms=N  end on its own N ms after attaching, printing its maps
  *   exit-code=N      the exit status when it ends (default 0)
@@ -76,7 +78,7 @@ int main(int argc, char **argv) {
 		return 1;
 	}
 	int attach = 1, never = 0, ignore = 0, binary = 0, flood = 0, flood_err = 0, code = 0;
-	long long exit_after = -1, flood_after_stop = 0, every = 0;
+	long long exit_after = -1, flood_after_stop = 0, every = 0, idle = 20;
 	char maps[4096] = "@x: 1";
 	char line[8192];
 	while (fgets(line, sizeof line, f)) {
@@ -103,6 +105,8 @@ int main(int argc, char **argv) {
 			flood_after_stop = atoll(d + 17);
 		else if (strncmp(d, "print-every-ms=", 15) == 0)
 			every = atoll(d + 15);
+		else if (strncmp(d, "idle-ms=", 8) == 0)
+			idle = atoll(d + 8);
 		else if (strncmp(d, "exit-after-ms=", 14) == 0)
 			exit_after = atoll(d + 14);
 		else if (strncmp(d, "exit-code=", 10) == 0)
@@ -155,7 +159,7 @@ int main(int argc, char **argv) {
 			say(1, "a line printed now and then\n");
 		}
 		if (!flood && !flood_err)
-			poll(NULL, 0, every > 0 ? 1 : 20);
+			poll(NULL, 0, every > 0 ? 1 : (int)idle);
 	}
 	for (long long n = 0; n < flood_after_stop; n += (long long)sizeof flood_line - 1)
 		write_all(1, flood_line, sizeof flood_line - 1);

@@ -419,6 +419,7 @@ fn scope_on_each_node(env: &Env) {
     register_node(env, &b, &[("pool", "scoped"), ("zone", "b")]);
     k.ok(&[
         "annotate",
+        "--overwrite",
         "namespace",
         &ns,
         "observe.tracejob.dev/node-selector=zone=a",

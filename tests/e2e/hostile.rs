@@ -471,7 +471,7 @@ fn output_kept_while_apiserver_down(_env: &Env) {
     own.install_crd();
     let k = &own.kubectl;
     let agent = Agent::start(&own, "outage-node");
-    k.ok(&["create", "namespace", "outage"]);
+    own.create_namespace("outage");
     k.apply(
         "outage",
         &tracejob_yaml("o", &agent.node, SYSCOUNT, "  deadline: 3\n"),

@@ -10,6 +10,14 @@ use crate::support::{must, wait_for, Agent, ControlPlane, Env, Kubectl, Test};
 pub fn tests() -> Vec<Test> {
     vec![
         Test {
+            name: "lifecycle_traces_past_max_running_wait_then_run_in_a_limited_cgroup",
+            run: node_limits,
+        },
+        Test {
+            name: "lifecycle_revoked_scope_stops_the_trace_within_10s_with_its_maps",
+            run: revoked_scope_stops_the_trace,
+        },
+        Test {
             name: "lifecycle_biolatency_apply_stop_configmap",
             run: biolatency_apply_stop_configmap,
         },
@@ -469,7 +477,7 @@ fn apiserver_restart_runs_once(_env: &Env) {
     own.install_crd();
     let k = &own.kubectl;
     let agent = Agent::start(&own, "restart-node");
-    k.ok(&["create", "namespace", "restart"]);
+    own.create_namespace("restart");
     k.apply("restart", &tracejob_yaml("r", &agent.node, SYSCOUNT, ""));
     wait_phase(k, "restart", "r", "Running", Duration::from_secs(30));
     let pids = agent.bpftraces();
@@ -518,4 +526,155 @@ pub fn assert_no_bpftrace(agent: &Agent) {
 
 fn uuid_like(s: &str) -> bool {
     s.len() == 36 && s.chars().filter(|c| *c == '-').count() == 4
+}
+
+/// A trace whose namespace may no longer trace its node (the annotation changed, or the node's
+/// labels did) is stopped within 10 s, its maps collected, and ends NodeNotAllowed saying why;
+/// an agent that takes a trace over checks again.
+fn revoked_scope_stops_the_trace(env: &Env) {
+    let ns = env.namespace("revoke");
+    let k = &env.kubectl;
+    let node = format!("{ns}-node");
+    crate::support::register_node(env, &node, &[("zone", "a")]);
+    let annotate = |selector: &str| {
+        k.ok(&[
+            "annotate",
+            "--overwrite",
+            "namespace",
+            &ns,
+            &format!("observe.tracejob.dev/node-selector={selector}"),
+        ]);
+    };
+    annotate("zone=a");
+    let mut agent = Agent::start(env, &node);
+    let program = "tracepoint:raw_syscalls:sys_enter { @calls = count(); }";
+    let job = |name: &str| {
+        serde_json::json!({
+            "apiVersion": "observe.tracejob.dev/v1alpha1", "kind": "TraceJob",
+            "metadata": {"name": name},
+            "spec": {"nodeName": node, "program": program, "deadlineGracePeriod": 300}
+        })
+        .to_string()
+    };
+    let revoked_within = |name: &str, change: &dyn Fn(), says: &str| {
+        wait_phase(k, &ns, name, "Running", Duration::from_secs(30));
+        let t = std::time::Instant::now();
+        change();
+        crate::support::wait_for(Duration::from_secs(30), "the trace to stop", || {
+            let phase = k.jsonpath(&ns, &format!("tj/{name}"), ".status.phase");
+            (phase == "Stopping" || phase == "Failed").then_some(())
+        });
+        let took = t.elapsed();
+        assert!(
+            took <= Duration::from_secs(10),
+            "stopped {took:?} after the change"
+        );
+        wait_phase(k, &ns, name, "Failed", Duration::from_secs(60));
+        let reason = k.jsonpath(
+            &ns,
+            &format!("tj/{name}"),
+            ".status.conditions[?(@.type==\"Failed\")].reason",
+        );
+        let message = k.jsonpath(&ns, &format!("tj/{name}"), ".status.message");
+        assert_eq!(reason, "NodeNotAllowed", "{message}");
+        assert!(message.contains(says), "{message:?} does not say {says:?}");
+        assert!(
+            output(k, &ns, name, "output").contains("@calls: "),
+            "the maps were not kept"
+        );
+    };
+    // The namespace's annotation changes.
+    k.apply(&ns, &job("by-annotation"));
+    revoked_within("by-annotation", &|| annotate("zone=b"), "(zone=b)");
+    // The node's labels change.
+    annotate("zone=a");
+    k.apply(&ns, &job("by-label"));
+    revoked_within(
+        "by-label",
+        &|| {
+            k.ok(&["label", "--overwrite", "node", &node, "zone=c"]);
+        },
+        "(zone=a)",
+    );
+    // Changed while no agent ran: the next agent checks before going on.
+    k.ok(&["label", "--overwrite", "node", &node, "zone=a"]);
+    k.apply(&ns, &job("on-takeover"));
+    wait_phase(k, &ns, "on-takeover", "Running", Duration::from_secs(30));
+    let proc = agent.proc.as_mut().expect("agent");
+    proc.signal(nix::sys::signal::Signal::SIGKILL);
+    assert!(proc.wait_exit(Duration::from_secs(10)).is_some());
+    annotate("zone=b");
+    agent.restart(&[]);
+    wait_phase(k, &ns, "on-takeover", "Failed", Duration::from_secs(60));
+    let message = k.jsonpath(&ns, "tj/on-takeover", ".status.message");
+    assert!(message.contains("may no longer trace"), "{message}");
+}
+
+/// `--max-running-traces`: a TraceJob past it waits Pending, saying why, and runs once a slot
+/// frees; and the traces' host cgroup has the memory and pid limits the flags give.
+fn node_limits(env: &Env) {
+    let ns = env.namespace("limits");
+    let k = &env.kubectl;
+    let agent = Agent::start_with(
+        env,
+        &format!("{ns}-node"),
+        &env.cp.kubeconfig,
+        &[
+            "--max-running-traces",
+            "1",
+            "--host-cgroup-root",
+            "/sys/fs/cgroup",
+            "--traces-memory-max",
+            "1073741824",
+            "--traces-pids-max",
+            "777",
+        ],
+        &[],
+    );
+    let job = |name: &str| {
+        serde_json::json!({
+            "apiVersion": "observe.tracejob.dev/v1alpha1", "kind": "TraceJob",
+            "metadata": {"name": name},
+            "spec": {"nodeName": agent.node, "program": "tracepoint:raw_syscalls:sys_enter { @calls = count(); }"}
+        })
+        .to_string()
+    };
+    k.apply(&ns, &job("first"));
+    wait_phase(k, &ns, "first", "Running", Duration::from_secs(30));
+    k.apply(&ns, &job("second"));
+    crate::support::wait_for(Duration::from_secs(30), "the second to wait", || {
+        let reason = k.jsonpath(
+            &ns,
+            "tj/second",
+            ".status.conditions[?(@.type==\"Waiting\")].reason",
+        );
+        (reason == "MaxRunningTraces").then_some(())
+    });
+    let message = k.jsonpath(&ns, "tj/second", ".status.message");
+    assert!(message.contains("--max-running-traces"), "{message}");
+    // It stays waiting while the first runs (well past the few hundred ms a start takes).
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(k.jsonpath(&ns, "tj/second", ".status.phase"), "Pending");
+    assert_eq!(agent.bpftraces().len(), 1, "two traces run at once");
+    stop(k, &ns, "first");
+    wait_phase(k, &ns, "second", "Running", Duration::from_secs(60));
+    // The cgroup the traces run in, on this host (cgroup v1 controllers here; v2 knobs where
+    // the host has them).
+    let read = |path: &str| std::fs::read_to_string(path).map(|v| v.trim().to_string());
+    let memory = read("/sys/fs/cgroup/memory/tracejob-traces/memory.limit_in_bytes")
+        .or_else(|_| read("/sys/fs/cgroup/tracejob-traces/memory.max"));
+    let pids = read("/sys/fs/cgroup/pids/tracejob-traces/pids.max")
+        .or_else(|_| read("/sys/fs/cgroup/tracejob-traces/pids.max"));
+    assert_eq!(memory.as_deref().ok(), Some("1073741824"), "{memory:?}");
+    assert_eq!(pids.as_deref().ok(), Some("777"), "{pids:?}");
+    let pid = k.jsonpath(&ns, "tj/second", ".status.pid");
+    let cgroups = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
+    assert!(
+        cgroups
+            .lines()
+            .any(|l| l.contains(":memory:") && l.ends_with("/tracejob-traces")),
+        "bpftrace is not in the limited cgroup:\n{cgroups}"
+    );
+    stop(k, &ns, "second");
+    wait_phase(k, &ns, "second", "Completed", Duration::from_secs(60));
 }

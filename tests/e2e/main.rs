@@ -14,6 +14,7 @@ mod robust;
 mod security;
 mod support;
 mod target;
+mod trigger;
 
 use std::sync::Arc;
 
@@ -21,13 +22,16 @@ use libtest_mimic::{Arguments, Trial};
 use support::{ControlPlane, Env, Test};
 
 /// The compatibility subset (TRACEJOB_E2E_COMPAT): what depends most on the server's release.
-const COMPAT: [&str; 12] = [
+const COMPAT: [&str; 15] = [
     "api_server_and_kubectl_are_the_pinned_release",
     "api_invalid_tracejobs_are_rejected_naming_the_field",
     "lifecycle_biolatency_apply_stop_configmap",
     "lifecycle_other_nodes_tracejob_untouched",
     "security_agent_token_is_fenced_to_its_own_node",
+    "security_agent_token_writes_only_its_own_outputs_and_events",
     "security_agent_token_cannot_write_another_nodes_tracejobnode",
+    "security_deny_by_default_traces_nothing_from_unannotated_namespaces",
+    "security_namespace_scope_is_set_only_with_its_own_permission",
     "security_summarizer_token_writes_only_summaries_and_merged_outputs",
     "security_can_i_lists_match_the_readme",
     "security_spec_cannot_change_after_creation",
@@ -50,6 +54,7 @@ fn main() -> std::process::ExitCode {
     tests.extend(target::tests());
     tests.extend(releases::tests());
     tests.extend(robust::tests());
+    tests.extend(trigger::tests());
     // On the oldest supported release, a short subset: the API as the server enforces it, a
     // lifecycle, server-side node filtering, the fences, a pod target, a fan-out.
     if std::env::var_os("TRACEJOB_E2E_COMPAT").is_some() {

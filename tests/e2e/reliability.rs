@@ -8,7 +8,7 @@ use crate::api::tracejob_yaml;
 use crate::lifecycle::{
     assert_no_bpftrace, disk_io, histogram_counts, output, stop, wait_phase, SYSCOUNT,
 };
-use crate::support::{must, Agent, Env, Test};
+use crate::support::{must, Agent, Env, Proc, Test};
 
 pub fn tests() -> Vec<Test> {
     vec![
@@ -32,7 +32,138 @@ pub fn tests() -> Vec<Test> {
             name: "reliability_deadline_counts_across_a_takeover",
             run: deadline_counts_across_a_takeover,
         },
+        Test {
+            name: "reliability_one_agent_per_state_directory",
+            run: one_agent_per_state_directory,
+        },
+        Test {
+            name: "reliability_bad_flags_end_the_agent_at_once",
+            run: bad_flags_end_the_agent_at_once,
+        },
     ]
+}
+
+/// `tracejob-agent run ARGS` as a process of its own, which must exit within `within`: its exit
+/// status and everything it printed (stdout and stderr).
+fn agent_that_exits(
+    env: &Env,
+    args: &[&str],
+    within: Duration,
+) -> (std::process::ExitStatus, String) {
+    let tmp = must(tempfile::tempdir(), "tempdir");
+    let log = tmp.path().join("out");
+    let out = must(std::fs::File::create(&log), "log");
+    let err = must(out.try_clone(), "log");
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_tracejob-agent"));
+    cmd.arg("run")
+        .args(args)
+        .env("KUBECONFIG", &env.cp.kubeconfig)
+        .stdin(std::process::Stdio::null())
+        .stdout(out)
+        .stderr(err);
+    let mut proc = Proc::spawn("agent-that-exits", &mut cmd);
+    let status = proc.wait_exit(within);
+    let printed = std::fs::read_to_string(&log).unwrap_or_default();
+    let status = status.unwrap_or_else(|| panic!("still running after {within:?}:\n{printed}"));
+    (status, printed)
+}
+
+/// A second agent on a state directory in use exits at once, naming the directory and its lock,
+/// and leaves the first one and its trace alone; the trace's shim does not hold the lock, so the
+/// next agent takes it once the first is gone (killed while the trace runs) and goes on.
+fn one_agent_per_state_directory(env: &Env) {
+    let ns = env.namespace("statelock");
+    let mut agent = Agent::start(env, &format!("{ns}-node"));
+    let k = &env.kubectl;
+    k.apply(&ns, &tracejob_yaml("t", &agent.node, SYSCOUNT, ""));
+    wait_phase(k, &ns, "t", "Running", Duration::from_secs(30));
+    let pids = agent.bpftraces();
+    let state = agent.state_dir.to_string_lossy().into_owned();
+    let port = crate::support::control_plane::free_port().to_string();
+    let started = std::time::Instant::now();
+    let (status, printed) = agent_that_exits(
+        env,
+        &[
+            "--node-name",
+            &agent.node,
+            "--state-dir",
+            &state,
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+        ],
+        Duration::from_secs(5),
+    );
+    assert!(!status.success(), "the second agent ran:\n{printed}");
+    assert!(
+        printed.contains(&format!("the state directory {state} is in use"))
+            && printed.contains(&format!("{state}/agent.lock")),
+        "the error names neither the directory nor its lock:\n{printed}"
+    );
+    eprintln!("the second agent exited after {:?}", started.elapsed());
+    // The first goes on as before.
+    let first = agent.proc.as_mut().expect("agent");
+    assert!(
+        matches!(first.child.try_wait(), Ok(None)),
+        "the first agent exited"
+    );
+    assert_eq!(agent.bpftraces(), pids, "the trace was touched");
+    assert_eq!(k.jsonpath(&ns, "tj/t", ".status.phase"), "Running");
+    // The shim outlives the agent without its lock: the next agent takes the trace over.
+    kill_agent(&mut agent, Signal::SIGKILL);
+    assert_eq!(agent.bpftraces(), pids, "bpftrace died with the agent");
+    agent.restart(&[]);
+    stop(k, &ns, "t");
+    wait_phase(k, &ns, "t", "Completed", Duration::from_secs(30));
+    assert!(output(k, &ns, "t", "output").contains("@syscalls["));
+    assert!(
+        !agent.logs().contains("is in use"),
+        "the restarted agent found the lock held"
+    );
+}
+
+/// Flags that cannot work end the agent before it does anything, with a usage error naming the
+/// flag (exit status 2, as clap's), instead of failing every trace later.
+fn bad_flags_end_the_agent_at_once(env: &Env) {
+    let tmp = must(tempfile::tempdir(), "tempdir");
+    let state = tmp.path().join("state");
+    let state = state.to_string_lossy();
+    let base = ["--node-name", "bad-flags", "--state-dir", &state];
+    for (extra, expected) in [
+        (
+            &["--max-output-bytes", "0"][..],
+            &["--max-output-bytes", "0 is not in 65536..="][..],
+        ),
+        (
+            &["--live-window-bytes", "2097152"],
+            &["--live-window-bytes", "not in 1024..=1024000"],
+        ),
+        (
+            &[
+                "--max-output-bytes",
+                "65536",
+                "--live-window-bytes",
+                "131072",
+            ],
+            &["--live-window-bytes 131072 is more than --max-output-bytes 65536"],
+        ),
+    ] {
+        let args: Vec<&str> = base.iter().chain(extra).copied().collect();
+        let started = std::time::Instant::now();
+        let (status, printed) = agent_that_exits(env, &args, Duration::from_secs(5));
+        assert_eq!(status.code(), Some(2), "{extra:?}:\n{printed}");
+        for e in expected {
+            assert!(printed.contains(e), "{extra:?}: no {e:?} in:\n{printed}");
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "{extra:?} took {:?}",
+            started.elapsed()
+        );
+        assert!(
+            !tmp.path().join("state").exists(),
+            "{extra:?}: the agent started on its state directory"
+        );
+    }
 }
 
 fn biolatency(node: &str) -> String {

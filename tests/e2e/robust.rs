@@ -359,7 +359,7 @@ fn decisions_while_api_down(_env: &Env) {
     own.install_crd();
     let k = &own.kubectl;
     let agent = double_agent(&own, "down-node", &[]);
-    k.ok(&["create", "namespace", "down"]);
+    own.create_namespace("down");
     let program = double_program(&["sigint=ignore"]);
     k.apply(
         "down",
@@ -574,7 +574,7 @@ fn refused_status(_env: &Env) {
     let own = Env::new(ControlPlane::start());
     own.install_crd();
     let k = &own.kubectl;
-    k.ok(&["create", "namespace", "refused"]);
+    own.create_namespace("refused");
     let policy = r#"apiVersion: admissionregistration.k8s.io/v1
 kind: ValidatingAdmissionPolicy
 metadata: {name: refuse-final-status}

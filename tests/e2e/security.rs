@@ -10,6 +10,7 @@ use crate::api::tracejob_yaml;
 use crate::lifecycle::{output, stop, wait_phase, SYSCOUNT};
 use crate::support::{
     must, register_node, repo_root, wait_for, Agent, ControlPlane, Env, Kubectl, Test,
+    EVERY_NODE_BUT_PROTECTED,
 };
 
 pub fn tests() -> Vec<Test> {
@@ -43,12 +44,28 @@ pub fn tests() -> Vec<Test> {
             run: namespace_selector_scopes_nodes,
         },
         Test {
-            name: "security_control_plane_nodes_need_a_selector_naming_them",
-            run: control_plane_nodes,
+            name: "security_protected_nodes_need_a_selector_naming_their_label",
+            run: protected_nodes,
         },
         Test {
             name: "security_deny_by_default_traces_nothing_from_unannotated_namespaces",
             run: deny_by_default,
+        },
+        Test {
+            name: "security_allow_unannotated_option_traces_every_unprotected_node",
+            run: allow_unannotated,
+        },
+        Test {
+            name: "security_namespace_scope_is_set_only_with_its_own_permission",
+            run: scope_needs_its_own_permission,
+        },
+        Test {
+            name: "security_agent_token_writes_only_its_own_outputs_and_events",
+            run: agent_token_writes_only_its_outputs,
+        },
+        Test {
+            name: "security_fences_follow_a_renamed_install",
+            run: renamed_install,
         },
         Test {
             name: "security_spec_cannot_change_after_creation",
@@ -67,7 +84,7 @@ fn install(env: &Env) {
     DONE.get_or_init(|| install_kustomization(env, &repo_root().join("daemonset")));
 }
 
-fn install_kustomization(env: &Env, dir: &Path) {
+pub(crate) fn install_kustomization(env: &Env, dir: &Path) {
     env.kubectl.ok(&["apply", "-k", &dir.to_string_lossy()]);
     env.kubectl.ok(&[
         "wait",
@@ -110,6 +127,9 @@ fn install_creates_everything(env: &Env) {
         "validatingadmissionpolicy/tracejob-summarizer-status",
         "validatingadmissionpolicy/tracejob-summarizer-configmaps",
         "validatingadmissionpolicy/tracejob-summarizer-events",
+        "validatingadmissionpolicy/tracejob-annotated-namespaces",
+        "validatingadmissionpolicy/tracejob-namespace-scopes",
+        "clusterrole/tracejob-scope-admin",
     ] {
         k.ok(&["get", object]);
     }
@@ -125,6 +145,37 @@ fn install_creates_everything(env: &Env) {
         "role/tracejob-summarizer",
         "rolebinding/tracejob-summarizer",
     ]);
+    // TraceJobs never come from the system namespaces, annotated or not.
+    let scope = format!("{ANNOTATION}={EVERY_NODE_BUT_PROTECTED}");
+    k.ok(&[
+        "annotate",
+        "--overwrite",
+        "namespace",
+        "kube-node-lease",
+        &scope,
+    ]);
+    let r = k.run_with_stdin(
+        &[
+            "apply",
+            "--dry-run=server",
+            "-n",
+            "kube-node-lease",
+            "-f",
+            "-",
+        ],
+        &tracejob_yaml("probe", "nowhere", SYSCOUNT, ""),
+    );
+    k.ok(&[
+        "annotate",
+        "namespace",
+        "kube-node-lease",
+        &format!("{ANNOTATION}-"),
+    ]);
+    assert!(
+        !r.ok && r.stderr.contains("tracejob-namespaces"),
+        "a TraceJob in kube-node-lease: {}",
+        r.stderr
+    );
 }
 
 /// `kubectl auth can-i --list` as `who` in `namespace`: "resource [verbs]" lines (verbs sorted;
@@ -207,6 +258,14 @@ fn can_i_lists_match_the_readme(env: &Env) {
         "--clusterrole=tracejob-admin",
         "--user=bob",
     ]);
+    let scoper = format!("{ns}-scoper");
+    k.ok(&[
+        "create",
+        "clusterrolebinding",
+        &scoper,
+        "--clusterrole=tracejob-scope-admin",
+        &format!("--user={scoper}"),
+    ]);
     let sa_baseline = "system:serviceaccount:tracejob-system:bound-to-nothing";
     for (heading, who, baseline, namespace) in [
         (
@@ -242,6 +301,12 @@ fn can_i_lists_match_the_readme(env: &Env) {
         (
             "tracejob-viewer, where it is bound:",
             "alice",
+            "nobody",
+            ns.as_str(),
+        ),
+        (
+            "tracejob-scope-admin, bound cluster-wide:",
+            scoper.as_str(),
             "nobody",
             ns.as_str(),
         ),
@@ -287,6 +352,10 @@ fn can_i_lists_match_the_readme(env: &Env) {
             })
         });
         assert!(!creates_tracejobs, "{role} may create TraceJobs:\n{yaml}");
+        assert!(
+            !yaml.contains("namespacescopes"),
+            "{role} may scope namespaces:\n{yaml}"
+        );
     }
 }
 
@@ -299,12 +368,24 @@ fn bound_token(env: &Env, node: &str, dir: &Path) -> (String, std::path::PathBuf
 /// A token of ServiceAccount `sa` (in tracejob-system) bound to a pod of it on `node`, as the
 /// kubelet gets one for that pod, and a kubeconfig using it.
 fn bound_token_of(env: &Env, sa: &str, node: &str, dir: &Path) -> (String, std::path::PathBuf) {
+    bound_token_in(env, "tracejob-system", sa, node, dir)
+}
+
+/// A token of ServiceAccount `sa` of namespace `home` (where the install put it) bound to a pod
+/// of it on `node`, and a kubeconfig using it.
+pub(crate) fn bound_token_in(
+    env: &Env,
+    home: &str,
+    sa: &str,
+    node: &str,
+    dir: &Path,
+) -> (String, std::path::PathBuf) {
     let k = &env.kubectl;
     register_node(env, node, &[]);
     let pod = format!("{sa}-on-{node}");
     let yaml = serde_json::json!({
         "apiVersion": "v1", "kind": "Pod",
-        "metadata": {"name": pod, "namespace": "tracejob-system"},
+        "metadata": {"name": pod, "namespace": home},
         "spec": {
             "nodeName": node,
             "serviceAccountName": sa,
@@ -318,7 +399,7 @@ fn bound_token_of(env: &Env, sa: &str, node: &str, dir: &Path) -> (String, std::
             "token",
             sa,
             "-n",
-            "tracejob-system",
+            home,
             "--bound-object-kind",
             "Pod",
             "--bound-object-name",
@@ -328,12 +409,17 @@ fn bound_token_of(env: &Env, sa: &str, node: &str, dir: &Path) -> (String, std::
         ])
         .trim()
         .to_string();
-    let kubeconfig = dir.join(format!("{sa}-{node}.kubeconfig"));
+    let kubeconfig = dir.join(format!("{home}-{sa}-{node}.kubeconfig"));
     env.cp.write_kubeconfig(&kubeconfig, &token);
     (token, kubeconfig)
 }
 
-/// A ConfigMap labelled for `node` and owned by TraceJob `owner` (uid `uid`).
+/// The short run id of the outputs these tests forge (the agent names an output
+/// `TRACEJOB-output-RUNID8` or `TRACEJOB-output-RUNID`).
+const RUN: &str = "0b6c1f1e";
+
+/// A ConfigMap labelled for `node` and owned by TraceJob `owner` (uid `uid`): with `name`
+/// `OWNER-output-RUN`, an output as the agent of `node` writes it.
 fn configmap(name: &str, ns: &str, node: &str, owner: &str, uid: &str) -> String {
     serde_json::json!({
         "apiVersion": "v1", "kind": "ConfigMap",
@@ -394,7 +480,13 @@ fn agent_token_fenced(env: &Env) {
     ]);
     denied(&r, "updating a ConfigMap in kube-system");
     denied(
-        &apply(&configmap("forged", &ns, &node_b, "theirs", &uid)),
+        &apply(&configmap(
+            &format!("theirs-output-{RUN}"),
+            &ns,
+            &node_b,
+            "theirs",
+            &uid,
+        )),
         "creating a ConfigMap labelled for node B",
     );
     let r = as_a.run(&[
@@ -449,7 +541,13 @@ fn agent_token_fenced(env: &Env) {
     denied(
         &k.with_kubeconfig(&unbound_config).run_with_stdin(
             &["create", "-f", "-"],
-            &configmap("x", &ns, &node_a, "theirs", &uid),
+            &configmap(
+                &format!("theirs-output-{RUN}"),
+                &ns,
+                &node_a,
+                "theirs",
+                &uid,
+            ),
         ),
         "writing with a token bound to no node",
     );
@@ -508,6 +606,228 @@ fn agent_token_fenced(env: &Env) {
         "",
         "node B's TraceJob was touched"
     );
+}
+
+/// The ConfigMap and Event fence has no gaps: node A's bound token writes a ConfigMap only as one
+/// of its node's outputs (exactly one owner reference, the controller reference to a TraceJob,
+/// named OWNER-output-RUNID, labelled with the owner and node A), never in tracejob-system, and
+/// updates only such an output of the same owner; it publishes Events only about a TraceJob or
+/// TraceJobNode of the Event's namespace, reported by node A, never in tracejob-system, and
+/// changes no other node's Event. Each refused write differs from an accepted one in one thing.
+fn agent_token_writes_only_its_outputs(env: &Env) {
+    install(env);
+    let k = &env.kubectl;
+    let ns = env.namespace("outputs");
+    let dir = must(tempfile::tempdir(), "tempdir");
+    let node_a = format!("{ns}-a");
+    let node_b = format!("{ns}-b");
+    let (_, config) = bound_token(env, &node_a, dir.path());
+    let as_a = k.with_kubeconfig(&config);
+    // Owners that no agent runs (their node has none).
+    let nowhere = format!("{ns}-nowhere");
+    k.apply(&ns, &tracejob_yaml("owner", &nowhere, SYSCOUNT, ""));
+    k.apply(&ns, &tracejob_yaml("other", &nowhere, SYSCOUNT, ""));
+    let uid = k.jsonpath(&ns, "tj/owner", ".metadata.uid");
+    let other_uid = k.jsonpath(&ns, "tj/other", ".metadata.uid");
+    let output = |name: &str| -> serde_json::Value {
+        must(
+            serde_json::from_str(&configmap(name, &ns, &node_a, "owner", &uid)),
+            "json",
+        )
+    };
+    let create =
+        |cm: &serde_json::Value| as_a.run_with_stdin(&["create", "-f", "-"], &cm.to_string());
+    let put = |who: &Kubectl, cm: &serde_json::Value| {
+        let path = format!(
+            "/api/v1/namespaces/{}/configmaps/{}",
+            cm["metadata"]["namespace"].as_str().unwrap_or_default(),
+            cm["metadata"]["name"].as_str().unwrap_or_default()
+        );
+        who.run_with_stdin(&["replace", "--raw", &path, "-f", "-"], &cm.to_string())
+    };
+
+    // Accepted: its outputs as the agent writes them, short and long run ids; replaced whole.
+    let short = output(&format!("owner-output-{RUN}"));
+    let r = create(&short);
+    assert!(r.ok, "node A's own output was refused: {}", r.stderr);
+    let r = create(&output("owner-output-0b6c1f1e-0000-4000-8000-000000000000"));
+    assert!(
+        r.ok,
+        "an output named with the whole run id was refused: {}",
+        r.stderr
+    );
+    let mut again = short.clone();
+    again["data"]["output"] = "@x: 2\n".into();
+    let r = put(&as_a, &again);
+    assert!(
+        r.ok,
+        "replacing node A's own output was refused: {}",
+        r.stderr
+    );
+
+    let with = |f: &dyn Fn(&mut serde_json::Value)| {
+        let mut cm = output(&format!("owner-output-{}", "1".repeat(8)));
+        f(&mut cm);
+        cm
+    };
+    let second_owner = serde_json::json!({
+        "apiVersion": "observe.tracejob.dev/v1alpha1", "kind": "TraceJob",
+        "name": "other", "uid": other_uid
+    });
+    for (cm, what) in [
+        (
+            with(&|cm| {
+                if let Some(owners) = cm["metadata"]["ownerReferences"].as_array_mut() {
+                    owners.push(second_owner.clone());
+                }
+            }),
+            "creating an output with a second owner",
+        ),
+        (
+            with(&|cm| {
+                cm["metadata"]
+                    .as_object_mut()
+                    .map(|m| m.remove("ownerReferences"));
+            }),
+            "creating an output with no owner",
+        ),
+        (
+            with(&|cm| cm["metadata"]["ownerReferences"][0]["controller"] = false.into()),
+            "creating an output whose owner is not its controller",
+        ),
+        (
+            with(&|cm| {
+                cm["metadata"]["ownerReferences"][0]["kind"] = "Pod".into();
+                cm["metadata"]["ownerReferences"][0]["apiVersion"] = "v1".into();
+            }),
+            "creating an output owned by a Pod",
+        ),
+        (
+            with(&|cm| cm["metadata"]["name"] = "owner-config".into()),
+            "creating a ConfigMap of another name",
+        ),
+        (
+            with(&|cm| cm["metadata"]["name"] = format!("other-output-{RUN}").into()),
+            "creating an output named for another TraceJob",
+        ),
+        (
+            with(&|cm| cm["metadata"]["name"] = "own-output-11111111".into()),
+            "creating an output named for part of its owner's name",
+        ),
+        (
+            with(&|cm| cm["metadata"]["name"] = "owner-output-forged".into()),
+            "creating an output whose run id is not one",
+        ),
+        (
+            with(&|cm| cm["metadata"]["labels"]["observe.tracejob.dev/tracejob"] = "other".into()),
+            "creating an output labelled for another TraceJob",
+        ),
+        (
+            with(&|cm| {
+                cm["metadata"]["labels"]
+                    .as_object_mut()
+                    .map(|l| l.remove("observe.tracejob.dev/tracejob"));
+            }),
+            "creating an output without its TraceJob's label",
+        ),
+        (
+            with(&|cm| {
+                cm["metadata"]["labels"]["observe.tracejob.dev/node"] = node_b.clone().into()
+            }),
+            "creating an output for node B",
+        ),
+        (
+            with(&|cm| cm["metadata"]["namespace"] = "tracejob-system".into()),
+            "creating an output in tracejob-system",
+        ),
+    ] {
+        denied(&create(&cm), what);
+    }
+
+    // Updates: only of its own output, and of the same owner.
+    let theirs = serde_json::json!({
+        "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": format!("owner-output-{}", "2".repeat(8)), "namespace": ns,
+            "labels": {"observe.tracejob.dev/node": node_b, "observe.tracejob.dev/tracejob": "owner"},
+            "ownerReferences": [{
+                "apiVersion": "observe.tracejob.dev/v1alpha1", "kind": "TraceJob",
+                "name": "owner", "uid": uid, "controller": true
+            }]},
+        "data": {"output": "node B's"}
+    });
+    k.run_with_stdin(&["create", "-f", "-"], &theirs.to_string());
+    let mut claimed = theirs.clone();
+    claimed["metadata"]["labels"]["observe.tracejob.dev/node"] = node_a.clone().into();
+    claimed["data"]["output"] = "forged".into();
+    denied(&put(&as_a, &claimed), "replacing node B's output");
+    let mut reowned = short.clone();
+    reowned["metadata"]["ownerReferences"][0]["uid"] = other_uid.clone().into();
+    denied(&put(&as_a, &reowned), "giving its output another owner");
+    assert_eq!(
+        k.jsonpath(
+            &ns,
+            &format!("configmap/owner-output-{}", "2".repeat(8)),
+            ".data.output"
+        ),
+        "node B's"
+    );
+
+    // Events.
+    let event = |kind: &str, regarding_ns: &str, instance: &str, event_ns: &str| {
+        serde_json::json!({
+            "apiVersion": "events.k8s.io/v1", "kind": "Event",
+            "metadata": {"generateName": "owner-", "namespace": event_ns},
+            "eventTime": "2026-01-01T00:00:00.000000Z",
+            "reportingController": "tracejob-agent", "reportingInstance": instance,
+            "action": "Started", "reason": "Started", "type": "Normal",
+            "regarding": {
+                "apiVersion": "observe.tracejob.dev/v1alpha1", "kind": kind,
+                "name": "owner", "namespace": regarding_ns
+            }
+        })
+        .to_string()
+    };
+    for kind in ["TraceJob", "TraceJobNode"] {
+        let r = as_a.run_with_stdin(&["create", "-f", "-"], &event(kind, &ns, &node_a, &ns));
+        assert!(r.ok, "an Event about a {kind} was refused: {}", r.stderr);
+    }
+    for (yaml, what) in [
+        (
+            event("TraceJob", &ns, &node_b, &ns),
+            "creating an Event reported by node B",
+        ),
+        (
+            event("TraceJob", "default", &node_a, &ns),
+            "creating an Event about a TraceJob of another namespace",
+        ),
+        (
+            event("TraceJob", "tracejob-system", &node_a, "tracejob-system"),
+            "creating an Event in tracejob-system",
+        ),
+    ] {
+        denied(&as_a.run_with_stdin(&["create", "-f", "-"], &yaml), what);
+    }
+    // Node B's Event, changed (events.k8s.io/v1 keeps reportingInstance, the note and the rest
+    // immutable; labels are what may change).
+    let b_event = k
+        .run_with_stdin(
+            &["create", "-o", "name", "-f", "-"],
+            &event("TraceJob", &ns, &node_b, &ns),
+        )
+        .stdout
+        .trim()
+        .to_string();
+    assert!(!b_event.is_empty(), "node B's Event");
+    let r = as_a.run(&[
+        "patch",
+        "-n",
+        &ns,
+        &b_event,
+        "--type=merge",
+        "-p",
+        r#"{"metadata":{"labels":{"forged":"yes"}}}"#,
+    ]);
+    denied(&r, "changing node B's Event");
 }
 
 /// A TraceJob on every node labelled pool=nowhere (there are none: nothing runs it).
@@ -1277,34 +1597,129 @@ fn namespace_selector_scopes_nodes(env: &Env) {
         .contains("not a label selector"));
 }
 
-fn control_plane_nodes(env: &Env) {
+/// A node with a protected label (by default the control-plane, master, etcd and controlplane
+/// node roles; `--protected-node-labels` sets them) runs TraceJobs only from namespaces whose
+/// selector names one of its protected labels: one that matches it by accident (here "every node
+/// but protected ones", the test namespaces' own) is refused.
+fn protected_nodes(env: &Env) {
     let k = &env.kubectl;
-    let plain = env.namespace("cp-plain");
-    let chosen = env.namespace("cp-chosen");
-    let node = format!("{plain}-cp");
-    register_node(env, &node, &[("node-role.kubernetes.io/control-plane", "")]);
-    annotate(k, &chosen, "node-role.kubernetes.io/control-plane");
-    let agent = Agent::start(env, &node);
-    k.apply(&plain, &tracejob_yaml("refused", &node, SYSCOUNT, ""));
+    let plain = env.namespace("protected-plain");
+    let mut runs = Vec::new();
+    for (i, label) in [
+        "node-role.kubernetes.io/control-plane",
+        "node-role.kubernetes.io/master",
+        "node-role.kubernetes.io/etcd",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let node = format!("{plain}-p{i}");
+        register_node(env, &node, &[(label, "")]);
+        let chosen = env.namespace("protected-chosen");
+        annotate(k, &chosen, label);
+        let agent = Agent::start(env, &node);
+        k.apply(
+            &plain,
+            &tracejob_yaml(&format!("refused-{i}"), &node, SYSCOUNT, ""),
+        );
+        k.apply(&chosen, &tracejob_yaml("allowed", &node, SYSCOUNT, ""));
+        runs.push((format!("refused-{i}"), label.to_string(), chosen, agent));
+    }
+    // A label of the cluster's own choosing.
+    let node = format!("{plain}-custom");
+    register_node(env, &node, &[("example.com/secure", "yes")]);
+    let agent = Agent::start_with(
+        env,
+        &node,
+        &env.cp.kubeconfig,
+        &["--protected-node-labels=example.com/secure"],
+        &[],
+    );
+    let chosen = env.namespace("protected-chosen");
+    annotate(k, &chosen, "example.com/secure=yes");
+    k.apply(
+        &plain,
+        &tracejob_yaml("refused-custom", &node, SYSCOUNT, ""),
+    );
     k.apply(&chosen, &tracejob_yaml("allowed", &node, SYSCOUNT, ""));
-    wait_phase(k, &chosen, "allowed", "Running", Duration::from_secs(30));
-    assert_refused(k, &plain, "refused", &agent);
-    assert!(k
-        .jsonpath(&plain, "tj/refused", ".status.message")
-        .contains("control-plane"));
-    stop(k, &chosen, "allowed");
-    wait_phase(k, &chosen, "allowed", "Completed", Duration::from_secs(60));
+    runs.push((
+        "refused-custom".to_string(),
+        "example.com/secure".to_string(),
+        chosen,
+        agent,
+    ));
+    for (refused, label, chosen, agent) in &runs {
+        wait_phase(k, chosen, "allowed", "Running", Duration::from_secs(30));
+        assert_refused(k, &plain, refused, agent);
+        let message = k.jsonpath(&plain, &format!("tj/{refused}"), ".status.message");
+        assert!(
+            message.contains(label.as_str()) && message.contains("protected"),
+            "{message}"
+        );
+    }
+    for (_, _, chosen, _) in &runs {
+        stop(k, chosen, "allowed");
+    }
+    for (_, _, chosen, _) in &runs {
+        wait_phase(k, chosen, "allowed", "Completed", Duration::from_secs(60));
+    }
 }
 
-/// Its own control plane: the option installs an admission policy for every namespace.
-fn deny_by_default(_env: &Env) {
+/// The default install: a namespace without the annotation traces nothing. Admission rejects
+/// its TraceJobs at `kubectl apply`, and an agent with its default flags refuses one created
+/// before the annotation was removed; an annotated namespace runs.
+fn deny_by_default(env: &Env) {
+    install(env);
+    let k = &env.kubectl;
+    let ns = env.namespace("unannotated");
+    let node = format!("{ns}-node");
+    register_node(env, &node, &[]);
+    // Created while annotated; the annotation goes before any agent sees it.
+    k.apply(&ns, &tracejob_yaml("early", &node, SYSCOUNT, ""));
+    k.ok(&["annotate", "namespace", &ns, &format!("{ANNOTATION}-")]);
+    assert!(!k
+        .ok(&[
+            "get",
+            "namespace",
+            &ns,
+            "-o",
+            "jsonpath={.metadata.annotations}"
+        ])
+        .contains(ANNOTATION));
+    let r = k.run_with_stdin(
+        &["apply", "-n", &ns, "-f", "-"],
+        &tracejob_yaml("t", &node, SYSCOUNT, ""),
+    );
+    assert!(
+        !r.ok,
+        "kubectl apply accepted a TraceJob of an unannotated namespace"
+    );
+    assert!(
+        r.stderr.contains(ANNOTATION) && r.stderr.contains("tracejob-annotated-namespaces"),
+        "{}",
+        r.stderr
+    );
+    let agent = Agent::start(env, &node);
+    assert_refused(k, &ns, "early", &agent);
+    assert!(k
+        .jsonpath(&ns, "tj/early", ".status.message")
+        .contains("no observe.tracejob.dev/node-selector annotation"));
+    // Annotated ("every node but protected ones"), it runs.
+    let annotated = env.namespace("annotated");
+    k.apply(&annotated, &tracejob_yaml("t", &node, SYSCOUNT, ""));
+    wait_phase(k, &annotated, "t", "Running", Duration::from_secs(30));
+    stop(k, &annotated, "t");
+    wait_phase(k, &annotated, "t", "Completed", Duration::from_secs(60));
+}
+
+/// Its own control plane: the allow-unannotated option removes the install's default deny for
+/// every namespace. An unannotated namespace then traces an unprotected node, never a protected
+/// one; its annotation still needs its permission.
+fn allow_unannotated(_env: &Env) {
     let own = Env::new(ControlPlane::start());
     own.install_crd();
     let k = &own.kubectl;
-    // Created before the option is installed: the agent still refuses it.
-    k.ok(&["create", "namespace", "before"]);
-    k.apply("before", &tracejob_yaml("early", "deny-node", SYSCOUNT, ""));
-    install_kustomization(&own, &repo_root().join("tests/fixtures/deny-unannotated"));
+    install_kustomization(&own, &repo_root().join("tests/fixtures/allow-unannotated"));
     let args = k.ok(&[
         "get",
         "daemonset",
@@ -1315,35 +1730,332 @@ fn deny_by_default(_env: &Env) {
         "jsonpath={.spec.template.spec.containers[0].args}",
     ]);
     assert!(
-        args.contains("--unannotated-namespaces=deny"),
+        args.contains("--unannotated-namespaces=allow"),
         "the option does not reach the agents: {args}"
     );
-    // The agent as that DaemonSet runs it.
-    let agent = Agent::start_with(
+    let r = k.run(&[
+        "get",
+        "validatingadmissionpolicy",
+        "tracejob-annotated-namespaces",
+    ]);
+    assert!(!r.ok && r.stderr.contains("NotFound"), "{}", r.stderr);
+    k.ok(&[
+        "get",
+        "validatingadmissionpolicy",
+        "tracejob-namespace-scopes",
+    ]);
+    // The agents as that DaemonSet runs them.
+    register_node(
         &own,
-        "deny-node",
-        &own.cp.kubeconfig,
-        &["--unannotated-namespaces=deny"],
-        &[],
+        "allow-master",
+        &[("node-role.kubernetes.io/master", "")],
     );
+    let flags = ["--unannotated-namespaces=allow"];
+    let worker = Agent::start_with(&own, "allow-worker", &own.cp.kubeconfig, &flags, &[]);
+    let master = Agent::start_with(&own, "allow-master", &own.cp.kubeconfig, &flags, &[]);
     k.ok(&["create", "namespace", "plain"]);
+    k.apply("plain", &tracejob_yaml("t", &worker.node, SYSCOUNT, ""));
+    k.apply(
+        "plain",
+        &tracejob_yaml("master", &master.node, SYSCOUNT, ""),
+    );
+    wait_phase(k, "plain", "t", "Running", Duration::from_secs(30));
+    assert_refused(k, "plain", "master", &master);
+    assert!(k
+        .jsonpath("plain", "tj/master", ".status.message")
+        .contains("node-role.kubernetes.io/master"));
+    stop(k, "plain", "t");
+    wait_phase(k, "plain", "t", "Completed", Duration::from_secs(60));
+    drop(worker);
+    drop(master);
+    drop(own);
+}
+
+/// Cluster roles, by YAML: `kubectl create clusterrole` refuses a resource the server does not
+/// serve, and namespacescopes is a virtual one.
+fn cluster_role(k: &Kubectl, name: &str, rules: serde_json::Value) {
+    let role = serde_json::json!({
+        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+        "metadata": {"name": name}, "rules": rules
+    });
+    let r = k.run_with_stdin(&["apply", "-f", "-"], &role.to_string());
+    assert!(r.ok, "{}", r.stderr);
+}
+
+/// Only a user whom RBAC allows `update` of namespacescopes.observe.tracejob.dev (the ClusterRole
+/// tracejob-scope-admin, cluster-wide, or a copy narrowed to some namespaces by resourceNames)
+/// sets, changes or removes a namespace's annotation; `patch namespaces` alone does not, nor
+/// tracejob-scope-admin bound in the namespace itself. An empty annotation is refused to all.
+fn scope_needs_its_own_permission(env: &Env) {
+    install(env);
+    let k = &env.kubectl;
+    let ns = env.namespace("scope");
+    let other = env.namespace("scope-other");
+    let patcher = format!("{ns}-patcher");
+    let scoper = format!("{ns}-scoper");
+    let narrow = format!("{ns}-narrow");
+    let local = format!("{ns}-local");
+    cluster_role(
+        k,
+        &format!("{ns}-namespaces"),
+        serde_json::json!([{"apiGroups": [""], "resources": ["namespaces"],
+            "verbs": ["get", "list", "create", "patch", "update"]}]),
+    );
+    cluster_role(
+        k,
+        &narrow,
+        serde_json::json!([{"apiGroups": ["observe.tracejob.dev"],
+            "resources": ["namespacescopes"], "resourceNames": [ns], "verbs": ["update"]}]),
+    );
+    for user in [&patcher, &scoper, &narrow, &local] {
+        k.ok(&[
+            "create",
+            "clusterrolebinding",
+            &format!("{user}-namespaces"),
+            &format!("--clusterrole={ns}-namespaces"),
+            &format!("--user={user}"),
+        ]);
+    }
+    k.ok(&[
+        "create",
+        "clusterrolebinding",
+        &scoper,
+        "--clusterrole=tracejob-scope-admin",
+        &format!("--user={scoper}"),
+    ]);
+    k.ok(&[
+        "create",
+        "clusterrolebinding",
+        &narrow,
+        &format!("--clusterrole={narrow}"),
+        &format!("--user={narrow}"),
+    ]);
+    // In the namespace only: not enough, the check is cluster-scoped.
+    k.ok(&[
+        "create",
+        "rolebinding",
+        "-n",
+        &ns,
+        &local,
+        "--clusterrole=tracejob-scope-admin",
+        &format!("--user={local}"),
+    ]);
+    let as_user = |user: &str, args: &[&str]| {
+        let mut all = vec!["--as", user];
+        all.extend_from_slice(args);
+        k.run(&all)
+    };
+    let set = |user: &str, namespace: &str, selector: &str| {
+        as_user(
+            user,
+            &[
+                "annotate",
+                "--overwrite",
+                "namespace",
+                namespace,
+                &format!("{ANNOTATION}={selector}"),
+            ],
+        )
+    };
+    let remove = |user: &str, namespace: &str| {
+        as_user(
+            user,
+            &[
+                "annotate",
+                "namespace",
+                namespace,
+                &format!("{ANNOTATION}-"),
+            ],
+        )
+    };
+    let scope_of = |namespace: &str| {
+        k.ok(&[
+            "get",
+            "namespace",
+            namespace,
+            "-o",
+            &format!(
+                "jsonpath={{.metadata.annotations.{}}}",
+                ANNOTATION.replace('.', "\\.")
+            ),
+        ])
+    };
+    // RBAC's patch works for everything else; the bindings have taken effect.
+    wait_for(
+        Duration::from_secs(30),
+        "the bindings to take effect",
+        || {
+            as_user(
+                &patcher,
+                &["label", "--overwrite", "namespace", &ns, "team=a"],
+            )
+            .ok
+            .then_some(())
+        },
+    );
+    for user in [&patcher, &local] {
+        denied(
+            &set(user, &ns, "pool=a"),
+            &format!("{user} changing the annotation"),
+        );
+        denied(
+            &remove(user, &ns),
+            &format!("{user} removing the annotation"),
+        );
+    }
+    assert_eq!(scope_of(&ns), EVERY_NODE_BUT_PROTECTED);
+    remove(&scoper, &other);
+    denied(
+        &set(&patcher, &other, "pool=a"),
+        "setting the annotation without the permission",
+    );
+    let annotated_ns = |name: &str| {
+        serde_json::json!({
+            "apiVersion": "v1", "kind": "Namespace",
+            "metadata": {"name": name, "annotations": {ANNOTATION: "pool=a"}}
+        })
+        .to_string()
+    };
+    denied(
+        &k.run_with_stdin(
+            &["--as", &patcher, "create", "-f", "-"],
+            &annotated_ns(&format!("{ns}-new")),
+        ),
+        "creating an annotated namespace without the permission",
+    );
+    // With it: set, changed, removed, created.
+    for selector in ["pool=a", "pool=b"] {
+        let r = set(&scoper, &other, selector);
+        assert!(r.ok, "{}", r.stderr);
+        assert_eq!(scope_of(&other), selector);
+    }
+    let r = remove(&scoper, &other);
+    assert!(r.ok, "{}", r.stderr);
+    assert_eq!(scope_of(&other), "");
     let r = k.run_with_stdin(
-        &["apply", "-n", "plain", "-f", "-"],
-        &tracejob_yaml("t", "deny-node", SYSCOUNT, ""),
+        &["--as", &scoper, "create", "-f", "-"],
+        &annotated_ns(&format!("{ns}-new")),
     );
+    assert!(r.ok, "{}", r.stderr);
+    // Narrowed to one namespace by name.
+    let r = set(&narrow, &ns, "pool=c");
+    assert!(r.ok, "{}", r.stderr);
+    assert_eq!(scope_of(&ns), "pool=c");
+    denied(
+        &set(&narrow, &other, "pool=c"),
+        "setting the annotation of a namespace the permission does not name",
+    );
+    // Empty is no selector, whoever sets it.
+    for who in [scoper.as_str(), "admin"] {
+        for empty in ["", " "] {
+            let r = if who == "admin" {
+                k.run(&[
+                    "annotate",
+                    "--overwrite",
+                    "namespace",
+                    &ns,
+                    &format!("{ANNOTATION}={empty}"),
+                ])
+            } else {
+                set(who, &ns, empty)
+            };
+            denied(&r, &format!("{who} setting an empty annotation"));
+            assert!(r.stderr.contains("empty"), "{}", r.stderr);
+        }
+    }
+    assert_eq!(scope_of(&ns), "pool=c");
+}
+
+/// Its own control plane: the install in another namespace (a kustomize `namespace:` overlay,
+/// tests/fixtures/renamed-install). The fences find the ServiceAccounts there: node A's agent
+/// token writes its own output but not node B's, nor anything in the install's namespace; the
+/// summarizer's writes merged outputs only, never there.
+fn renamed_install(_env: &Env) {
+    let own = Env::new(ControlPlane::start());
+    own.install_crd();
+    let k = &own.kubectl;
+    let home = "tracing-elsewhere";
+    install_kustomization(&own, &repo_root().join("tests/fixtures/renamed-install"));
+    assert!(!k.run(&["get", "namespace", "tracejob-system"]).ok);
+    k.ok(&[
+        "get",
+        "-n",
+        home,
+        "serviceaccount/tracejob-agent",
+        "serviceaccount/tracejob-summarizer",
+        "daemonset/tracejob-agent",
+        "deployment/tracejob-summarizer",
+    ]);
+    let ns = "renamed";
+    own.create_namespace(ns);
+    let dir = must(tempfile::tempdir(), "tempdir");
+    let (_, config) = bound_token_in(&own, home, "tracejob-agent", "renamed-a", dir.path());
+    let as_a = k.with_kubeconfig(&config);
+    let who = as_a.ok(&["auth", "whoami", "-o", "json"]);
     assert!(
-        !r.ok,
-        "kubectl apply accepted a TraceJob of an unannotated namespace"
+        who.contains(&format!("system:serviceaccount:{home}:tracejob-agent")),
+        "{who}"
     );
-    assert!(r.stderr.contains(ANNOTATION), "{}", r.stderr);
-    assert_refused(k, "before", "early", &agent);
-    k.ok(&["create", "namespace", "allowed"]);
-    annotate(k, "allowed", "");
-    k.apply("allowed", &tracejob_yaml("t", "deny-node", SYSCOUNT, ""));
-    wait_phase(k, "allowed", "t", "Running", Duration::from_secs(30));
-    stop(k, "allowed", "t");
-    wait_phase(k, "allowed", "t", "Completed", Duration::from_secs(60));
-    drop(agent);
+    k.apply(ns, &tracejob_yaml("theirs", "renamed-b", SYSCOUNT, ""));
+    let uid = k.jsonpath(ns, "tj/theirs", ".metadata.uid");
+    let create = |who: &Kubectl, yaml: &str| who.run_with_stdin(&["create", "-f", "-"], yaml);
+    // RBAC follows the rename: its own node's output is written.
+    let r = create(
+        &as_a,
+        &configmap(
+            &format!("theirs-output-{RUN}"),
+            ns,
+            "renamed-a",
+            "theirs",
+            &uid,
+        ),
+    );
+    assert!(r.ok, "node A's own output was refused: {}", r.stderr);
+    denied(
+        &create(
+            &as_a,
+            &configmap("theirs-output-11111111", ns, "renamed-b", "theirs", &uid),
+        ),
+        "creating node B's output",
+    );
+    denied(
+        &create(
+            &as_a,
+            &configmap("theirs-output-22222222", home, "renamed-a", "theirs", &uid),
+        ),
+        "creating an output in the install's namespace",
+    );
+    denied(
+        &as_a.run(&[
+            "patch",
+            "-n",
+            ns,
+            "tj/theirs",
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            r#"{"status":{"phase":"Completed","message":"forged"}}"#,
+        ]),
+        "patching the status of node B's TraceJob",
+    );
+    let (_, config) = bound_token_in(&own, home, "tracejob-summarizer", "renamed-s", dir.path());
+    let as_s = k.with_kubeconfig(&config);
+    let merged = merged_configmap("theirs-output-merged", ns, "theirs", &uid);
+    let r = create(&as_s, &merged.to_string());
+    assert!(r.ok, "a merged output was refused: {}", r.stderr);
+    denied(
+        &create(
+            &as_s,
+            &configmap("theirs-output-33333333", ns, "renamed-a", "theirs", &uid),
+        ),
+        "the summarizer creating a node's output",
+    );
+    let mut there = merged.clone();
+    there["metadata"]["namespace"] = home.into();
+    denied(
+        &create(&as_s, &there.to_string()),
+        "the summarizer creating a merged output in the install's namespace",
+    );
     drop(own);
 }
 

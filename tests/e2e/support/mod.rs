@@ -204,11 +204,33 @@ impl Env {
         });
     }
 
-    /// A fresh namespace (and a node name of the same stem) for one test.
+    /// A fresh namespace (and a node name of the same stem) for one test, annotated to trace
+    /// every node but protected ones (see `create_namespace`).
     pub fn namespace(&self, stem: &str) -> String {
         let n = self.counter.fetch_add(1, Ordering::SeqCst);
         let ns = format!("{stem}-{n}");
-        self.kubectl.ok(&["create", "namespace", &ns]);
+        self.create_namespace(&ns);
         ns
     }
+
+    /// Creates namespace `ns` with the annotation [`EVERY_NODE_BUT_PROTECTED`], in one request:
+    /// namespaces trace nothing without one (the agent's default, and the install's admission
+    /// policy). A test that sets its own uses `kubectl annotate --overwrite`; one that needs an
+    /// unannotated namespace removes it (`kubectl annotate ns NS observe.tracejob.dev/node-selector-`).
+    pub fn create_namespace(&self, ns: &str) {
+        let yaml = serde_json::json!({
+            "apiVersion": "v1", "kind": "Namespace",
+            "metadata": {"name": ns, "annotations": {SCOPE: EVERY_NODE_BUT_PROTECTED}}
+        });
+        let r = self
+            .kubectl
+            .run_with_stdin(&["create", "-f", "-"], &yaml.to_string());
+        assert!(r.ok, "creating namespace {ns}: {}", r.stderr);
+    }
 }
+
+/// The Namespace annotation that scopes its TraceJobs to nodes.
+pub const SCOPE: &str = "observe.tracejob.dev/node-selector";
+/// A selector of every node but protected ones: those without a label no node has, naming no
+/// protected label.
+pub const EVERY_NODE_BUT_PROTECTED: &str = "!observe.tracejob.dev/untraceable";

@@ -1,0 +1,6 @@
+//go:build tools
+
+// The command built from this module; the import keeps it in go.mod and go.sum.
+package tools
+
+import _ "github.com/prometheus/alertmanager/cmd/alertmanager"
