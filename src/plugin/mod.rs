@@ -209,6 +209,7 @@ async fn run(
     let name = created.name_any();
     eprintln!("tracejob {name} created");
     let mut shown_phase = None;
+    let mut shown_running = false;
     let mut printed = Printed::default();
     let mut interrupts = std::pin::pin!(ctrl_c_stream());
     let mut stopping = false;
@@ -216,13 +217,23 @@ async fn run(
         let job = jobs.get(&name).await?;
         let phase = job.phase();
         if phase != shown_phase {
-            match (phase, job.status.as_ref()) {
-                (Some(Phase::Running), Some(s)) => eprintln!(
-                    "Running on {} with {} probes",
-                    s.node_name.as_deref().unwrap_or("its node"),
-                    s.probes.unwrap_or(0)
-                ),
-                (Some(p), _) if !p.is_final() => eprintln!("{p}"),
+            let status = job.status.as_ref();
+            // A trace that ran is said to have run even when it went by between two looks.
+            let ran =
+                phase == Some(Phase::Running) || status.is_some_and(|s| s.start_time.is_some());
+            if ran && !shown_running {
+                if let Some(s) = status {
+                    eprintln!(
+                        "Running on {} with {} probes",
+                        s.node_name.as_deref().unwrap_or("its node"),
+                        s.probes.unwrap_or(0)
+                    );
+                }
+                shown_running = true;
+            }
+            match phase {
+                Some(Phase::Running) => {}
+                Some(p) if !p.is_final() => eprintln!("{p}"),
                 _ => {}
             }
             shown_phase = phase;
