@@ -318,6 +318,10 @@ impl Bounded {
         ring.seek(SeekFrom::Start(0))?;
         ring.read_exact(&mut newest[first..])?;
         drop(ring);
+        // Its bytes are in memory now: gone from disk before they are appended, so the run's
+        // files never hold more than head + ring, not even for a moment. (bpftrace has ended:
+        // only a crash of this shim right here would lose them.)
+        std::fs::remove_file(&self.ring_path)?;
         let mut tail: &[u8] = &newest;
         if wrapped {
             trim_partial_last_line(&mut self.file, self.head)?;
@@ -330,7 +334,6 @@ impl Bounded {
         self.file.write_all(tail)?;
         self.file.sync_all()?;
         let kept = self.file.metadata()?.len();
-        std::fs::remove_file(&self.ring_path)?;
         Ok(Kept {
             printed: self.printed,
             dropped: self.printed.saturating_sub(kept),

@@ -32,5 +32,7 @@ if ! b inspect --type image "$base" >/dev/null 2>&1; then
   b rm "$c" >/dev/null
 fi
 
-# --layers keeps the apt step cached, so a rebuild only copies in the new agent.
-b bud -q --layers --network host --build-arg AGENT_STAGE=prebuilt --target runtime -t "$image" . >&2
+# --layers keeps the apt step cached, so a rebuild only copies in the new agent. The agent is the
+# host's, so the image is for the host's architecture (this buildah sets no TARGETARCH itself).
+b bud -q --layers --network host --build-arg AGENT_STAGE=prebuilt \
+  --build-arg TARGETARCH="$(dpkg --print-architecture)" --target runtime -t "$image" . >&2
