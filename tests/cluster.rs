@@ -633,15 +633,20 @@ fn triggered_trace(cluster: &Cluster) {
     assert_eq!(cluster.field(&name, ".spec.stop"), "true");
     let output = cluster.output(&name);
     assert!(output.contains("@calls["), "output: {output}");
-    assert_eq!(
-        cluster.k(&[
-            "get",
-            "tt",
-            "cluster-alert",
-            "-o",
-            "jsonpath={.status.tracesCreated}"
-        ]),
-        "1"
+    // The trigger's status is written by the receiver's worker after the TraceJob: waited for.
+    wait_for(
+        Duration::from_secs(60),
+        "the trigger's status to count one trace",
+        || {
+            (cluster.k(&[
+                "get",
+                "tt",
+                "cluster-alert",
+                "-o",
+                "jsonpath={.status.tracesCreated}",
+            ]) == "1")
+                .then_some(())
+        },
     );
     // Only the receiver's pod goes; the rest of the component leaves with the cluster.
     cluster.k(&[
