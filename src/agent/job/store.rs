@@ -1,0 +1,170 @@
+//! The end of a run: the outcome decided and recorded, the output collected (off the async
+//! threads) and stored in its ConfigMap, the end reported, the run's files removed.
+
+use super::*;
+
+impl Actor {
+    /// Decides and records the outcome, has the output collected and stored, reports the end
+    /// and removes the run's files. Each step done is recorded, so an agent that takes the run
+    /// over after a restart goes on from there instead of doing it again.
+    pub(super) async fn finish(&mut self, mut run: Run) {
+        let exit = match &run.process {
+            Process::Exited(e) => e.clone(),
+            _ => Exit::Unrecorded,
+        };
+        let ended = rundir::read_json::<Ended>(&run.files.ended);
+        if run.record.stopped.is_none() && ended.as_ref().is_some_and(|e| e.limit_reached) {
+            // The shim stopped it at the output limit before this agent saw the limit reached.
+            run.record.stopped = Some(StopReason::OutputLimit);
+        }
+        let outcome = match run.record.outcome.clone() {
+            Some(o) => o,
+            None => {
+                let stderr = tokio::fs::read(&run.files.stderr).await.unwrap_or_default();
+                let errors = bpftrace::error_text(&String::from_utf8_lossy(&stderr));
+                let o = decide::outcome(&exit, run.record.stopped, run.record.killed, &errors);
+                run.record.outcome = Some(o.clone());
+                self.save(&run.record);
+                o
+            }
+        };
+        let mut outcome = outcome;
+        if let (Some(StopReason::TargetLost), Some(why)) =
+            (run.record.stopped, &run.record.target_lost)
+        {
+            outcome.message = format!("{}: {why}", outcome.message);
+        }
+        if let (Some(StopReason::Revoked), Some(why)) = (run.record.stopped, &run.record.revoked) {
+            outcome.message = format!("{}: {why}", outcome.message);
+        }
+        info!(phase = %outcome.phase, ?exit, reason = %outcome.reason, "bpftrace ended");
+        if let Some(live) = run.live.in_flight.take() {
+            // A live copy must land before the final output, and the ConfigMap it made is the
+            // run's own (an aborted one could have made it unseen).
+            let abort = live.abort_handle();
+            match tokio::time::timeout(Duration::from_secs(30), live).await {
+                Ok(copied) => self.on_live_copied(&mut run, copied.ok()),
+                Err(_) => abort.abort(),
+            }
+        }
+        let landed = match run.record.landed.clone() {
+            Some(l) => Some(l),
+            None if self.seen.deleted => None,
+            None => match self.store(&run).await {
+                Stored::Landed(l) => {
+                    info!(configmap = %l.configmap, bytes = l.bytes, stored = %l.reason, "output stored");
+                    run.record.landed = Some(l.clone());
+                    self.save(&run.record);
+                    Some(l)
+                }
+                Stored::Failed(e) => {
+                    outcome.phase = Phase::Failed;
+                    outcome.reason = "OutputNotStored".into();
+                    outcome.message =
+                        format!("{}; the output could not be stored: {e}", outcome.message);
+                    None
+                }
+                Stored::Interrupted => return,
+            },
+        };
+        if !self.seen.deleted && !self.seen.exiting {
+            self.report_outcome(&outcome, landed.as_ref(), run.stop_seen);
+            if !self.report_until_written().await {
+                // The agent is exiting: the next one reports from the record.
+                return;
+            }
+        }
+        if self.seen.exiting {
+            return;
+        }
+        if let Err(e) = self.ctx.state.remove(&run.record.run_id) {
+            warn!(error = %e, "could not remove the run's files");
+        }
+    }
+
+    /// Collects the output (a few runs at a time, on blocking threads) and stores it in the
+    /// ConfigMap, retrying transient failures, while following the TraceJob.
+    pub(super) async fn store(&mut self, run: &Run) -> Stored {
+        let ctx = self.ctx.clone();
+        let stdout = run.files.stdout.clone();
+        let dropped = rundir::read_json::<Ended>(&run.files.ended).map_or(0, |e| e.stdout.dropped);
+        let program = run.record.program.clone();
+        let (writer, job, run_id) = (
+            self.ctx.writer.clone(),
+            self.seen.job.clone(),
+            run.record.run_id.clone(),
+        );
+        let ours = self.ours.output_ref.as_ref().map(|r| r.name.clone());
+        let mut task = tokio::spawn(
+            async move {
+                let collected = {
+                    let _permit = ctx.collections.acquire().await;
+                    ctx.metrics.collecting.inc();
+                    ctx.metrics.collections.inc();
+                    let version = ctx.bpftrace_version.clone();
+                    // The program as it ran goes beside the output when it differs from the spec.
+                    let budget = CONFIGMAP_BUDGET
+                        .saturating_sub(program.as_ref().map_or(0, |p| p.len() as u64));
+                    let read = tokio::task::spawn_blocking(move || {
+                        collect::collect(&stdout, dropped, &version, budget).map(|mut c| {
+                            if let Some(p) = program {
+                                c.contents.data.insert("program".into(), p);
+                            }
+                            c
+                        })
+                    })
+                    .await;
+                    ctx.metrics.collecting.dec();
+                    match read {
+                        Ok(Ok(c)) => c,
+                        Ok(Err(e)) => return Err(format!("reading the output on the node: {e}")),
+                        Err(e) => return Err(format!("reading the output on the node: {e}")),
+                    }
+                };
+                let Collected { contents, stored } = collected;
+                let mut delays = writer::backoff();
+                let mut ours = ours;
+                loop {
+                    match writer.output(&job, &run_id, &contents, None, ours.as_deref()).await {
+                        Ok(name) => {
+                            let (reason, message) = stored.describe(&name);
+                            return Ok(Landed {
+                                configmap: name,
+                                reason: reason.into(),
+                                message,
+                                bytes: stored.raw + stored.dropped_on_node,
+                            });
+                        }
+                        Err(e) if e.is_transient() => {
+                            let delay = delays.next().unwrap_or(Duration::from_secs(30));
+                            warn!(error = %e, retry_in = ?delay, "writing the output ConfigMap failed");
+                            tokio::time::sleep(delay).await;
+                        }
+                        // A name this run was writing is not ours after all (deleted and taken
+                        // meanwhile): start again from a new ConfigMap.
+                        Err(e) if ours.is_some() && e.is_refused() => {
+                            warn!(error = %e, "the run's ConfigMap cannot be updated; writing a new one");
+                            ours = None;
+                        }
+                        Err(e) => return Err(e.to_string()),
+                    }
+                }
+            }
+            .in_current_span(),
+        );
+        loop {
+            tokio::select! {
+                done = &mut task => return match done {
+                    Ok(Ok(l)) => Stored::Landed(l),
+                    Ok(Err(e)) => Stored::Failed(e),
+                    Err(e) => Stored::Failed(e.to_string()),
+                },
+                alive = self.seen.next() => if !alive || self.seen.deleted {
+                    task.abort();
+                    return Stored::Interrupted;
+                },
+                written = self.status.written.recv() => self.on_written(written),
+            }
+        }
+    }
+}
