@@ -47,6 +47,13 @@ pub struct Config {
     #[arg(long, default_value_t = 120, value_parser = clap::value_parser!(u64).range(1..=DAY))]
     pub target_timeout: u64,
 
+    /// Seconds after its creation a TraceJob may wait for what this agent's watches must bring
+    /// before it can be decided (this node's Node object, its namespace) before it fails with
+    /// NodeUnknown or NamespaceUnknown; from 2 s of waiting its status says what it waits for.
+    /// 5 to 86400.
+    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(5..=DAY))]
+    pub wait_timeout: u64,
+
     /// Seconds between copies of a running trace's newest output into its ConfigMap; 0 turns
     /// live output off. At most 3600.
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(0..=3600))]
@@ -165,6 +172,10 @@ impl Config {
 
     pub fn target_timeout(&self) -> Duration {
         Duration::from_secs(self.target_timeout)
+    }
+
+    pub fn wait_timeout(&self) -> Duration {
+        Duration::from_secs(self.wait_timeout)
     }
 
     pub fn pod(&self) -> Option<PodRef> {

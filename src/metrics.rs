@@ -60,6 +60,8 @@ pub struct Metrics {
     pub live_bytes: Counter,
     /// Live copies skipped because the node's budget was spent.
     pub live_skipped: Counter,
+    /// Saves of a run's record that failed (each ends its run as RecordNotSaved).
+    pub record_save_failures: Counter,
     /// Runs being collected (read, parsed, compressed) now, and collected in all.
     pub collecting: Gauge,
     pub collections: Counter,
@@ -85,6 +87,7 @@ impl Metrics {
             watch_events: Family::default(),
             live_bytes: Counter::default(),
             live_skipped: Counter::default(),
+            record_save_failures: Counter::default(),
             collecting: Gauge::default(),
             collections: Counter::default(),
             bpftrace: Family::default(),
@@ -161,6 +164,11 @@ impl Metrics {
             "live_output_skipped",
             "Live output copies put off because the node's budget was spent",
             m.live_skipped.clone(),
+        );
+        registry.register(
+            "record_save_failures",
+            "Saves of a run's record in the state directory that failed (each ends its run)",
+            m.record_save_failures.clone(),
         );
         registry.register(
             "collections",

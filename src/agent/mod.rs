@@ -129,7 +129,10 @@ pub async fn serve(
     if let Some(root) = config.host_cgroup_root.clone() {
         limit_traces(root, &config).await?;
     }
-    let version = bpftrace::version(&config.bpftrace).unwrap_or_else(|| "unknown".into());
+    let command = config.bpftrace.clone();
+    let version = tokio::task::spawn_blocking(move || bpftrace::version(&command))
+        .await?
+        .unwrap_or_else(|| "unknown".into());
     info!(node = %config.node_name, bpftrace = %config.bpftrace.display(), %version, "tracejob-agent starting");
     metrics
         .bpftrace
@@ -258,9 +261,7 @@ impl Dispatcher {
                 let uid = job.uid().unwrap_or_default();
                 // A TraceJob on several nodes: this node's part is its status here.
                 let part = self.part_of(&uid);
-                let late = job.spec.node_selector.is_some()
-                    && part.is_none()
-                    && (job.spec.stop || job.phase().is_some_and(|p| p.is_final()));
+                let late = !crate::decide::job::joins(&job, part.is_some());
                 let job = job.view_with(part.as_deref());
                 if let Some((_, tx)) = self.jobs.get(&uid) {
                     let _ = tx.send(Some(job));
@@ -332,37 +333,56 @@ impl Dispatcher {
         self.finished.insert(uid);
     }
 
-    /// Runs left by an earlier agent whose TraceJob was deleted while no agent ran: end them.
+    /// Runs left by an earlier agent whose TraceJob was deleted while no agent ran: end them
+    /// (the state directory is read, and the files removed, on blocking threads).
     fn end_orphans(&self, existing: &HashSet<String>) {
-        for record in self.ctx.state.records() {
-            if existing.contains(&record.uid) {
-                continue;
+        let state = self.ctx.state.clone();
+        let existing = existing.clone();
+        tokio::spawn(async move {
+            let records = {
+                let state = state.clone();
+                tokio::task::spawn_blocking(move || state.records()).await
+            };
+            for record in records.unwrap_or_default() {
+                if crate::decide::job::is_orphan(&record.uid, &existing) {
+                    tokio::spawn(end_orphan(state.clone(), record));
+                }
             }
-            let state = self.ctx.state.clone();
-            tokio::spawn(async move {
-                let started = state
-                    .files(&record.run_id)
-                    .ok()
-                    .and_then(|f| rundir::read_json::<Started>(&f.started));
-                if let Some(p) = started.map(|s| s.bpftrace).filter(|p| p.is_alive()) {
-                    info!(namespace = %record.namespace, name = %record.name, id = %record.run_id, "TraceJob was deleted while no agent ran; ending its bpftrace");
-                    // Nobody wants its output (its ConfigMap went with the TraceJob): a short
-                    // chance to end cleanly, then SIGKILL.
-                    p.signal(Signal::SIGINT);
-                    let until = Instant::now() + Duration::from_secs(5);
-                    while p.is_alive() && Instant::now() < until {
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                    }
-                    p.signal(Signal::SIGKILL);
-                }
-                // Its shim ends with bpftrace; the files go once it has.
-                if let Some(shim) = record.shim {
-                    while shim.is_alive() {
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                    }
-                }
-                let _ = state.remove(&record.run_id);
-            });
+        });
+    }
+}
+
+/// Ends one orphaned run: its bpftrace gets a short chance to end cleanly (nobody wants its
+/// output: its ConfigMap went with the TraceJob), then SIGKILL; its files go once its shim ended.
+async fn end_orphan(state: StateDir, record: crate::host::rundir::Record) {
+    let run = record.run_id.clone();
+    let look = state.clone();
+    let started = tokio::task::spawn_blocking(move || {
+        look.files(&run)
+            .ok()
+            .and_then(|f| rundir::read_json::<Started>(&f.started))
+            .map(|s| s.bpftrace)
+            .filter(|p| p.is_alive())
+    })
+    .await
+    .ok()
+    .flatten();
+    if let Some(p) = started {
+        info!(namespace = %record.namespace, name = %record.name, id = %record.run_id, "TraceJob was deleted while no agent ran; ending its bpftrace");
+        p.signal(Signal::SIGINT);
+        if tokio::time::timeout(Duration::from_secs(5), p.exited())
+            .await
+            .is_err()
+        {
+            p.signal(Signal::SIGKILL);
         }
+    }
+    // Its shim ends with bpftrace.
+    if let Some(shim) = record.shim {
+        shim.exited().await;
+    }
+    let id = record.run_id.clone();
+    if let Ok(Err(e)) = tokio::task::spawn_blocking(move || state.remove(&id)).await {
+        warn!(error = %e, id = %record.run_id, "could not remove an orphaned run's files");
     }
 }

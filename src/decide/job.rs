@@ -6,7 +6,6 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use crate::host::bpftrace::AttachLine;
 use crate::resource::{Phase, TraceJob, MAX_DEADLINE_SECONDS, MAX_GRACE_SECONDS};
 
 /// What the agent does on first seeing a TraceJob for its node.
@@ -59,6 +58,9 @@ pub enum StopReason {
     TargetLost,
     /// The namespace may no longer trace this node (its annotation or the node's labels changed).
     Revoked,
+    /// The agent could not save the run's record on the node (its state directory is full or
+    /// read-only): what it would decide next could not be kept, so the run ends now.
+    RecordNotSaved,
 }
 
 impl StopReason {
@@ -77,6 +79,9 @@ impl StopReason {
             StopReason::StatusRejected => "the API server rejected the TraceJob's status",
             StopReason::TargetLost => "the target container is gone",
             StopReason::Revoked => "its namespace may no longer trace this node",
+            StopReason::RecordNotSaved => {
+                "the agent could not save the run's record in its state directory on the node"
+            }
         }
     }
 }
@@ -130,6 +135,8 @@ pub struct Wanted {
     pub target_lost: bool,
     /// The namespace may no longer trace this node.
     pub revoked: bool,
+    /// A save of the run's record failed.
+    pub record_unsaved: bool,
     pub deadline: Duration,
     pub grace: Duration,
     pub start_timeout: Duration,
@@ -146,6 +153,7 @@ impl Wanted {
             stuck: false,
             target_lost: false,
             revoked: false,
+            record_unsaved: false,
             deadline: secs(job.spec.deadline, MAX_DEADLINE_SECONDS),
             grace: secs(job.spec.deadline_grace_period, MAX_GRACE_SECONDS),
             start_timeout,
@@ -156,6 +164,8 @@ impl Wanted {
     fn stop_reason(&self) -> Option<StopReason> {
         if self.deleted {
             Some(StopReason::Deleted)
+        } else if self.record_unsaved {
+            Some(StopReason::RecordNotSaved)
         } else if self.stop {
             Some(StopReason::Requested)
         } else if self.status_rejected {
@@ -241,6 +251,17 @@ pub fn next(wanted: Wanted, process: &Process, now: Instant) -> Step {
         }
         Process::Killed { .. } => Step::Wait(None),
     }
+}
+
+/// bpftrace's attach line: `Attaching 3 probes...` (0.17 to 0.23, printed as attaching begins)
+/// or `Attached 3 probes` (0.27 and later, printed once attached).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AttachLine {
+    pub probes: u32,
+    /// The line says the probes are attached (not only that attaching began).
+    pub done: bool,
+    /// Byte offset just after the line: anything printed after it came from a probe that fired.
+    pub end: usize,
 }
 
 /// Whether a started bpftrace is tracing yet, and with how many probes. Up to 0.23 bpftrace
@@ -337,6 +358,14 @@ pub fn outcome(exit: &Exit, stopped: Option<StopReason>, killed: bool, errors: &
             format!("stopped: {}", StopReason::Revoked.describe()),
         );
     }
+    if stopped == Some(StopReason::RecordNotSaved) {
+        // Its maps are still collected and stored: the output is in memory and on disk already.
+        return failed(
+            "RecordNotSaved",
+            code,
+            format!("stopped: {}", StopReason::RecordNotSaved.describe()),
+        );
+    }
     if stopped == Some(StopReason::StatusRejected) {
         return failed(
             "StatusRejected",
@@ -379,6 +408,102 @@ pub fn outcome(exit: &Exit, stopped: Option<StopReason>, killed: bool, errors: &
     }
 }
 
+/// An outcome with the detail of why its trace was stopped, when the reason has one (which
+/// container was lost, why the scope was revoked, which save failed).
+pub fn explained(mut outcome: Outcome, stopped: Option<StopReason>, detail: Details) -> Outcome {
+    let why = match stopped {
+        Some(StopReason::TargetLost) => detail.target_lost,
+        Some(StopReason::Revoked) => detail.revoked,
+        Some(StopReason::RecordNotSaved) => detail.unsaved,
+        _ => None,
+    };
+    if let Some(why) = why {
+        outcome.message = format!("{}: {why}", outcome.message);
+    }
+    outcome
+}
+
+/// Why a trace is stopping, as the Stopping status and Event say it.
+pub fn stop_message(reason: StopReason, detail: Details) -> String {
+    match (reason, detail) {
+        (
+            StopReason::TargetLost,
+            Details {
+                target_lost: Some(lost),
+                ..
+            },
+        ) => lost.to_string(),
+        (
+            StopReason::Revoked,
+            Details {
+                revoked: Some(why), ..
+            },
+        )
+        | (
+            StopReason::RecordNotSaved,
+            Details {
+                unsaved: Some(why), ..
+            },
+        ) => format!("{}: {why}", reason.describe()),
+        _ => reason.describe().to_string(),
+    }
+}
+
+/// What the run recorded of why it was stopped.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Details<'a> {
+    pub target_lost: Option<&'a str>,
+    pub revoked: Option<&'a str>,
+    pub unsaved: Option<&'a str>,
+}
+
+/// A run whose output could not be stored fails, saying why after what bpftrace did.
+pub fn not_stored(outcome: Outcome, error: &str) -> Outcome {
+    Outcome {
+        phase: Phase::Failed,
+        reason: "OutputNotStored".into(),
+        message: format!(
+            "{}; the output could not be stored: {error}",
+            outcome.message
+        ),
+        ..outcome
+    }
+}
+
+/// A run whose end could not be recorded on the node fails, saying so after what bpftrace did
+/// (its output is still stored when it can be).
+pub fn not_recorded(outcome: Outcome, error: &str) -> Outcome {
+    Outcome {
+        phase: Phase::Failed,
+        reason: "RecordNotSaved".into(),
+        message: format!(
+            "{}; the agent could not save the run's record on the node: {error}",
+            outcome.message
+        ),
+        ..outcome
+    }
+}
+
+/// Whether an interrupted bpftrace sits stuck: still in its event loop (`polling`), nothing
+/// printed since the last SIGINT. Only such a one gets SIGINT again (see REPEAT_SIGINT).
+pub fn stuck(process: &Process, printed: u64, printed_at_sigint: u64, polling: bool) -> bool {
+    matches!(process, Process::Interrupted { .. }) && printed == printed_at_sigint && polling
+}
+
+/// Whether a node that has no part of a TraceJob on several nodes yet joins it: not once it was
+/// stopped or ended (a node labelled late, or an agent started late, does not start it again).
+pub fn joins(job: &TraceJob, has_part: bool) -> bool {
+    job.spec.node_selector.is_none()
+        || has_part
+        || !(job.spec.stop || job.phase().is_some_and(|p| p.is_final()))
+}
+
+/// Whether a run in the state directory is an orphan: its TraceJob (by UID) is in none of the
+/// watches' lists, so it was deleted while no agent ran, and the run is ended and removed.
+pub fn is_orphan(uid: &str, listed: &std::collections::HashSet<String>) -> bool {
+    !listed.contains(uid)
+}
+
 /// The Event that reports an outcome: (warning, reason, note).
 pub fn event(
     outcome: &Outcome,
@@ -393,6 +518,38 @@ pub fn event(
         ),
         _ => (true, "Failed", outcome.message.clone()),
     }
+}
+
+/// How long a TraceJob waits quietly for a fact the agent's watches bring (its Node, its
+/// namespace) before its status says so: a fresh agent's watches list within a second or two.
+pub const FACT_QUIET: Duration = Duration::from_secs(2);
+
+/// Where a wait for a fact stands, by the TraceJob's age.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FactWait {
+    /// Wait without a word.
+    Quiet,
+    /// Say in status what it waits for (Pending, a Waiting condition).
+    Say,
+    /// Fail it.
+    GiveUp,
+}
+
+/// `timeout`: how long after its creation a TraceJob waits (`--wait-timeout`).
+pub fn fact_wait(age: Duration, timeout: Duration) -> FactWait {
+    if age >= timeout {
+        FactWait::GiveUp
+    } else if age >= FACT_QUIET {
+        FactWait::Say
+    } else {
+        FactWait::Quiet
+    }
+}
+
+/// How long until `fact_wait` changes its answer (at least a little: ages are in seconds).
+pub fn fact_wait_next(age: Duration, timeout: Duration) -> Duration {
+    let next = if age < FACT_QUIET { FACT_QUIET } else { timeout };
+    next.saturating_sub(age).max(Duration::from_millis(500))
 }
 
 /// How long ago the TraceJob was created (zero if it does not say, or says the future).
@@ -468,6 +625,7 @@ mod tests {
             stuck: false,
             target_lost: false,
             revoked: false,
+            record_unsaved: false,
             deadline: Duration::from_secs(10),
             grace: Duration::from_secs(2),
             start_timeout: Duration::from_secs(5),
@@ -811,5 +969,128 @@ mod tests {
             (Phase::Failed, "StartFailed")
         );
         assert!(no_start.message.contains("cannot start /x"));
+    }
+
+    #[test]
+    fn a_failed_save_stops_the_run_first_and_fails_it() {
+        let now = Instant::now();
+        let wanted = Wanted {
+            record_unsaved: true,
+            stop: true,
+            ..Wanted::of(&crate::resource::example(), Duration::from_secs(5))
+        };
+        let tracing = Process::Tracing { since: now };
+        assert_eq!(
+            next(wanted, &tracing, now),
+            Step::Interrupt(StopReason::RecordNotSaved)
+        );
+        let o = outcome(&Exit::Code(0), Some(StopReason::RecordNotSaved), false, "");
+        assert_eq!(
+            (o.phase, o.reason.as_str()),
+            (Phase::Failed, "RecordNotSaved")
+        );
+        let o = explained(
+            o,
+            Some(StopReason::RecordNotSaved),
+            Details {
+                unsaved: Some("No space left on device"),
+                ..Details::default()
+            },
+        );
+        assert!(
+            o.message.ends_with(": No space left on device"),
+            "{}",
+            o.message
+        );
+        // A save failing at the end of a completed run fails it too, after what bpftrace did.
+        let done = outcome(&Exit::Code(0), Some(StopReason::Requested), false, "");
+        let o = not_recorded(done.clone(), "read-only file system");
+        assert_eq!(
+            (o.phase, o.reason.as_str()),
+            (Phase::Failed, "RecordNotSaved")
+        );
+        assert!(o.message.starts_with(&done.message));
+        let o = not_stored(done, "forbidden");
+        assert_eq!(
+            (o.phase, o.reason.as_str()),
+            (Phase::Failed, "OutputNotStored")
+        );
+    }
+
+    #[test]
+    fn stop_messages_say_the_detail_of_the_reason() {
+        let d = Details {
+            target_lost: Some("container app restarted"),
+            revoked: Some("label x removed"),
+            unsaved: Some("disk full"),
+        };
+        assert_eq!(
+            stop_message(StopReason::TargetLost, d),
+            "container app restarted"
+        );
+        assert!(stop_message(StopReason::Revoked, d).ends_with(": label x removed"));
+        assert!(stop_message(StopReason::RecordNotSaved, d).ends_with(": disk full"));
+        assert_eq!(
+            stop_message(StopReason::Deadline, d),
+            StopReason::Deadline.describe()
+        );
+        assert_eq!(
+            stop_message(StopReason::Revoked, Details::default()),
+            StopReason::Revoked.describe()
+        );
+    }
+
+    #[test]
+    fn only_a_silent_polling_interrupted_bpftrace_is_stuck() {
+        let now = Instant::now();
+        let interrupted = Process::Interrupted {
+            at: now,
+            signalled: now,
+            reason: StopReason::Requested,
+        };
+        assert!(stuck(&interrupted, 10, 10, true));
+        assert!(!stuck(&interrupted, 11, 10, true), "it printed since");
+        assert!(
+            !stuck(&interrupted, 10, 10, false),
+            "it left its event loop"
+        );
+        assert!(!stuck(&Process::Tracing { since: now }, 10, 10, true));
+    }
+
+    #[test]
+    fn a_node_joins_a_fanout_only_while_it_runs() {
+        let mut job = crate::resource::example();
+        assert!(joins(&job, false), "one node's TraceJob is always its own");
+        job.spec.node_selector = Some(Default::default());
+        assert!(joins(&job, false));
+        job.spec.stop = true;
+        assert!(!joins(&job, false), "stopped before this node joined");
+        assert!(joins(&job, true), "this node has its part: it follows it");
+        job.spec.stop = false;
+        job.status = Some(crate::resource::TraceJobStatus {
+            phase: Some(Phase::Completed),
+            ..Default::default()
+        });
+        assert!(!joins(&job, false), "over before this node joined");
+    }
+
+    #[test]
+    fn orphans_are_runs_no_watch_listed() {
+        let listed: std::collections::HashSet<String> = ["a".to_string()].into();
+        assert!(!is_orphan("a", &listed));
+        assert!(is_orphan("b", &listed));
+    }
+
+    #[test]
+    fn a_wait_for_a_fact_is_quiet_then_said_then_given_up() {
+        let (s, timeout) = (Duration::from_secs, Duration::from_secs(60));
+        assert_eq!(fact_wait(s(0), timeout), FactWait::Quiet);
+        assert_eq!(fact_wait(s(2), timeout), FactWait::Say);
+        assert_eq!(fact_wait(s(59), timeout), FactWait::Say);
+        assert_eq!(fact_wait(s(60), timeout), FactWait::GiveUp);
+        assert_eq!(fact_wait_next(s(0), timeout), s(2));
+        assert_eq!(fact_wait_next(s(10), timeout), s(50));
+        // Past the timeout (a failure's write conflicted): looked at again soon, not at once.
+        assert_eq!(fact_wait_next(s(90), timeout), Duration::from_millis(500));
     }
 }

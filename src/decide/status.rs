@@ -44,6 +44,19 @@ pub fn complete(
     status
 }
 
+/// The Waiting condition of a TraceJob that waits for something before it can start (a place
+/// among the node's traces, a fact about the cluster), with the reason and message saying what.
+pub fn waiting(reason: &str, message: &str, job: &TraceJob, now: Time) -> Condition {
+    Condition {
+        type_: "Waiting".into(),
+        status: "True".into(),
+        reason: reason.into(),
+        message: message.into(),
+        last_transition_time: now,
+        observed_generation: job.metadata.generation,
+    }
+}
+
 /// The conditions for `phase`: `Running` (True while tracing), `Completed` and `Failed`, keeping
 /// each one's lastTransitionTime while its status does not change.
 pub fn conditions(

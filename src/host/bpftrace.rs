@@ -4,17 +4,9 @@ use std::fs::File;
 use std::io::Read;
 use std::path::Path;
 
-/// bpftrace's attach line: `Attaching 3 probes...` (0.17 to 0.23, printed as attaching begins)
-/// or `Attached 3 probes` (0.27 and later, printed once attached).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct AttachLine {
-    pub probes: u32,
-    /// The line says the probes are attached (not only that attaching began).
-    pub done: bool,
-    /// Byte offset just after the line: anything printed after it came from a probe that fired.
-    pub end: usize,
-}
+use crate::decide::job::AttachLine;
 
+/// bpftrace's attach line in its output, if printed yet (`decide::job::tracing` judges it).
 pub fn attach_line(stdout: &str) -> Option<AttachLine> {
     let mut offset = 0;
     for line in stdout.split_inclusive('\n') {

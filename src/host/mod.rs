@@ -5,5 +5,7 @@ pub mod bpftrace;
 pub mod cgroup;
 pub mod container;
 pub mod process;
+pub mod progress;
+pub mod record;
 pub mod rundir;
 pub mod shim;

@@ -29,6 +29,40 @@ impl Identity {
         !matches!(stat.state, 'Z' | 'X' | 'x') && stat.starttime == self.start_ticks
     }
 
+    /// Resolves once this process has exited (at once if it already has, or if the PID names
+    /// another process now). Woken by the kernel through a pidfd, not by polling; where pidfds are
+    /// missing (kernels before 5.3) it looks every 100 ms.
+    pub async fn exited(self) {
+        if let Some(fd) = self.pidfd() {
+            // The pidfd refers to whatever process held the PID when it was opened: only if that
+            // is still this one is waiting on it waiting for this one.
+            if !self.is_alive() {
+                return;
+            }
+            // SAFETY: the descriptor is owned by the AsyncFd and closed only when it is dropped.
+            let registered = unsafe {
+                tokio::io::unix::AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE)
+            };
+            if let Ok(fd) = registered {
+                // Readable once the process has exited.
+                let _ = fd.readable().await;
+                return;
+            }
+        }
+        while self.is_alive() {
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    }
+
+    fn pidfd(&self) -> Option<std::os::fd::OwnedFd> {
+        use std::os::fd::FromRawFd;
+        // SAFETY: pidfd_open takes a PID and flags and returns a new descriptor or -1.
+        let fd = unsafe { nix::libc::syscall(nix::libc::SYS_pidfd_open, self.pid, 0) };
+        let fd = i32::try_from(fd).ok().filter(|fd| *fd >= 0)?;
+        // SAFETY: a descriptor the kernel just gave this process, owned by nobody else.
+        Some(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) })
+    }
+
     /// Sends `signal` if the PID still names this process.
     pub fn signal(&self, signal: Signal) -> bool {
         self.is_alive() && kill(Pid::from_raw(self.pid), signal).is_ok()
@@ -95,6 +129,28 @@ mod tests {
             start_ticks: 1
         }
         .is_alive());
+    }
+
+    #[tokio::test]
+    async fn exited_wakes_when_the_process_ends() {
+        // Not waited for through the child handle: a shim taken over after a restart is not the
+        // new agent's child.
+        let mut child = std::process::Command::new("sleep")
+            .arg("0.5")
+            .spawn()
+            .expect("sleep runs");
+        let sleep = Identity::of(child.id() as i32).expect("sleep's stat");
+        let since = std::time::Instant::now();
+        tokio::time::timeout(std::time::Duration::from_secs(5), sleep.exited())
+            .await
+            .expect("exited() resolves once the process ends");
+        assert!(since.elapsed() >= std::time::Duration::from_millis(300));
+        assert!(!sleep.is_alive());
+        // One that has already ended resolves at once.
+        tokio::time::timeout(std::time::Duration::from_millis(50), sleep.exited())
+            .await
+            .expect("an ended process resolves at once");
+        let _ = child.wait();
     }
 
     #[test]

@@ -1,8 +1,9 @@
 //! The agent's state directory on the node (a hostPath in the DaemonSet): one directory per run
 //! holding the program, bpftrace's stdout and stderr, what the shim recorded of the process, and
-//! the agent's record of the run, which a restarted agent needs to take it over and to report
-//! what was decided before it died. A run's directory is removed once its outcome is reported.
-//! Every record is written atomically and fsynced before anything it says is reported.
+//! the agent's record of the run (its format: `record`), which a restarted agent needs to take it
+//! over and to report what was decided before it died. A run's directory is removed once its
+//! outcome is reported. Every record is written atomically and fsynced before anything it says is
+//! reported.
 //!
 //! One agent per state directory: `StateDir::open` takes an exclusive lock (`flock`) on
 //! `agent.lock` there, held as long as the agent lives, so a second agent on the same directory
@@ -19,10 +20,11 @@ use std::sync::Arc;
 use nix::errno::Errno;
 use nix::fcntl::{Flock, FlockArg};
 use serde::de::DeserializeOwned;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
+use tracing::warn;
 
-use crate::decide::job::{Outcome, StopReason};
-use crate::host::process::Identity;
+// The record's types live with its on-disk format; here for the agent's imports.
+pub use super::record::{Landed, Record};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -86,65 +88,6 @@ impl RunFiles {
         name.push(".ring");
         PathBuf::from(name)
     }
-}
-
-/// The output a run stored in its ConfigMap.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct Landed {
-    pub configmap: String,
-    /// The `OutputStored` condition's reason and message.
-    pub reason: String,
-    pub message: String,
-    /// Bytes of stdout, as bpftrace printed them (dropped ones included).
-    pub bytes: u64,
-}
-
-/// What a restarted agent needs to resume a run, and what was decided of it.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
-pub struct Record {
-    pub namespace: String,
-    pub name: String,
-    pub uid: String,
-    pub run_id: String,
-    /// The shim supervising bpftrace, once started.
-    #[serde(default)]
-    pub shim: Option<Identity>,
-    /// bpftrace itself, once the shim reported it.
-    #[serde(default)]
-    pub bpftrace: Option<Identity>,
-    /// Set once bpftrace is tracing.
-    #[serde(default)]
-    pub probes: Option<u32>,
-    /// Unix seconds at which it began tracing (the deadline counts from then).
-    #[serde(default)]
-    pub tracing_since: Option<i64>,
-    /// Set once SIGINT was sent, with why.
-    #[serde(default)]
-    pub stopped: Option<StopReason>,
-    /// Set once bpftrace was killed after the grace period.
-    #[serde(default)]
-    pub killed: bool,
-    /// The outcome, decided before it is reported.
-    #[serde(default)]
-    pub outcome: Option<Outcome>,
-    /// The output ConfigMap, once written.
-    #[serde(default)]
-    pub landed: Option<Landed>,
-    /// The target container's name and ID, when the TraceJob has a target: a restart changes
-    /// the ID.
-    #[serde(default)]
-    pub target_id: Option<String>,
-    #[serde(default)]
-    pub target_name: Option<String>,
-    /// Why the target was lost, if it was (the trace was stopped for it).
-    #[serde(default)]
-    pub target_lost: Option<String>,
-    /// Why the namespace may no longer trace this node, if so (the trace was stopped for it).
-    #[serde(default)]
-    pub revoked: Option<String>,
-    /// The program as it ran, when the agent filled in variables ($container_pid, ...).
-    #[serde(default)]
-    pub program: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -226,12 +169,21 @@ impl StateDir {
     }
 
     pub fn save(&self, record: &Record) -> Result<(), Error> {
-        let files = self.files(&record.run_id)?;
-        write_json(&files.record, record)
+        let path = self.files(&record.run_id)?.record;
+        let json = record
+            .to_json()
+            .map_err(|e| io("encode", &path)(e.into()))?;
+        write_atomic(&path, &json)
     }
 
+    /// The run's record; None when it is missing or cannot be read (a newer agent's, say): such
+    /// a run is not resumed.
     pub fn load(&self, run_id: &str) -> Option<Record> {
-        read_json(&self.files(run_id).ok()?.record)
+        let path = self.files(run_id).ok()?.record;
+        let json = fs::read(&path).ok()?;
+        Record::from_json(&json)
+            .inspect_err(|e| warn!(path = %path.display(), error = %e, "a run's record is ignored"))
+            .ok()
     }
 
     /// Every record on disk, for resuming after a restart.
@@ -259,11 +211,16 @@ impl StateDir {
 /// or the new one, whole.
 pub fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<(), Error> {
     let json = serde_json::to_vec_pretty(value).map_err(|e| io("encode", path)(e.into()))?;
+    write_atomic(path, &json)
+}
+
+/// Writes `bytes` to `path` as `write_json` does.
+fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), Error> {
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(".tmp");
     let tmp = PathBuf::from(tmp);
     let mut f = create_private(&tmp)?;
-    f.write_all(&json).map_err(io("write", &tmp))?;
+    f.write_all(bytes).map_err(io("write", &tmp))?;
     f.sync_all().map_err(io("fsync", &tmp))?;
     fs::rename(&tmp, path).map_err(io("rename", path))?;
     if let Some(dir) = path.parent() {
@@ -298,6 +255,7 @@ fn write_private(path: &Path, bytes: &[u8]) -> Result<(), Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::decide::job::StopReason;
     use std::os::unix::fs::PermissionsExt;
 
     fn record(id: &str) -> Record {
@@ -333,6 +291,21 @@ mod tests {
         );
         state.remove(&id).expect("remove");
         assert_eq!(state.load(&id), None);
+    }
+
+    #[test]
+    fn a_newer_agents_record_is_not_resumed() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let state = StateDir::open(tmp.path()).expect("open");
+        let id = uuid::Uuid::new_v4().to_string();
+        let files = state.create(&record(&id), "BEGIN {}").expect("create");
+        let text = fs::read_to_string(&files.record).expect("read");
+        let newer = text.replace("\"version\": 1,", "\"version\": 2,");
+        assert_ne!(text, newer, "{text}");
+        fs::write(&files.record, newer).expect("write");
+        // As an unreadable record: no run to take over.
+        assert_eq!(state.load(&id), None);
+        assert!(state.records().is_empty());
     }
 
     #[test]

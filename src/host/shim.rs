@@ -96,12 +96,12 @@ pub struct ShimArgs {
 pub fn spawn(
     exe: &Path,
     files: &RunFiles,
+    log: File,
     bpftrace: &Path,
     args: &[String],
     max_output_bytes: u64,
     cgroup_root: Option<&Path>,
 ) -> io::Result<tokio::process::Child> {
-    let log = File::create(files.dir.join("shim.log"))?;
     let mut cmd = Command::new(exe);
     cmd.arg("shim")
         .arg("--run-dir")
@@ -122,6 +122,12 @@ pub fn spawn(
     tokio::process::Command::from(cmd)
         .kill_on_drop(false)
         .spawn()
+}
+
+/// Makes the file the shim's own stderr goes to (`spawn`'s `log`); blocking.
+pub fn log_file(files: &RunFiles) -> impl FnOnce() -> io::Result<File> {
+    let path = files.dir.join("shim.log");
+    move || File::create(path)
 }
 
 /// The shim's main: runs bpftrace to its end. Exits non-zero only if it could not record how

@@ -8,16 +8,21 @@ impl Actor {
     pub(super) async fn begin(&mut self) -> Option<Run> {
         let mut delays = writer::backoff();
         loop {
-            let record = self
-                .seen
-                .job
-                .run_id()
-                .and_then(|id| self.ctx.state.load(id));
+            let record = match self.seen.job.run_id() {
+                Some(id) => {
+                    let (state, id) = (self.ctx.state.clone(), id.to_string());
+                    tokio::task::spawn_blocking(move || state.load(&id))
+                        .await
+                        .ok()
+                        .flatten()
+                }
+                None => None,
+            };
             match decide::first_sight(&self.seen.job, self.ctx.writer.node(), record.is_some()) {
                 FirstSight::Ignore => {
                     // Reported, but the agent stopped before cleaning up.
                     if let Some(r) = record {
-                        let _ = self.ctx.state.remove(&r.run_id);
+                        self.remove(&r.run_id).await;
                     }
                     return None;
                 }
@@ -27,7 +32,12 @@ impl Actor {
                     self.fail_unstarted("RunLost", message.into()).await;
                     return None;
                 }
-                FirstSight::Resume => return record.map(|r| self.resume(r)),
+                FirstSight::Resume => {
+                    return match record {
+                        Some(r) => Some(self.resume(r).await),
+                        None => None,
+                    };
+                }
                 FirstSight::Start => {
                     if let Some(selector) = self.seen.job.spec.node_selector.clone() {
                         match self.selects_this_node(selector).await {
@@ -50,7 +60,7 @@ impl Actor {
                     let claimed = match self.scope().await {
                         Scope::Allowed => self.claim().await,
                         Scope::Refused(why) => self.refuse(why).await,
-                        Scope::Over => Claimed::Over,
+                        Scope::Waited(claimed) => claimed,
                     };
                     match claimed {
                         Claimed::Won(run_id) => return self.start(run_id).await,
@@ -74,7 +84,12 @@ impl Actor {
     /// Whether spec.nodeSelector selects this node (its labels as its Node's watch has them).
     /// None: deleted or the agent exits meanwhile.
     pub(super) async fn selects_this_node(&mut self, selector: LabelSelector) -> Option<bool> {
-        let labels = self.node_labels().await?;
+        // Which TraceJob on several nodes is this node's is not known without its labels: it
+        // waits without a word (nothing is written for a TraceJob that may not select it).
+        let labels = match self.node_labels(false).await {
+            Waited::Known(labels) => labels,
+            Waited::Ended(_) => return None,
+        };
         Some(match Selector::try_from(selector) {
             Ok(s) => s.matches(&labels),
             Err(e) => {
@@ -84,35 +99,87 @@ impl Actor {
         })
     }
 
-    /// This node's labels, waiting (and following the TraceJob) while its Node is not known.
-    /// None: deleted or the agent exits meanwhile.
-    pub(super) async fn node_labels(&mut self) -> Option<BTreeMap<String, String>> {
-        let mut changes = self.ctx.stores.node.changes();
-        let mut said = false;
-        loop {
-            if let Some(labels) = self.ctx.stores.node_labels() {
-                return Some(labels);
-            }
-            if !said {
-                warn!(
-                    node = self.ctx.writer.node(),
-                    "this node's Node object is not known yet; waiting for it"
-                );
-                said = true;
-            }
-            self.seen.follow(changes.next()).await?;
-        }
+    /// This node's labels, as its Node's watch has them, waited for while it is not known
+    /// (`fact`). `report`: say so in status, and give up after a while.
+    async fn node_labels(&mut self, report: bool) -> Waited<BTreeMap<String, String>> {
+        let node = self.ctx.writer.node().to_string();
+        let what = Fact {
+            reason: "NodeUnknown",
+            message: format!("this agent (NODE_NAME={node}) has not seen the Node {node}: is NODE_NAME right, does the Node exist, and may the agent read it?"),
+        };
+        let changes = self.ctx.stores.node.changes();
+        self.fact(what, |s| s.node_labels(), changes, report).await
     }
 
-    /// The node-selector annotation of the TraceJob's namespace, waiting (and following the
-    /// TraceJob) while the namespace is not known yet. None: deleted or the agent exits meanwhile.
-    pub(super) async fn namespace_selector(&mut self, namespace: &str) -> Option<Option<String>> {
-        let mut changes = self.ctx.stores.namespaces.changes();
+    /// The node-selector annotation of the TraceJob's namespace (`fact`).
+    async fn namespace_selector(&mut self, namespace: &str) -> Waited<Option<String>> {
+        let what = Fact {
+            reason: "NamespaceUnknown",
+            message: format!("this agent's watch of Namespaces has not seen the namespace {namespace}: may the agent list and watch Namespaces?"),
+        };
+        let changes = self.ctx.stores.namespaces.changes();
+        let namespace = namespace.to_string();
+        self.fact(
+            what,
+            move |s| s.namespace_selector(&namespace),
+            changes,
+            true,
+        )
+        .await
+    }
+
+    /// Waits for a fact its watches bring the agent (`read` from the stores; woken by `changes`),
+    /// following the TraceJob meanwhile. Unknown for a while (`decide::job::fact_wait`, counted
+    /// from the TraceJob's creation): Pending with a Waiting condition that says what it waits
+    /// for; unknown for longer: Failed with the fact's reason. `report` false: neither (only a
+    /// log line).
+    async fn fact<T>(
+        &mut self,
+        what: Fact,
+        read: impl Fn(&crate::cluster::stores::Stores) -> Option<T>,
+        mut changes: Changes,
+        report: bool,
+    ) -> Waited<T> {
+        let (mut logged, mut said) = (false, false);
         loop {
-            if let Some(annotation) = self.ctx.stores.namespace_selector(namespace) {
-                return Some(annotation);
+            if let Some(known) = read(&self.ctx.stores) {
+                return Waited::Known(known);
             }
-            self.seen.follow(changes.next()).await?;
+            let age = decide::age_of(&self.seen.job);
+            let timeout = self.ctx.config.wait_timeout();
+            let wait = decide::fact_wait(age, timeout);
+            if !logged {
+                warn!(reason = what.reason, message = %what.message, "waiting");
+                logged = true;
+            }
+            match wait {
+                decide::FactWait::GiveUp if report => {
+                    let why = format!("gave up after {}s: {}", timeout.as_secs(), what.message);
+                    return Waited::Ended(self.fail_unclaimed(what.reason, why).await);
+                }
+                decide::FactWait::Say | decide::FactWait::GiveUp if report && !said => {
+                    self.ours.phase = Some(Phase::Pending);
+                    self.ours.message = Some(format!("waiting: {}", what.message));
+                    let waiting =
+                        status::waiting(what.reason, &what.message, &self.seen.job, writer::now());
+                    self.ours.conditions.retain(|c| c.type_ != WAITING);
+                    self.ours.conditions.push(waiting);
+                    self.report(WAITING);
+                    said = true;
+                }
+                _ => {}
+            }
+            // Woken by the store, or when it is time to say so or to give up.
+            let nap = decide::fact_wait_next(age, timeout);
+            let changed_or_due = async {
+                tokio::select! {
+                    _ = changes.next() => {}
+                    _ = tokio::time::sleep(nap) => {}
+                }
+            };
+            if self.seen.follow(changed_or_due).await.is_none() {
+                return Waited::Ended(Claimed::Over);
+            }
         }
     }
 
@@ -120,11 +187,13 @@ impl Actor {
     /// namespace's annotation and the node's labels, as their watches have them.
     pub(super) async fn scope(&mut self) -> Scope {
         let namespace = self.seen.job.namespace().unwrap_or_default();
-        let Some(annotation) = self.namespace_selector(&namespace).await else {
-            return Scope::Over;
+        let annotation = match self.namespace_selector(&namespace).await {
+            Waited::Known(a) => a,
+            Waited::Ended(claimed) => return Scope::Waited(claimed),
         };
-        let Some(labels) = self.node_labels().await else {
-            return Scope::Over;
+        let labels = match self.node_labels(true).await {
+            Waited::Known(l) => l,
+            Waited::Ended(claimed) => return Scope::Waited(claimed),
         };
         match self.allowed(annotation.as_deref(), &labels) {
             Ok(()) => Scope::Allowed,

@@ -30,9 +30,7 @@ impl Actor {
         {
             return;
         }
-        let printed = std::fs::metadata(&run.files.stdout).map_or(0, |m| m.len());
-        let from = bpftrace::attach_line(&bpftrace::head(&run.files.stdout, 4096))
-            .map_or(0, |l| l.end as u64);
+        let (printed, from) = (run.progress.printed, run.progress.output_from);
         if printed <= from || printed == run.live.size {
             return;
         }

@@ -33,9 +33,10 @@ use crate::decide::job::{
 };
 use crate::decide::target as placing;
 use crate::decide::{scope, status};
-use crate::host::process::{self, Identity};
+use crate::host::process::Identity;
+use crate::host::progress::{self, Progress};
 use crate::host::rundir::{self, Landed, Record, RunFiles};
-use crate::host::shim::{self, Ended, Started};
+use crate::host::shim::{self, Ended};
 use crate::host::{bpftrace, container};
 use crate::metrics::Metrics;
 use crate::output::collect::{self, Collected};
@@ -62,6 +63,7 @@ pub async fn run(ctx: Arc<Ctx>, job: TraceJob, spec: watch::Receiver<Option<Trac
         status,
         seq: 0,
         rejected: None,
+        unsaved: None,
     };
     if let Some(run) = actor.begin().await {
         actor.follow(run).await;
@@ -78,6 +80,8 @@ struct Actor {
     reason: String,
     /// Why the API server refused a status write for good.
     rejected: Option<String>,
+    /// Why the run's record could not be saved, when a save failed: the run ends.
+    unsaved: Option<String>,
 }
 
 /// The TraceJob as the watch brings it.
@@ -132,12 +136,34 @@ struct Run {
     sigint_pending: bool,
     /// Bytes of output when SIGINT was last sent: none since, and still polling, is stuck.
     printed_at_sigint: u64,
+    /// The last look at its files and its bpftrace (`host::progress`).
+    progress: Progress,
     live: Live,
     /// The target container, looked at whenever this node's pods change while the trace runs.
     target: Option<TargetWatch>,
     /// This run's place among the node's `--max-running-traces` (none: taken over beyond it, or
     /// never started).
     _slot: Option<OwnedSemaphorePermit>,
+}
+
+impl Run {
+    /// What the record says of why the trace stopped, with the failed save's error if one failed.
+    fn details<'a>(&'a self, unsaved: Option<&'a str>) -> decide::Details<'a> {
+        decide::Details {
+            target_lost: self.record.target_lost.as_deref(),
+            revoked: self.record.revoked.as_deref(),
+            unsaved,
+        }
+    }
+}
+
+/// What the shim recorded once bpftrace ended (read on a blocking thread).
+async fn ended(files: &RunFiles) -> Option<Ended> {
+    let path = files.ended.clone();
+    tokio::task::spawn_blocking(move || rundir::read_json::<Ended>(&path))
+        .await
+        .ok()
+        .flatten()
 }
 
 struct TargetWatch {
@@ -171,7 +197,22 @@ enum Claimed {
 enum Scope {
     Allowed,
     Refused(String),
-    Over,
+    /// Its facts were not known, and the wait ended (failed, deleted, the agent exits, or the
+    /// TraceJob changed under the failure's write).
+    Waited(Claimed),
+}
+
+/// A fact about the cluster a decision waits for, and what the user is told while it does.
+struct Fact {
+    /// The Waiting condition's reason, and the Failed one's when the wait is given up.
+    reason: &'static str,
+    message: String,
+}
+
+/// What a wait for a fact came to.
+enum Waited<T> {
+    Known(T),
+    Ended(Claimed),
 }
 
 /// The reason of a TraceJob refused on this node.

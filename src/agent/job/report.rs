@@ -147,9 +147,23 @@ impl Actor {
         self.seq
     }
 
-    pub(super) fn save(&self, record: &Record) {
-        if let Err(e) = self.ctx.state.save(record) {
-            warn!(error = %e, "could not save the run's record");
+    /// Saves the run's record (atomically and fsynced, on a blocking thread) before what it says
+    /// is acted on. False when it could not be saved: the first such error is kept, and the run
+    /// ends (`Wanted::record_unsaved`) with the reason RecordNotSaved.
+    pub(super) async fn save(&mut self, record: &Record) -> bool {
+        let (state, record) = (self.ctx.state.clone(), record.clone());
+        let saved = match tokio::task::spawn_blocking(move || state.save(&record)).await {
+            Ok(r) => r.map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        match saved {
+            Ok(()) => true,
+            Err(error) => {
+                tracing::error!(%error, "could not save the run's record; ending the run");
+                self.ctx.metrics.record_save_failures.inc();
+                self.unsaved.get_or_insert(error);
+                false
+            }
         }
     }
 }

@@ -8,8 +8,12 @@ impl Actor {
     /// Follows the run until bpftrace has ended, then reports its outcome.
     pub(super) async fn follow(&mut self, mut run: Run) {
         loop {
+            if !matches!(run.process, Process::Exited(_)) {
+                // Files and /proc, read on a blocking thread once per turn.
+                run.progress = progress::look_async(&run.files, run.record.bpftrace).await;
+            }
             if let Process::Starting { .. } = run.process {
-                self.check_attached(&mut run);
+                self.check_attached(&mut run).await;
             }
             if run.sigint_pending {
                 self.signal(&mut run, Signal::SIGINT);
@@ -21,14 +25,14 @@ impl Actor {
                 run.process,
                 Process::Starting { .. } | Process::Tracing { .. }
             ) {
-                self.check_target(&mut run);
-                self.check_scope(&mut run);
+                self.check_target(&mut run).await;
+                self.check_scope(&mut run).await;
             }
             let now = Instant::now();
             let wanted = self.wanted(&run);
             match decide::next(wanted, &run.process, now) {
                 Step::Collect => break,
-                Step::Interrupt(reason) => self.interrupt(&mut run, reason),
+                Step::Interrupt(reason) => self.interrupt(&mut run, reason).await,
                 Step::Reinterrupt => {
                     warn!("bpftrace has not ended since SIGINT; sending SIGINT again");
                     self.signal(&mut run, Signal::SIGINT);
@@ -42,9 +46,10 @@ impl Actor {
                 }
                 Step::Kill => {
                     warn!("bpftrace did not exit within the grace period; killing it");
-                    self.signal(&mut run, Signal::SIGKILL);
                     run.record.killed = true;
-                    self.save(&run.record);
+                    // Killed whether or not the record keeps it: the grace period is over.
+                    self.save(&run.record).await;
+                    self.signal(&mut run, Signal::SIGKILL);
                     let reason = run.record.stopped.unwrap_or(StopReason::Requested);
                     run.process = Process::Killed { reason };
                 }
@@ -84,7 +89,7 @@ impl Actor {
         };
         tokio::select! {
             _ = &mut run.exit => {
-                run.process = Process::Exited(exit_of(rundir::read_json(&run.files.ended)));
+                run.process = Process::Exited(exit_of(ended(&run.files).await));
                 self.ctx.metrics.running.dec();
             }
             alive = self.seen.next() => return alive,
@@ -105,13 +110,13 @@ impl Actor {
 
     pub(super) fn wanted(&self, run: &Run) -> Wanted {
         let (head, _) = shim::split(self.ctx.config.max_output_bytes);
-        let printed = std::fs::metadata(&run.files.stdout).map_or(0, |m| m.len());
-        let stuck = matches!(run.process, Process::Interrupted { .. })
-            && printed == run.printed_at_sigint
-            && run
-                .record
-                .bpftrace
-                .is_some_and(|p| process::is_polling(p.pid));
+        let printed = run.progress.printed;
+        let stuck = decide::stuck(
+            &run.process,
+            printed,
+            run.printed_at_sigint,
+            run.progress.polling,
+        );
         Wanted {
             deleted: self.seen.deleted,
             output_full: printed >= head,
@@ -120,6 +125,7 @@ impl Actor {
             revoked: run.record.revoked.is_some(),
             agent_removed: *self.ctx.removed.borrow(),
             status_rejected: self.rejected.is_some(),
+            record_unsaved: self.unsaved.is_some(),
             ..Wanted::of(&self.seen.job, self.ctx.config.start_timeout())
         }
     }
@@ -135,31 +141,21 @@ impl Actor {
         }
     }
 
-    /// Reports Running once bpftrace is tracing.
-    pub(super) fn check_attached(&mut self, run: &mut Run) {
+    /// Reports Running once bpftrace is tracing (and the record says so, durably).
+    pub(super) async fn check_attached(&mut self, run: &mut Run) {
         if run.record.bpftrace.is_none() {
-            if let Some(started) = rundir::read_json::<Started>(&run.files.started) {
+            if let Some(started) = run.progress.started.clone() {
                 if let Some(e) = &started.cgroup_error {
                     warn!(error = %e, "the trace stays in the agent's cgroup: it will end if the agent's container stops");
                 }
                 info!(pid = started.bpftrace.pid, "bpftrace started");
                 run.record.bpftrace = Some(started.bpftrace);
-                self.save(&run.record);
+                self.save(&run.record).await;
             }
         }
         let Some(p) = run.record.bpftrace else { return };
-        let files = &run.files;
-        let printed = std::fs::metadata(&files.stdout).map_or(0, |m| m.len());
-        // Up to 0.23 the attach line is on stdout; 0.27 prints it on stderr.
-        let (line, printed_after) =
-            match bpftrace::attach_line(&bpftrace::head(&files.stdout, 4096)) {
-                Some(line) => (Some(line), printed > line.end as u64),
-                None => (
-                    bpftrace::attach_line(&bpftrace::head(&files.stderr, 16384)),
-                    printed > 0,
-                ),
-            };
-        let Some(probes) = decide::tracing(line, printed_after, process::is_polling(p.pid)) else {
+        let seen = &run.progress;
+        let Some(probes) = decide::tracing(seen.line, seen.printed_after, seen.polling) else {
             return;
         };
         let latency = run.since.elapsed();
@@ -170,9 +166,9 @@ impl Actor {
         };
         run.record.probes = Some(probes);
         run.record.tracing_since = Some(k8s_openapi::jiff::Timestamp::now().as_second());
-        self.save(&run.record);
         info!(probes, ?latency, "probes attached; tracing");
-        if self.seen.deleted {
+        // Running is reported only once the record says so: a failed save ends the run instead.
+        if !self.save(&run.record).await || self.seen.deleted {
             return;
         }
         self.ours = TraceJobStatus {
@@ -192,7 +188,9 @@ impl Actor {
         );
     }
 
-    pub(super) fn interrupt(&mut self, run: &mut Run, reason: StopReason) {
+    /// Records why the trace stops, then sends SIGINT and reports Stopping. A failed save does
+    /// not hold the SIGINT back: the run is ending either way (it then ends as RecordNotSaved).
+    pub(super) async fn interrupt(&mut self, run: &mut Run, reason: StopReason) {
         info!(reason = reason.describe(), "stopping: sending SIGINT");
         let now = Instant::now();
         run.process = Process::Interrupted {
@@ -202,19 +200,13 @@ impl Actor {
         };
         run.stop_seen = Some(now);
         run.record.stopped = Some(reason);
-        self.save(&run.record);
+        self.save(&run.record).await;
         run.sigint_pending = true;
         self.signal(run, Signal::SIGINT);
         if self.seen.deleted {
             return;
         }
-        let why = match (&run.record.target_lost, &run.record.revoked, reason) {
-            (Some(lost), _, StopReason::TargetLost) => lost.clone(),
-            (_, Some(revoked), StopReason::Revoked) => {
-                format!("{}: {revoked}", reason.describe())
-            }
-            _ => reason.describe().to_string(),
-        };
+        let why = decide::stop_message(reason, run.details(self.unsaved.as_deref()));
         self.ours.phase = Some(Phase::Stopping);
         self.ours.message = Some(format!(
             "stopping: {why}; waiting for bpftrace to print its maps"
@@ -231,16 +223,14 @@ impl Actor {
     /// Signals bpftrace, once its shim has said which process it is.
     pub(super) fn signal(&mut self, run: &mut Run, signal: Signal) {
         if run.record.bpftrace.is_none() {
-            run.record.bpftrace =
-                rundir::read_json::<Started>(&run.files.started).map(|s| s.bpftrace);
+            run.record.bpftrace = run.progress.started.as_ref().map(|s| s.bpftrace);
         }
         match run.record.bpftrace {
             Some(p) => {
                 p.signal(signal);
                 if signal == Signal::SIGINT {
                     run.sigint_pending = false;
-                    run.printed_at_sigint =
-                        std::fs::metadata(&run.files.stdout).map_or(0, |m| m.len());
+                    run.printed_at_sigint = run.progress.printed;
                 }
             }
             // Not started yet: the shim is about to start it; SIGINT is sent once it has.
@@ -251,7 +241,7 @@ impl Actor {
     /// Whether the namespace may still trace this node, from the watched Namespace and Node (a
     /// memory read: done on every turn of the loop, so a revoked scope stops the trace within a
     /// second or two). A running trace taken over after a restart is checked the same way.
-    pub(super) fn check_scope(&mut self, run: &mut Run) {
+    pub(super) async fn check_scope(&mut self, run: &mut Run) {
         if run.record.revoked.is_some() {
             return;
         }
@@ -266,7 +256,7 @@ impl Actor {
         if let Err(why) = self.allowed(annotation.as_deref(), &labels) {
             info!(%why, "the namespace may no longer trace this node; stopping the trace");
             run.record.revoked = Some(why);
-            self.save(&run.record);
+            self.save(&run.record).await;
         }
     }
 }

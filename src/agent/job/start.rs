@@ -42,7 +42,12 @@ impl Actor {
                 }
             }
         }
-        let files = match self.ctx.state.create(&record, &program) {
+        let (state, r, p) = (self.ctx.state.clone(), record.clone(), program.clone());
+        let created =
+            tokio::task::spawn_blocking(move || state.create(&r, &p).map_err(|e| e.to_string()))
+                .await
+                .unwrap_or_else(|e| Err(e.to_string()));
+        let files = match created {
             Ok(f) => f,
             Err(e) => {
                 warn!(error = %e, "the run's directory could not be made");
@@ -62,6 +67,7 @@ impl Actor {
             stop_seen: None,
             sigint_pending: false,
             printed_at_sigint: 0,
+            progress: Progress::default(),
             live: Live::default(),
             target: None,
             _slot: slot,
@@ -72,20 +78,36 @@ impl Actor {
             run.process = Process::Exited(Exit::NotStarted);
             return Some(run);
         }
+        // The shim's log is made on a blocking thread; the fork and exec here.
+        let log = shim::log_file(&run.files);
+        let log = tokio::task::spawn_blocking(log)
+            .await
+            .unwrap_or_else(|e| Err(std::io::Error::other(e)));
         let cfg = &self.ctx.config;
-        let spawned = shim::spawn(
-            &self.ctx.exe,
-            &run.files,
-            &cfg.bpftrace,
-            &self.seen.job.spec.args,
-            cfg.max_output_bytes,
-            cfg.host_cgroup_root.as_deref(),
-        );
+        let spawned = log.and_then(|log| {
+            shim::spawn(
+                &self.ctx.exe,
+                &run.files,
+                log,
+                &cfg.bpftrace,
+                &self.seen.job.spec.args,
+                cfg.max_output_bytes,
+                cfg.host_cgroup_root.as_deref(),
+            )
+        });
         match spawned {
             Ok(mut child) => {
                 info!(shim = child.id(), "trace started under its shim");
-                run.record.shim = child.id().and_then(|pid| Identity::of(pid as i32));
-                self.save(&run.record);
+                let pid = child.id();
+                run.record.shim = tokio::task::spawn_blocking(move || {
+                    pid.and_then(|pid| Identity::of(pid as i32))
+                })
+                .await
+                .ok()
+                .flatten();
+                // A failed save ends the run (the loop interrupts it at once): an agent that took
+                // it over could not find its shim.
+                self.save(&run.record).await;
                 run.exit = tokio::spawn(async move {
                     let _ = child.wait().await;
                 });
@@ -117,16 +139,13 @@ impl Actor {
             self.ctx.writer.node()
         ));
         self.ours.conditions.retain(|c| c.type_ != WAITING);
-        self.ours
-            .conditions
-            .push(k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition {
-                type_: WAITING.into(),
-                status: "True".into(),
-                reason: "MaxRunningTraces".into(),
-                message: self.ours.message.clone().unwrap_or_default(),
-                last_transition_time: writer::now(),
-                observed_generation: self.seen.job.metadata.generation,
-            });
+        let message = self.ours.message.clone().unwrap_or_default();
+        self.ours.conditions.push(status::waiting(
+            "MaxRunningTraces",
+            &message,
+            &self.seen.job,
+            writer::now(),
+        ));
         self.report("Starting");
         let permit = loop {
             if self.seen.job.spec.stop {
@@ -158,18 +177,22 @@ impl Actor {
     }
 
     /// Takes over a run an earlier agent on this node started.
-    pub(super) fn resume(&mut self, record: Record) -> Run {
+    pub(super) async fn resume(&mut self, record: Record) -> Run {
         tracing::Span::current().record("id", record.run_id.as_str());
         let files = match self.ctx.state.files(&record.run_id) {
             Ok(f) => f,
             // load() found the record under this id, so it is a UUID.
             Err(_) => RunFiles::in_dir(Path::new("/nonexistent")),
         };
-        let running = record.shim.is_some_and(|s| s.is_alive());
+        let shim = record.shim;
+        let running = tokio::task::spawn_blocking(move || shim.is_some_and(|s| s.is_alive()))
+            .await
+            .unwrap_or(false);
+        let ended = ended(&files).await;
         let now = Instant::now();
         let found = Found {
             running,
-            ended: rundir::read_json::<Ended>(&files.ended).map(|e| exit_of(Some(e))),
+            ended: ended.map(|e| exit_of(Some(e))),
             stopped: record.stopped,
             killed: record.killed,
             tracing_since: record.tracing_since.map(|t| instant_of(t, now)),
@@ -179,11 +202,8 @@ impl Actor {
         let exit = match record.shim {
             Some(shim) if running => {
                 self.ctx.metrics.running.inc();
-                tokio::spawn(async move {
-                    while shim.is_alive() {
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                    }
-                })
+                // Not this agent's child: its exit comes through a pidfd.
+                tokio::spawn(shim.exited())
             }
             _ => tokio::spawn(async {}),
         };
@@ -196,6 +216,7 @@ impl Actor {
             since: now,
             sigint_pending: false,
             printed_at_sigint: 0,
+            progress: Progress::default(),
             live: Live::default(),
             target: None,
             // A trace taken over runs already: it takes a place if one is free.

@@ -12,7 +12,7 @@ impl Actor {
             Process::Exited(e) => e.clone(),
             _ => Exit::Unrecorded,
         };
-        let ended = rundir::read_json::<Ended>(&run.files.ended);
+        let ended = ended(&run.files).await;
         if run.record.stopped.is_none() && ended.as_ref().is_some_and(|e| e.limit_reached) {
             // The shim stopped it at the output limit before this agent saw the limit reached.
             run.record.stopped = Some(StopReason::OutputLimit);
@@ -24,19 +24,12 @@ impl Actor {
                 let errors = bpftrace::error_text(&String::from_utf8_lossy(&stderr));
                 let o = decide::outcome(&exit, run.record.stopped, run.record.killed, &errors);
                 run.record.outcome = Some(o.clone());
-                self.save(&run.record);
+                self.save(&run.record).await;
                 o
             }
         };
-        let mut outcome = outcome;
-        if let (Some(StopReason::TargetLost), Some(why)) =
-            (run.record.stopped, &run.record.target_lost)
-        {
-            outcome.message = format!("{}: {why}", outcome.message);
-        }
-        if let (Some(StopReason::Revoked), Some(why)) = (run.record.stopped, &run.record.revoked) {
-            outcome.message = format!("{}: {why}", outcome.message);
-        }
+        let details = run.details(self.unsaved.as_deref());
+        let mut outcome = decide::explained(outcome, run.record.stopped, details);
         info!(phase = %outcome.phase, ?exit, reason = %outcome.reason, "bpftrace ended");
         if let Some(live) = run.live.in_flight.take() {
             // A live copy must land before the final output, and the ConfigMap it made is the
@@ -54,19 +47,26 @@ impl Actor {
                 Stored::Landed(l) => {
                     info!(configmap = %l.configmap, bytes = l.bytes, stored = %l.reason, "output stored");
                     run.record.landed = Some(l.clone());
-                    self.save(&run.record);
+                    self.save(&run.record).await;
                     Some(l)
                 }
                 Stored::Failed(e) => {
-                    outcome.phase = Phase::Failed;
-                    outcome.reason = "OutputNotStored".into();
-                    outcome.message =
-                        format!("{}; the output could not be stored: {e}", outcome.message);
+                    outcome = decide::not_stored(outcome, &e);
                     None
                 }
-                Stored::Interrupted => return,
+                // The agent is exiting: the next one stores it. Deleted: nobody wants it, and
+                // its files go below.
+                Stored::Interrupted if self.seen.exiting => return,
+                Stored::Interrupted => None,
             },
         };
+        if let Some(error) = &self.unsaved {
+            // A step of this run's end could not be recorded: it fails, saying so (unless it
+            // was stopped for that already).
+            if run.record.stopped != Some(StopReason::RecordNotSaved) {
+                outcome = decide::not_recorded(outcome, error);
+            }
+        }
         if !self.seen.deleted && !self.seen.exiting {
             self.report_outcome(&outcome, landed.as_ref(), run.stop_seen);
             if !self.report_until_written().await {
@@ -77,8 +77,16 @@ impl Actor {
         if self.seen.exiting {
             return;
         }
-        if let Err(e) = self.ctx.state.remove(&run.record.run_id) {
-            warn!(error = %e, "could not remove the run's files");
+        self.remove(&run.record.run_id).await;
+    }
+
+    /// Removes a run's directory (on a blocking thread).
+    pub(super) async fn remove(&self, run_id: &str) {
+        let (state, id) = (self.ctx.state.clone(), run_id.to_string());
+        match tokio::task::spawn_blocking(move || state.remove(&id)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => warn!(error = %e, "could not remove the run's files"),
+            Err(e) => warn!(error = %e, "could not remove the run's files"),
         }
     }
 
@@ -87,7 +95,7 @@ impl Actor {
     pub(super) async fn store(&mut self, run: &Run) -> Stored {
         let ctx = self.ctx.clone();
         let stdout = run.files.stdout.clone();
-        let dropped = rundir::read_json::<Ended>(&run.files.ended).map_or(0, |e| e.stdout.dropped);
+        let dropped = ended(&run.files).await.map_or(0, |e| e.stdout.dropped);
         let program = run.record.program.clone();
         let (writer, job, run_id) = (
             self.ctx.writer.clone(),

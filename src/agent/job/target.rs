@@ -149,9 +149,16 @@ impl Actor {
                         .host_cgroup_root
                         .clone()
                         .unwrap_or_else(|| "/sys/fs/cgroup".into());
-                    match container::find(&running.id, &root) {
+                    // A scan of the host's /proc: on a blocking thread.
+                    let id = running.id.clone();
+                    let found = tokio::task::spawn_blocking(move || {
+                        container::find(&id, &root).map_err(|e| e.to_string())
+                    })
+                    .await
+                    .unwrap_or_else(|e| Err(e.to_string()));
+                    match found {
                         Ok(c) => return Resolved::Ready(running, c),
-                        Err(e) => e.to_string(),
+                        Err(e) => e,
                     }
                 }
                 placing::Found::NotRunning(why) => why,
@@ -187,7 +194,7 @@ impl Actor {
 
     /// Looks at the target pod in this node's pod store, first and whenever the store changed:
     /// a restart of the container or the pod's deletion ends the trace.
-    pub(super) fn check_target(&mut self, run: &mut Run) {
+    pub(super) async fn check_target(&mut self, run: &mut Run) {
         let Some(watch) = run.target.as_mut() else {
             return;
         };
@@ -204,7 +211,7 @@ impl Actor {
         if let Some(why) = placing::lost(pod.as_deref(), &watch.target, &watch.started) {
             info!(%why, "the target is gone; stopping the trace");
             run.record.target_lost = Some(why);
-            self.save(&run.record);
+            self.save(&run.record).await;
         }
     }
 }
