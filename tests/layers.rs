@@ -1,6 +1,7 @@
 //! The crate's layers, checked by reading the source as text: a module may refer (`crate::X`,
 //! also in `use crate::{X, Y}` groups) only to modules at its own layer or a lower one, so the
-//! layers have no import cycles. The order is the README's ("Design").
+//! layers have no import cycles. The order is the README's ("Design"). And no file of the agent
+//! grows past what a newcomer reads alone.
 
 use std::path::{Path, PathBuf};
 
@@ -143,4 +144,26 @@ use crate::{
 let x = $crate::cluster::y; my_crate::z(); crate::metrics::Metrics::new();";
     let want = [(1, "host"), (3, "decide"), (3, "output"), (7, "metrics")];
     assert_eq!(references(text), want.map(|(l, m)| (l, m.to_string())));
+}
+
+/// The agent's files stay small enough to read alone: the job actor is a file per phase.
+#[test]
+fn agent_files_are_readable_alone() {
+    const MAX_LINES: usize = 420;
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let mut files = Vec::new();
+    rust_files(&root.join("src/agent"), &mut files);
+    let long: Vec<String> = files
+        .iter()
+        .filter_map(|f| {
+            let lines = std::fs::read_to_string(f).unwrap().lines().count();
+            (lines > MAX_LINES).then(|| format!("{}: {lines} lines", f.display()))
+        })
+        .collect();
+    assert!(files.len() > 5, "found no agent sources");
+    assert!(
+        long.is_empty(),
+        "over {MAX_LINES} lines:\n{}",
+        long.join("\n")
+    );
 }

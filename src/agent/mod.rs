@@ -91,12 +91,7 @@ pub async fn run(config: Config) -> Result<(), Error> {
         ready: ready.clone(),
         metrics: metrics.clone(),
     };
-    let listen = config.listen;
-    tokio::spawn(async move {
-        if let Err(e) = server::serve(listen, health).await {
-            warn!(error = %e, %listen, "the health and metrics endpoint stopped");
-        }
-    });
+    server::spawn(config.listen, health);
     let client = client::connect(metrics.clone()).await?;
     // Polled first once the agent serves: until then SIGTERM ends the process at once.
     let shutdown = async {
@@ -125,7 +120,8 @@ pub async fn serve(
 ) -> Result<(), Error> {
     config.validate()?;
     // Locked for this agent's life: a second agent on the directory ends here.
-    let state = StateDir::open(&config.state_dir)?;
+    let dir = config.state_dir.clone();
+    let state = tokio::task::spawn_blocking(move || StateDir::open(&dir)).await??;
     if let Some(root) = config.host_cgroup_root.clone() {
         limit_traces(root, &config).await?;
     }

@@ -19,6 +19,15 @@ pub struct Health {
     pub metrics: Arc<Metrics>,
 }
 
+/// Serves the endpoint in the background (its failure is logged: the process goes on).
+pub fn spawn(addr: SocketAddr, health: Health) {
+    tokio::spawn(async move {
+        if let Err(e) = serve(addr, health).await {
+            tracing::warn!(error = %e, listen = %addr, "the health and metrics endpoint stopped");
+        }
+    });
+}
+
 pub async fn serve(addr: SocketAddr, health: Health) -> std::io::Result<()> {
     let app = Router::new()
         .route("/healthz", get(|| async { "ok\n" }))

@@ -118,12 +118,7 @@ pub async fn run(config: Config) -> Result<(), Error> {
         ready: ready.clone(),
         metrics: metrics.clone(),
     };
-    let listen = config.listen;
-    tokio::spawn(async move {
-        if let Err(e) = server::serve(listen, health).await {
-            warn!(error = %e, %listen, "the health and metrics endpoint stopped");
-        }
-    });
+    server::spawn(config.listen, health);
     let client = client::connect(metrics.clone()).await?;
     let elector = lease::Elector::new(
         Api::<Lease>::namespaced(client.clone(), &config.lease_namespace),
