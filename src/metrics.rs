@@ -60,7 +60,7 @@ pub struct Metrics {
     pub live_bytes: Counter,
     /// Live copies skipped because the node's budget was spent.
     pub live_skipped: Counter,
-    /// Saves of a run's record that failed (each ends its run as RecordNotSaved).
+    /// Saves of a run's record that failed (a run ends as RecordNotSaved at its first).
     pub record_save_failures: Counter,
     /// Runs being collected (read, parsed, compressed) now, and collected in all.
     pub collecting: Gauge,
@@ -167,7 +167,7 @@ impl Metrics {
         );
         registry.register(
             "record_save_failures",
-            "Saves of a run's record in the state directory that failed (each ends its run)",
+            "Saves of a run's record in the state directory that failed (a run ends at its first)",
             m.record_save_failures.clone(),
         );
         registry.register(

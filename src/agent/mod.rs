@@ -8,6 +8,8 @@
 
 pub mod job;
 pub mod server;
+#[cfg(test)]
+mod tests;
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
@@ -167,7 +169,16 @@ pub async fn serve(
         .wait_until_ready()
         .await
         .map_err(|_| Error::PartsWatch)?;
-    ctx.stores.ready().await?;
+    // Awaited a while, not forever: a watch the agent may not make (its RBAC) must not hide
+    // every TraceJob. Those that need the missing facts wait, saying so in their status
+    // (NodeUnknown, NamespaceUnknown), and fail after --wait-timeout.
+    match tokio::time::timeout(STORES_LISTED_WITHIN, ctx.stores.ready()).await {
+        Ok(listed) => listed?,
+        Err(_) => warn!(
+            within = ?STORES_LISTED_WITHIN,
+            "the watches of this node's Node, the Namespaces or this node's pods have not listed yet (see the 'watching failed' lines: the agent's RBAC?); going on without them"
+        ),
+    }
     let updates = crate::cluster::watch::updates(Api::all(client.clone()), &node, metrics);
     tokio::pin!(updates);
 
@@ -214,6 +225,9 @@ pub async fn serve(
     }
     Ok(())
 }
+
+/// How long the agent waits for its stores' first lists before it looks at TraceJobs anyway.
+const STORES_LISTED_WITHIN: Duration = Duration::from_secs(5);
 
 /// Sets the memory and pid limits of the cgroup every trace runs in (off the async threads: it
 /// writes to cgroupfs).

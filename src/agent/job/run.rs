@@ -206,7 +206,11 @@ impl Actor {
         if self.seen.deleted {
             return;
         }
-        let why = decide::stop_message(reason, run.details(self.unsaved.as_deref()));
+        let mut why = decide::stop_message(reason, run.details(self.unsaved.as_deref()));
+        if let (Some(error), false) = (&self.unsaved, reason == StopReason::RecordNotSaved) {
+            // Stopped for another reason, whose save failed: the run ends failed, and says why.
+            why = format!("{why} (and the agent could not save the run's record: {error})");
+        }
         self.ours.phase = Some(Phase::Stopping);
         self.ours.message = Some(format!(
             "stopping: {why}; waiting for bpftrace to print its maps"

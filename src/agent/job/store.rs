@@ -30,6 +30,7 @@ impl Actor {
         };
         let details = run.details(self.unsaved.as_deref());
         let mut outcome = decide::explained(outcome, run.record.stopped, details);
+        outcome = self.unless_unsaved(outcome, &run);
         info!(phase = %outcome.phase, ?exit, reason = %outcome.reason, "bpftrace ended");
         if let Some(live) = run.live.in_flight.take() {
             // A live copy must land before the final output, and the ConfigMap it made is the
@@ -60,13 +61,8 @@ impl Actor {
                 Stored::Interrupted => None,
             },
         };
-        if let Some(error) = &self.unsaved {
-            // A step of this run's end could not be recorded: it fails, saying so (unless it
-            // was stopped for that already).
-            if run.record.stopped != Some(StopReason::RecordNotSaved) {
-                outcome = decide::not_recorded(outcome, error);
-            }
-        }
+        // The save of where the output landed may have failed too.
+        outcome = self.unless_unsaved(outcome, &run);
         if !self.seen.deleted && !self.seen.exiting {
             self.report_outcome(&outcome, landed.as_ref(), run.stop_seen);
             if !self.report_until_written().await {
@@ -78,6 +74,20 @@ impl Actor {
             return;
         }
         self.remove(&run.record.run_id).await;
+    }
+
+    /// The outcome, or Failed/RecordNotSaved when a save of this run's record failed (unless
+    /// it was stopped for that already, which says so).
+    fn unless_unsaved(&self, outcome: Outcome, run: &Run) -> Outcome {
+        match &self.unsaved {
+            Some(error)
+                if run.record.stopped != Some(StopReason::RecordNotSaved)
+                    && outcome.reason != "RecordNotSaved" =>
+            {
+                decide::not_recorded(outcome, error)
+            }
+            _ => outcome,
+        }
     }
 
     /// Removes a run's directory (on a blocking thread).
