@@ -110,6 +110,25 @@ where
     }
 }
 
+#[cfg(test)]
+impl<K> Watched<K>
+where
+    K: Resource<DynamicType = ()> + Clone + 'static,
+{
+    /// A store that has listed `objects` and never changes (no watch behind it): for unit tests.
+    pub(crate) fn fixed(objects: Vec<K>) -> Watched<K> {
+        let (store, mut writer) = reflector::store();
+        writer.apply_watcher_event(&Event::Init);
+        for object in objects {
+            writer.apply_watcher_event(&Event::InitApply(object));
+        }
+        writer.apply_watcher_event(&Event::InitDone);
+        // Its sender gone, `Changes::next` waits forever, as it does once a reflector is gone.
+        let (_, changed) = watch::channel(0u64);
+        Watched { store, changed }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 #[error("a watch of the cluster (nodes, namespaces, pods) ended before it listed them")]
 pub struct Error;
@@ -156,6 +175,23 @@ impl Stores {
                 metrics,
                 trim,
             ),
+        }
+    }
+
+    /// Stores of node `node` that hold these objects, ready at once, without watches: for unit
+    /// tests.
+    #[cfg(test)]
+    pub(crate) fn fixed(
+        node: &str,
+        nodes: Vec<PartialObjectMeta<Node>>,
+        namespaces: Vec<PartialObjectMeta<Namespace>>,
+        pods: Vec<Pod>,
+    ) -> Stores {
+        Stores {
+            node_name: node.to_string(),
+            node: Watched::fixed(nodes),
+            namespaces: Watched::fixed(namespaces),
+            pods: Watched::fixed(pods),
         }
     }
 
