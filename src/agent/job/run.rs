@@ -171,6 +171,11 @@ impl Actor {
         if !self.save(&run.record).await || self.seen.deleted {
             return;
         }
+        self.report_running(p, probes);
+    }
+
+    /// Reports Running (and its Event): bpftrace `p` traces with `probes` probes.
+    pub(super) fn report_running(&mut self, p: Identity, probes: u32) {
         self.ours = TraceJobStatus {
             phase: Some(Phase::Running),
             pid: Some(p.pid.into()),

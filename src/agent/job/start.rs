@@ -223,6 +223,16 @@ impl Actor {
             _slot: self.ctx.slots.clone().try_acquire_owned().ok(),
         };
         run.target = target_watch(&self.seen.job, &run.record, self.ctx.stores.pods.changes());
+        // The earlier agent recorded that it traces but may have died before Running was
+        // written: the status says so now.
+        if let (Process::Tracing { .. }, Some(p), Some(probes)) =
+            (&run.process, run.record.bpftrace, run.record.probes)
+        {
+            if self.seen.job.phase() != Some(Phase::Running) && !self.seen.deleted {
+                info!("the earlier agent did not report Running; reporting it");
+                self.report_running(p, probes);
+            }
+        }
         run
     }
 }

@@ -208,6 +208,37 @@ async fn a_run_left_by_an_earlier_agent_is_taken_over() {
     );
 }
 
+/// An earlier agent recorded that its trace attached but died before Running was written: the
+/// agent that takes it over reports Running.
+#[tokio::test]
+async fn a_run_taken_over_before_its_running_was_written_is_reported_running() {
+    let mut agent = Agent::new(vec![]);
+    let run_id = uuid::Uuid::new_v4().to_string();
+    let mut job = tracejob("unreported");
+    let mut earlier_shim = leave_running(&agent, &job, &run_id).await;
+    job.status = Some(TraceJobStatus {
+        phase: Some(Phase::Pending),
+        id: Some(run_id.clone()),
+        node_name: Some(NODE.into()),
+        ..Default::default()
+    });
+
+    let actor = agent.run(job.clone());
+    let running = agent.api.next().await;
+    running.assert_status_write(&job);
+    let status = running.status();
+    assert_eq!(status.phase, Some(Phase::Running), "{status:?}");
+    assert_eq!(status.probes, Some(1));
+    assert_eq!(status.id.as_deref(), Some(run_id.as_str()));
+    let job = running.accept_status(&job);
+
+    actor.update(&stopped(&job));
+    agent.expect_collected(&job, &run_id).await;
+    actor.ended().await;
+    assert_eq!(agent.bpftrace_runs(), 1, "no second bpftrace");
+    let _ = tokio::time::timeout(PATIENCE, earlier_shim.wait()).await;
+}
+
 /// What an earlier agent leaves of a trace it started and saw attach: the run's directory and
 /// record, and its shim (started as the agent starts it), which runs bpftrace. The shim is this
 /// test's child, not the actor's: as after a restart, the actor can only watch it by its PID.
