@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Prepares a Debian bookworm machine, as root, and says what each step is and how long it took.
-# Safe to run again: what is already there is kept (Kubernetes, etcd and the Debian roots are
-# cached under ~/.cache/tracejob-agent, or $TRACEJOB_CACHE).
+# Safe to run again: what is already there is kept (Kubernetes, etcd, Prometheus, slowfs and the
+# Debian roots are cached under ~/.cache/tracejob-agent, or $TRACEJOB_CACHE).
 #   tests/setup.sh          everything the test command (tests/run) needs
 #   tests/setup.sh try-it   only what tests/cluster/try-it needs: the cluster's packages, tracefs,
 #                           Kubernetes 1.37 and etcd, and Debian trixie (the image's base)
@@ -9,7 +9,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 profile=${1:-all}
 case "$profile" in
-  all) total=8 ;;
+  all) total=9 ;;
   try-it) total=4 ;;
   *) echo "usage: tests/setup.sh [try-it]" >&2; exit 2 ;;
 esac
@@ -98,6 +98,8 @@ fi
 if [ "$profile" = all ]; then
   step "Prometheus and Alertmanager, built from Go modules once (cached; the trigger tests)" \
     bash tests/harness/build-prometheus.sh
+  step "slowfs (the slow disk: FUSE), built from Go modules once (cached; the slow-disk test)" \
+    bash tests/harness/build-slowfs.sh
 fi
 step "Debian trixie, debootstrapped alongside (the image's base; bpftrace 0.23)" debootstrap_wait trixie
 if [ "$profile" = all ]; then

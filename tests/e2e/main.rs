@@ -3,6 +3,7 @@
 //! control plane it starts is ended exactly once, after every test, also when a test fails.
 
 mod api;
+mod core;
 mod fanout;
 mod hostile;
 mod lifecycle;
@@ -12,6 +13,7 @@ mod releases;
 mod reliability;
 mod robust;
 mod security;
+mod slowdisk;
 mod support;
 mod target;
 mod trigger;
@@ -55,6 +57,8 @@ fn main() -> std::process::ExitCode {
     tests.extend(releases::tests());
     tests.extend(robust::tests());
     tests.extend(trigger::tests());
+    tests.extend(slowdisk::tests());
+    tests.extend(core::tests());
     // On the oldest supported release, a short subset: the API as the server enforces it, a
     // lifecycle, server-side node filtering, the fences, a pod target, a fan-out.
     if std::env::var_os("TRACEJOB_E2E_COMPAT").is_some() {

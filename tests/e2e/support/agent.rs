@@ -44,13 +44,35 @@ impl Agent {
         extra: &[&str],
         envs: &[(&str, &str)],
     ) -> Agent {
+        Agent::start_in(node, kubeconfig, None, extra, envs)
+    }
+
+    /// An agent whose state directory is `state_dir` (on a file system of the test's own, say)
+    /// instead of one in its temporary directory. Its node is registered first.
+    pub fn start_with_state_dir(
+        env: &Env,
+        node: &str,
+        state_dir: &std::path::Path,
+        extra: &[&str],
+    ) -> Agent {
+        register_node(env, node, &[]);
+        Agent::start_in(node, &env.cp.kubeconfig, Some(state_dir), extra, &[])
+    }
+
+    fn start_in(
+        node: &str,
+        kubeconfig: &std::path::Path,
+        state_dir: Option<&std::path::Path>,
+        extra: &[&str],
+        envs: &[(&str, &str)],
+    ) -> Agent {
         let tmp = must(
             tempfile::Builder::new().prefix("tracejob-agent-").tempdir(),
             "tempdir",
         );
         let mut agent = Agent {
             node: node.to_string(),
-            state_dir: tmp.path().join("state"),
+            state_dir: state_dir.map_or_else(|| tmp.path().join("state"), PathBuf::from),
             log: tmp.path().join("agent.log"),
             proc: None,
             port: super::control_plane::free_port(),
