@@ -25,11 +25,36 @@ pub struct Progress {
     pub output_from: u64,
 }
 
+/// What a look reads beyond the output's size: a running trace needs only that, once a second.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Want {
+    /// The attach line (while it starts).
+    pub attach: bool,
+    /// Whether bpftrace waits for events (while it starts, and once interrupted).
+    pub polling: bool,
+}
+
 /// Looks at the run's files, and at `/proc` for `bpftrace` when its PID is known (from the
-/// record, or from the shim's `started.json`). Blocking: call it with `spawn_blocking`.
-pub fn look(files: &RunFiles, bpftrace: Option<Identity>) -> Progress {
-    let started = read_json::<Started>(&files.started);
+/// record, or from the shim's `started.json`, read while it is not). Blocking: call it with
+/// `spawn_blocking`.
+pub fn look(files: &RunFiles, bpftrace: Option<Identity>, want: Want) -> Progress {
+    let started = match bpftrace {
+        None => read_json::<Started>(&files.started),
+        Some(_) => None,
+    };
     let printed = std::fs::metadata(&files.stdout).map_or(0, |m| m.len());
+    let pid = bpftrace
+        .or(started.as_ref().map(|s| s.bpftrace))
+        .map(|p| p.pid);
+    let polling = want.polling && pid.is_some_and(process::is_polling);
+    if !want.attach {
+        return Progress {
+            started,
+            printed,
+            polling,
+            ..Progress::default()
+        };
+    }
     let on_stdout = bpftrace::attach_line(&bpftrace::head(&files.stdout, 4096));
     let output_from = on_stdout.map_or(0, |l| l.end as u64);
     let (line, printed_after) = match on_stdout {
@@ -39,11 +64,8 @@ pub fn look(files: &RunFiles, bpftrace: Option<Identity>) -> Progress {
             printed > 0,
         ),
     };
-    let pid = bpftrace
-        .or(started.as_ref().map(|s| s.bpftrace))
-        .map(|p| p.pid);
     Progress {
-        polling: pid.is_some_and(process::is_polling),
+        polling,
         started,
         printed,
         line,
@@ -53,9 +75,9 @@ pub fn look(files: &RunFiles, bpftrace: Option<Identity>) -> Progress {
 }
 
 /// `look` on a blocking thread (a failed thread looks like nothing was seen yet).
-pub async fn look_async(files: &RunFiles, bpftrace: Option<Identity>) -> Progress {
+pub async fn look_async(files: &RunFiles, bpftrace: Option<Identity>, want: Want) -> Progress {
     let files = files.clone();
-    tokio::task::spawn_blocking(move || look(&files, bpftrace))
+    tokio::task::spawn_blocking(move || look(&files, bpftrace, want))
         .await
         .unwrap_or_default()
 }
@@ -68,18 +90,25 @@ mod tests {
     fn reads_the_attach_line_from_stdout_or_stderr() {
         let dir = tempfile::tempdir().expect("tempdir");
         let files = RunFiles::in_dir(dir.path());
-        assert_eq!(look(&files, None), Progress::default());
+        let all = Want {
+            attach: true,
+            polling: true,
+        };
+        assert_eq!(look(&files, None, all), Progress::default());
 
         std::fs::write(&files.stderr, "Attached 2 probes\n").expect("write");
-        let p = look(&files, None);
+        let p = look(&files, None, all);
         assert_eq!(p.line.map(|l| (l.probes, l.done)), Some((2, true)));
         assert!(!p.printed_after);
 
         std::fs::write(&files.stdout, "Attaching 3 probes...\n@x: 1\n").expect("write");
-        let p = look(&files, None);
+        let p = look(&files, None, all);
         assert_eq!(p.line.map(|l| (l.probes, l.done)), Some((3, false)));
         assert!(p.printed_after);
         assert_eq!(p.output_from, 22);
         assert_eq!(p.printed, 28);
+        // A running trace's look: its size alone.
+        let p = look(&files, None, Want::default());
+        assert_eq!((p.printed, p.line), (28, None));
     }
 }

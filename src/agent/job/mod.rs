@@ -138,6 +138,8 @@ struct Run {
     printed_at_sigint: u64,
     /// The last look at its files and its bpftrace (`host::progress`).
     progress: Progress,
+    /// The attach line was looked for after bpftrace started: `progress.output_from` is known.
+    attach_known: bool,
     live: Live,
     /// The target container, looked at whenever this node's pods change while the trace runs.
     target: Option<TargetWatch>,

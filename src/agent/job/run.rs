@@ -10,7 +10,19 @@ impl Actor {
         loop {
             if !matches!(run.process, Process::Exited(_)) {
                 // Files and /proc, read on a blocking thread once per turn.
-                run.progress = progress::look_async(&run.files, run.record.bpftrace).await;
+                let starting = matches!(run.process, Process::Starting { .. });
+                let want = progress::Want {
+                    // Once more after it started (or was taken over): where the output starts.
+                    attach: starting || !run.attach_known,
+                    polling: starting || matches!(run.process, Process::Interrupted { .. }),
+                };
+                let output_from = run.progress.output_from;
+                run.progress = progress::look_async(&run.files, run.record.bpftrace, want).await;
+                if want.attach {
+                    run.attach_known = !starting;
+                } else {
+                    run.progress.output_from = output_from;
+                }
             }
             if let Process::Starting { .. } = run.process {
                 self.check_attached(&mut run).await;

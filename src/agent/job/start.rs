@@ -68,6 +68,7 @@ impl Actor {
             sigint_pending: false,
             printed_at_sigint: 0,
             progress: Progress::default(),
+            attach_known: false,
             live: Live::default(),
             target: None,
             _slot: slot,
@@ -217,6 +218,7 @@ impl Actor {
             sigint_pending: false,
             printed_at_sigint: 0,
             progress: Progress::default(),
+            attach_known: false,
             live: Live::default(),
             target: None,
             // A trace taken over runs already: it takes a place if one is free.
