@@ -17,14 +17,7 @@ command -v debootstrap >/dev/null || { log "missing debootstrap (apt-get install
 rm -rf "$out"
 mkdir -p "$out"
 log "debootstrap $suite with bpftrace (a few minutes)"
-# Tried twice: a mirror's brief hiccup was seen failing it ("Couldn't find these debs").
-for try in 1 2; do
-  debootstrap --variant=minbase --include=bpftrace "$suite" "$out/root" http://deb.debian.org/debian >&2 && break
-  [ "$try" = 2 ] && { log "debootstrap $suite failed twice"; exit 1; }
-  log "debootstrap $suite failed; trying again in 10 s"
-  rm -rf "$out/root"
-  sleep 10
-done
+debootstrap --variant=minbase --include=bpftrace "$suite" "$out/root" http://deb.debian.org/debian >&2
 mkdir -p "$out/bin"
 root="$out/root"
 cat > "$wrapper" <<WRAP
