@@ -1,6 +1,7 @@
 //! The Dockerfile, built for real with buildah (no Docker engine or registry here) by
 //! tests/harness/build-agent-image.sh: its runtime stage, on a base image made from Debian trixie
-//! (the release the Dockerfile pins), with the agent built on the host (AGENT_STAGE=prebuilt).
+//! (the release the Dockerfile pins), with the agent built on the host (AGENT_STAGE=prebuilt);
+//! and for linux/arm64, under qemu-user-static, around the agent cross-built for aarch64.
 //! Needs root, buildah, and `cargo build --release` first (tests/run does both).
 
 use std::path::{Path, PathBuf};
@@ -46,10 +47,10 @@ fn runtime_base() -> String {
         .to_string()
 }
 
-/// The Dockerfile is for linux/amd64 and linux/arm64 (an arm64 image cannot be built here: no
-/// registry to pull the arm64 base from, no binfmt for its RUN step; see the README): the Rust
-/// stage runs on the builder's platform and cross-compiles for TARGETARCH, the runtime stage's
-/// base is published for both.
+/// The Dockerfile is for linux/amd64 and linux/arm64 (the arm64 runtime stage is built for real
+/// by `the_image_builds_for_arm64`; its Rust stage needs a registry): the Rust stage runs on the
+/// builder's platform and cross-compiles for TARGETARCH, the runtime stage's base is published for
+/// both.
 #[test]
 fn dockerfile_builds_for_amd64_and_arm64() {
     let dockerfile = std::fs::read_to_string(root().join("Dockerfile")).expect("Dockerfile");
@@ -156,4 +157,127 @@ fn runtime_stage_builds_and_runs_the_agent_with_bpftrace() {
     );
     buildah(s, &["rm", "--all"]);
     buildah(s, &["rmi", "--all", "--force"]);
+}
+
+/// The cache the test scripts share (`$TRACEJOB_CACHE`, else `~/.cache/tracejob-agent`).
+fn cache_root() -> PathBuf {
+    if let Some(dir) = std::env::var_os("TRACEJOB_CACHE") {
+        return PathBuf::from(dir);
+    }
+    std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").expect("HOME")).join(".cache"))
+        .join("tracejob-agent")
+}
+
+/// The same runtime stage for linux/arm64 (`buildah bud --platform linux/arm64`): a base made
+/// from Debian trixie debootstrapped for arm64, the Dockerfile's apt step run under
+/// qemu-user-static (binfmt_misc, registered by tests/setup.sh), around the agent cross-built for
+/// aarch64 (tests/run). Its storage is kept in the cache, so the base and the emulated apt layer
+/// are built once; a rebuild only copies in the new agent. Without its prerequisites the test is
+/// skipped, except with CI=true, where that is a failure.
+#[test]
+fn the_image_builds_for_arm64() {
+    let agent = std::env::var_os("AGENT_BINARY")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            cache_root().join("target-aarch64/aarch64-unknown-linux-gnu/release/tracejob-agent")
+        });
+    let mut missing = Vec::new();
+    if !agent.exists() {
+        missing.push(format!(
+            "the aarch64 agent at {} (tests/run: cargo build --release --target \
+             aarch64-unknown-linux-gnu)",
+            agent.display()
+        ));
+    }
+    let binfmt =
+        std::fs::read_to_string("/proc/sys/fs/binfmt_misc/qemu-aarch64").unwrap_or_default();
+    if !binfmt
+        .lines()
+        .any(|l| l.starts_with("flags: ") && l.contains('F'))
+    {
+        missing.push("qemu-aarch64 in binfmt_misc with the F flag (tests/setup.sh)".to_string());
+    }
+    if !missing.is_empty() {
+        let why = format!("the arm64 image needs {}", missing.join(", and "));
+        assert!(std::env::var("CI").as_deref() != Ok("true"), "{why}");
+        eprintln!("skipped: {why}");
+        return;
+    }
+    let storage = cache_root().join("images-arm64");
+    let s = storage.as_path();
+    let image = "localhost/tracejob-agent:test-arm64";
+    let built = Command::new("bash")
+        .arg(root().join("tests/harness/build-agent-image.sh"))
+        .arg(s)
+        .arg(image)
+        .arg("arm64")
+        .env("AGENT_BINARY", &agent)
+        .status()
+        .expect("build-agent-image.sh");
+    assert!(built.success(), "building the arm64 image failed");
+    let config = buildah(
+        s,
+        &[
+            "inspect",
+            "--format",
+            "{{.OCIv1.OS}}/{{.OCIv1.Architecture}} {{.OCIv1.Config.Entrypoint}} {{.OCIv1.Config.Cmd}}",
+            image,
+        ],
+    );
+    assert_eq!(config, "linux/arm64 [/usr/local/bin/tracejob-agent] [run]");
+    // The base has no bpftrace: the image's bpftrace comes from the Dockerfile's own step.
+    let base = buildah(s, &["from", "--arch", "arm64", &runtime_base()]);
+    let c = buildah(s, &["from", "--arch", "arm64", image]);
+    let run = |container: &str, cmd: &[&str]| {
+        let mut args = vec!["run", container, "--"];
+        args.extend_from_slice(cmd);
+        buildah(s, &args)
+    };
+    let in_base = Command::new("buildah")
+        .arg("--storage-driver=vfs")
+        .arg("--root")
+        .arg(s.join("root"))
+        .arg("--runroot")
+        .arg(s.join("run"))
+        .args(["run", &base, "--", "sh", "-c", "command -v bpftrace"])
+        .output()
+        .expect("buildah run");
+    // Everything in the image is arm64, run under emulation.
+    let checks = || {
+        assert!(
+            !in_base.status.success(),
+            "the base image already has bpftrace: {}",
+            String::from_utf8_lossy(&in_base.stdout)
+        );
+        assert_eq!(run(&c, &["uname", "-m"]), "aarch64");
+        assert_eq!(run(&c, &["dpkg", "--print-architecture"]), "arm64");
+        assert_eq!(
+            run(&c, &["/usr/local/bin/tracejob-agent", "--version"]),
+            format!("tracejob-agent {}", env!("CARGO_PKG_VERSION"))
+        );
+        let bpftrace = run(&c, &["bpftrace", "--version"]);
+        assert!(
+            bpftrace.starts_with("bpftrace v0.23"),
+            "the image ships {bpftrace}"
+        );
+        assert_eq!(
+            run(
+                &c,
+                &["dpkg-query", "-W", "-f", "${Architecture}", "bpftrace"]
+            ),
+            "arm64"
+        );
+        assert_eq!(
+            format!("{}\n", run(&c, &["/usr/local/bin/tracejob-agent", "crd"])),
+            std::fs::read_to_string(root().join("daemonset/crd.yaml")).expect("crd.yaml")
+        );
+    };
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(checks));
+    // Only the containers: the images stay cached for the next run.
+    buildah(s, &["rm", &c, &base]);
+    if let Err(panic) = result {
+        std::panic::resume_unwind(panic);
+    }
 }

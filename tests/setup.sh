@@ -9,7 +9,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 profile=${1:-all}
 case "$profile" in
-  all) total=9 ;;
+  all) total=11 ;;
   try-it) total=4 ;;
   *) echo "usage: tests/setup.sh [try-it]" >&2; exit 2 ;;
 esac
@@ -23,8 +23,10 @@ cache_root=${TRACEJOB_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/tracejob-agent}
 # The local cluster and its image (tests/cluster/up, tests/harness/build-agent-image.sh).
 cluster_packages=(ca-certificates curl openssl debootstrap buildah containerd runc
                   containernetworking-plugins gcc libc6-dev iproute2 procps)
-# The rest of the tests: bpftrace on the host, and the aarch64 cross build run under qemu-user.
-test_packages=(rsync jq make bpftrace qemu-user gcc-aarch64-linux-gnu libc6-dev-arm64-cross)
+# The rest of the tests: bpftrace on the host, the aarch64 cross build run under qemu-user, and
+# the arm64 image (tests/image.rs), whose apt step runs under qemu-user-static through binfmt_misc.
+test_packages=(rsync jq make bpftrace qemu-user qemu-user-static gcc-aarch64-linux-gnu
+               libc6-dev-arm64-cross)
 packages=("${cluster_packages[@]}")
 [ "$profile" = try-it ] || packages+=("${test_packages[@]}")
 
@@ -50,25 +52,54 @@ tracefs() {
   [ -d /sys/kernel/tracing/events ] || mount -t tracefs nodev /sys/kernel/tracing
 }
 
+# The other architecture's binaries run by the kernel through qemu-user-static, also inside a
+# build's containers and chroots: registered with the F flag (the interpreter opened once, here),
+# from the entry qemu-user-static ships (as systemd-binfmt would, where it runs).
+binfmt() {
+  local qemu entry
+  case "$(dpkg --print-architecture)" in amd64) qemu=aarch64 ;; *) qemu=x86_64 ;; esac
+  entry=/proc/sys/fs/binfmt_misc/qemu-$qemu
+  [ -e /proc/sys/fs/binfmt_misc/register ] || mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc
+  if [ -e "$entry" ] && grep -q '^enabled' "$entry" && grep -q '^flags: .*F' "$entry" &&
+     grep -qx "interpreter /usr/libexec/qemu-binfmt/$qemu-binfmt-P" "$entry"; then
+    return 0
+  fi
+  [ ! -e "$entry" ] || echo -1 > "$entry"
+  cat "/usr/lib/binfmt.d/qemu-$qemu.conf" > /proc/sys/fs/binfmt_misc/register
+  grep -q '^flags: .*F' "$entry"
+}
+
 # A Debian root debootstrapped in the background (network, while Kubernetes builds: CPU); its log
-# is shown only if it fails.
+# is shown only if it fails. NAME is a suite (build-bpftrace.sh) or SUITE-ARCH
+# (build-debian-root.sh: another architecture's, the arm64 image's base).
 declare -A debootstraps
+debootstrap_cmd() {
+  case "$1" in
+    *-*) echo "tests/harness/build-debian-root.sh ${1%%-*} ${1#*-}" ;;
+    *) echo "tests/harness/build-bpftrace.sh $1" ;;
+  esac
+}
 debootstrap_start() {
-  local suite=$1 logfile
-  logfile=$(mktemp "${TMPDIR:-/tmp}/tracejob-debootstrap-$suite.XXXXXX")
-  bash tests/harness/build-bpftrace.sh "$suite" >/dev/null 2>"$logfile" &
-  debootstraps[$suite]="$! $logfile"
+  local name=$1 logfile
+  logfile=$(mktemp "${TMPDIR:-/tmp}/tracejob-debootstrap-$name.XXXXXX")
+  # shellcheck disable=SC2046
+  bash $(debootstrap_cmd "$name") >/dev/null 2>"$logfile" &
+  debootstraps[$name]="$! $logfile"
 }
 debootstrap_wait() {
-  local suite=$1 pid logfile
-  read -r pid logfile <<<"${debootstraps[$suite]}"
+  local name=$1 pid logfile
+  read -r pid logfile <<<"${debootstraps[$name]}"
   if ! wait "$pid"; then
     cat "$logfile" >&2
     rm -f "$logfile"
     return 1
   fi
   rm -f "$logfile"
-  log "bpftrace of Debian $suite: $(bash tests/harness/build-bpftrace.sh "$suite")"
+  # shellcheck disable=SC2046
+  case "$name" in
+    *-*) log "Debian ${name%%-*} for ${name#*-}: $(bash $(debootstrap_cmd "$name"))" ;;
+    *) log "bpftrace of Debian $name: $(bash $(debootstrap_cmd "$name"))" ;;
+  esac
 }
 
 kubernetes() {
@@ -87,8 +118,11 @@ if [ "$profile" = all ]; then
   step "Rust's aarch64-unknown-linux-gnu target (the cross build)" rust_aarch64
 fi
 step "tracefs at /sys/kernel/tracing" tracefs
+if [ "$profile" = all ]; then
+  step "qemu-user-static registered in binfmt_misc (F flag; the arm64 image's apt step)" binfmt
+fi
 debootstrap_start trixie
-if [ "$profile" = all ]; then debootstrap_start sid; fi
+if [ "$profile" = all ]; then debootstrap_start sid; debootstrap_start trixie-arm64; fi
 step "Kubernetes $k8s and etcd $etcd, built from Go modules once (cached)" \
   kubernetes tests/harness/kubernetes
 if [ "$profile" = all ]; then
@@ -104,4 +138,6 @@ fi
 step "Debian trixie, debootstrapped alongside (the image's base; bpftrace 0.23)" debootstrap_wait trixie
 if [ "$profile" = all ]; then
   step "Debian sid, debootstrapped alongside (bpftrace 0.27)" debootstrap_wait sid
+  step "Debian trixie for arm64, debootstrapped alongside under qemu (the arm64 image's base)" \
+    debootstrap_wait trixie-arm64
 fi

@@ -157,7 +157,7 @@ impl Actor {
                     let why = format!("gave up after {}s: {}", timeout.as_secs(), what.message);
                     return Waited::Ended(self.fail_unclaimed(what.reason, why).await);
                 }
-                decide::FactWait::Say | decide::FactWait::GiveUp if report && !said => {
+                decide::FactWait::Say if report && !said => {
                     self.ours.phase = Some(Phase::Pending);
                     self.ours.message = Some(format!("waiting: {}", what.message));
                     let waiting =
