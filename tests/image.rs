@@ -181,12 +181,14 @@ fn the_image_builds_for_arm64() {
     let agent = std::env::var_os("AGENT_BINARY")
         .map(PathBuf::from)
         .unwrap_or_else(|| {
-            cache_root().join("target-aarch64/aarch64-unknown-linux-gnu/release/tracejob-agent")
+            // The test command's own aarch64 build (a debug build: a release one would add
+            // minutes to every run), stripped into the image by build-agent-image.sh.
+            cache_root().join("target-aarch64/aarch64-unknown-linux-gnu/debug/tracejob-agent")
         });
     let mut missing = Vec::new();
     if !agent.exists() {
         missing.push(format!(
-            "the aarch64 agent at {} (tests/run: cargo build --release --target \
+            "the aarch64 agent at {} (tests/run: cargo build --target \
              aarch64-unknown-linux-gnu)",
             agent.display()
         ));

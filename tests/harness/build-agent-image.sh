@@ -36,7 +36,12 @@ else
   if [ -n "${AGENT_BINARY:-}" ] && ! [ "$AGENT_BINARY" -ef "$agent" ]; then
     [ -x "$AGENT_BINARY" ] || { log "no agent at $AGENT_BINARY"; exit 1; }
     mkdir -p "$(dirname "$agent")"
-    cp "$AGENT_BINARY" "$agent"
+    # Stripped on the way in (the test command's aarch64 build is a debug build, 90 MB).
+    if command -v "$qemu-linux-gnu-strip" >/dev/null; then
+      "$qemu-linux-gnu-strip" -o "$agent" "$AGENT_BINARY"
+    else
+      cp "$AGENT_BINARY" "$agent"
+    fi
   fi
   [ -x "$agent" ] ||
     { log "build the agent first: cargo build --release --locked --target $triple"; exit 1; }
