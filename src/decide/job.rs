@@ -548,7 +548,11 @@ pub fn fact_wait(age: Duration, timeout: Duration) -> FactWait {
 
 /// How long until `fact_wait` changes its answer (at least a little: ages are in seconds).
 pub fn fact_wait_next(age: Duration, timeout: Duration) -> Duration {
-    let next = if age < FACT_QUIET { FACT_QUIET } else { timeout };
+    let next = if age < FACT_QUIET {
+        FACT_QUIET
+    } else {
+        timeout
+    };
     next.saturating_sub(age).max(Duration::from_millis(500))
 }
 
