@@ -95,11 +95,31 @@ fn shim_process() {
     std::process::exit(if ended == ExitCode::SUCCESS { 0 } else { 1 });
 }
 
-/// Writes an executable script.
+/// Writes an executable script. By a child process, not this one: a file this process holds open
+/// for writing is inherited by whatever another test forks meanwhile, and exec of the script
+/// then fails with ETXTBSY ("Text file busy") until that child has exec'd, which made these
+/// tests fail under load. The child's descriptor is gone when it exits.
 fn script(dir: &Path, name: &str, text: &str) -> PathBuf {
-    use std::os::unix::fs::PermissionsExt;
+    use std::io::Write;
+    use std::process::{Command, Stdio};
     let path = dir.join(name);
-    std::fs::write(&path, text).expect("a script");
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let mut writer = Command::new("sh")
+        .args(["-c", "cat > \"$1\" && chmod 755 \"$1\"", "sh"])
+        .arg(&path)
+        .stdin(Stdio::piped())
+        .spawn()
+        .expect("sh writes the script");
+    writer
+        .stdin
+        .take()
+        .expect("its stdin")
+        .write_all(text.as_bytes())
+        .expect("the script's text");
+    let status = writer.wait().expect("sh ends");
+    assert!(
+        status.success(),
+        "writing {} failed: {status}",
+        path.display()
+    );
     path
 }
