@@ -155,14 +155,32 @@ fn supervise(args: &ShimArgs, files: &RunFiles) -> Result<Ended, rundir::Error> 
             .err()
             .map(|e| e.to_string())
     });
-    let spawned = Command::new(&args.bpftrace)
-        .arg("--")
+    let mut cmd = Command::new(&args.bpftrace);
+    cmd.arg("--")
         .arg(&files.program)
         .args(&args.args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn();
+        .stderr(Stdio::piped());
+    // bpftrace must end on the agent's SIGINT even when the agent was started with SIGINT
+    // ignored (a shell's background job, nohup): an ignored signal stays ignored across exec,
+    // and a program that only traps it (as a shell does) then never sees it.
+    // SAFETY: between fork and exec only sigaction, which is async-signal-safe.
+    unsafe {
+        cmd.pre_exec(|| {
+            for s in [
+                Signal::SIGINT,
+                Signal::SIGQUIT,
+                Signal::SIGTERM,
+                Signal::SIGHUP,
+            ] {
+                nix::sys::signal::signal(s, nix::sys::signal::SigHandler::SigDfl)
+                    .map_err(io::Error::from)?;
+            }
+            Ok(())
+        });
+    }
+    let spawned = cmd.spawn();
     let mut child = match spawned {
         Ok(c) => c,
         Err(e) => {

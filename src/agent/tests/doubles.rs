@@ -70,6 +70,9 @@ fn shim_script() -> String {
 shift
 {SHIM_ARGS}=$(printf '%s\n' "$@")
 export {SHIM_ARGS}
+# The shim starts with SIGINT ignored, as when the agent is a shell's background job: it must
+# still reach bpftrace (here a shell that traps it, which an inherited ignore would defeat).
+trap '' INT
 exec '{}' --exact '{module}::shim_process' --ignored --nocapture --test-threads=1 --quiet
 "#,
         exe.display()
