@@ -60,6 +60,13 @@ const SHIM_ARGS: &str = "TRACEJOB_TEST_SHIM_ARGS";
 /// binary's `shim_process` with ARGS.
 fn shim_script() -> String {
     let exe = std::env::current_exe().expect("the test binary");
+    // Under emulation (tests/run runs the aarch64 unit tests through qemu-user, as cargo's
+    // runner), the test binary is run again the same way.
+    let runner = if cfg!(target_arch = "aarch64") {
+        std::env::var("CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUNNER").unwrap_or_default()
+    } else {
+        String::new()
+    };
     // libtest names a test by its path without the crate's name.
     let module = module_path!()
         .split_once("::")
@@ -73,7 +80,7 @@ export {SHIM_ARGS}
 # The shim starts with SIGINT ignored, as when the agent is a shell's background job: it must
 # still reach bpftrace (here a shell that traps it, which an inherited ignore would defeat).
 trap '' INT
-exec '{}' --exact '{module}::shim_process' --ignored --nocapture --test-threads=1 --quiet
+exec {runner} '{}' --exact '{module}::shim_process' --ignored --nocapture --test-threads=1 --quiet
 "#,
         exe.display()
     )
