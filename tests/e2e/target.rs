@@ -237,14 +237,14 @@ fn taken_by_the_pods_node(env: &Env) {
 
 /// A process in a cgroup named by a container ID, as a runtime would make it (`tracejob-e2e-ID`
 /// in the cgroup v2 hierarchy): a container that no kubelet runs. Ends (and goes) when dropped.
-struct FakeContainer {
-    id: String,
+pub struct FakeContainer {
+    pub id: String,
     cgroup: std::path::PathBuf,
     process: Option<Proc>,
 }
 
 impl FakeContainer {
-    fn start(seed: &str) -> FakeContainer {
+    pub fn start(seed: &str) -> FakeContainer {
         let mut id = String::new();
         for i in 0..4u64 {
             use std::hash::{Hash, Hasher};
@@ -291,7 +291,7 @@ impl Drop for FakeContainer {
 }
 
 /// Its pod's container running, as the kubelet would report it.
-fn report_running(k: &Kubectl, ns: &str, pod: &str, container: &str, id: &str) {
+pub fn report_running(k: &Kubectl, ns: &str, pod: &str, container: &str, id: &str) {
     let status = serde_json::json!({"status": {
         "phase": "Running",
         "containerStatuses": [{

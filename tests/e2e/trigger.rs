@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use crate::lifecycle::{output, wait_phase};
 use crate::support::control_plane::free_port;
 use crate::support::{must, repo_root, wait_for, Agent, Env, Kubectl, Proc, Test};
+use crate::target::{report_running, FakeContainer};
 
 pub fn tests() -> Vec<Test> {
     vec![
@@ -538,56 +539,7 @@ fn breach_traces_the_node(env: &Env) {
     assert!(agent.bpftraces().is_empty());
 }
 
-/// A process in a cgroup named by a container ID, as a runtime would make it: a container no
-/// kubelet runs (as in the target tests).
-struct FakeContainer {
-    id: String,
-    cgroup: PathBuf,
-    process: Option<Proc>,
-}
-
-impl FakeContainer {
-    fn start(seed: &str) -> FakeContainer {
-        use std::hash::{Hash, Hasher};
-        let mut id = String::new();
-        for i in 0..4u64 {
-            let mut h = std::collections::hash_map::DefaultHasher::new();
-            (seed, std::process::id(), i).hash(&mut h);
-            id.push_str(&format!("{:016x}", h.finish()));
-        }
-        let v2 = ["/sys/fs/cgroup", "/sys/fs/cgroup/unified"]
-            .into_iter()
-            .map(PathBuf::from)
-            .find(|p| p.join("cgroup.procs").exists() && !p.join("tasks").exists())
-            .expect("a cgroup v2 hierarchy (pure or hybrid)");
-        let cgroup = v2.join(format!("tracejob-e2e-{id}"));
-        must(
-            std::fs::create_dir_all(&cgroup),
-            "mkdir the container's cgroup",
-        );
-        let process = Proc::spawn("fake-container", Command::new("sleep").arg("600"));
-        must(
-            std::fs::write(cgroup.join("cgroup.procs"), process.pid().to_string()),
-            "move the container's process into its cgroup",
-        );
-        FakeContainer {
-            id,
-            cgroup,
-            process: Some(process),
-        }
-    }
-}
-
-impl Drop for FakeContainer {
-    fn drop(&mut self) {
-        if let Some(mut p) = self.process.take() {
-            p.signal(nix::sys::signal::Signal::SIGKILL);
-            p.wait_exit(Duration::from_secs(5));
-        }
-        let _ = std::fs::remove_dir(&self.cgroup);
-    }
-}
-
+/// A pod on `node` whose container `app` runs as `container_id`, as the kubelet would report it.
 fn pod_on(k: &Kubectl, ns: &str, pod: &str, node: &str, container_id: &str) {
     let object = serde_json::json!({
         "apiVersion": "v1", "kind": "Pod",
@@ -595,26 +547,7 @@ fn pod_on(k: &Kubectl, ns: &str, pod: &str, node: &str, container_id: &str) {
         "spec": {"nodeName": node, "containers": [{"name": "app", "image": "localhost/none:1"}]}
     });
     k.apply(ns, &object.to_string());
-    let status = serde_json::json!({"status": {
-        "phase": "Running",
-        "containerStatuses": [{
-            "name": "app", "ready": true, "restartCount": 0,
-            "image": "localhost/none:1", "imageID": "",
-            "containerID": format!("containerd://{container_id}"),
-            "state": {"running": {"startedAt": "2025-01-01T00:00:00Z"}},
-        }],
-    }});
-    k.ok(&[
-        "patch",
-        "-n",
-        ns,
-        "pod",
-        pod,
-        "--subresource=status",
-        "--type=merge",
-        "-p",
-        &status.to_string(),
-    ]);
+    report_running(k, ns, pod, "app", container_id);
 }
 
 fn alert_on_a_pod(env: &Env) {
