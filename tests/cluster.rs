@@ -12,6 +12,14 @@ fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
+/// Where cargo put the release binaries: CARGO_TARGET_DIR (the test command builds in the cache)
+/// or the checkout's target/.
+fn release_dir() -> PathBuf {
+    let target =
+        std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root().join("target"), PathBuf::from);
+    root().join(target).join("release")
+}
+
 fn run(cmd: &mut Command) -> Output {
     cmd.stdin(Stdio::null())
         .output()
@@ -416,7 +424,7 @@ fn pod_targets(cluster: &Cluster) {
     );
 
     step("kubectl tracejob run pod/NAME: the pod's node traces its container");
-    let plugin_dir = root().join("target/release");
+    let plugin_dir = release_dir();
     let out = run(Command::new(&cluster.kubectl)
         .env("KUBECONFIG", &cluster.kubeconfig)
         .env(

@@ -11,6 +11,14 @@ fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
+/// Where cargo put the release binaries: CARGO_TARGET_DIR (the test command builds in the cache)
+/// or the checkout's target/.
+fn release_dir() -> PathBuf {
+    let target =
+        std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root().join("target"), PathBuf::from);
+    root().join(target).join("release")
+}
+
 /// buildah with its own storage under `storage`, so the test leaves nothing behind.
 fn buildah(storage: &Path, args: &[&str]) -> String {
     let out = Command::new("buildah")
@@ -84,7 +92,7 @@ fn dockerfile_builds_for_amd64_and_arm64() {
 
 #[test]
 fn runtime_stage_builds_and_runs_the_agent_with_bpftrace() {
-    let binary = root().join("target/release/tracejob-agent");
+    let binary = release_dir().join("tracejob-agent");
     assert!(
         binary.exists(),
         "build the agent first: cargo build --release --locked"

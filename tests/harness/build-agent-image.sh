@@ -12,7 +12,8 @@
 # with --platform linux/ARCH, its apt step under qemu-user-static through binfmt_misc (registered
 # by tests/setup.sh), around the agent cross-built for it: $AGENT_BINARY, by default
 # target/TRIPLE/release/tracejob-agent (`cargo build --release --locked --target TRIPLE`); a
-# binary elsewhere is copied there, into the build context, where the Dockerfile takes it.
+# binary elsewhere is copied there, into the build context, where the Dockerfile takes it. The
+# host's agent is $CARGO_TARGET_DIR/release/tracejob-agent (default target/), copied likewise.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 storage=$1
@@ -30,7 +31,13 @@ case "$arch" in
 esac
 if [ "$arch" = "$host_arch" ]; then
   agent=target/release/tracejob-agent
-  [ -x "$agent" ] || { log "build the agent first: cargo build --release --locked"; exit 1; }
+  # Built elsewhere (CARGO_TARGET_DIR, as the test command builds): copied into the context.
+  built=${CARGO_TARGET_DIR:-target}/release/tracejob-agent
+  [ -x "$built" ] || { log "build the agent first: cargo build --release --locked"; exit 1; }
+  if ! [ "$built" -ef "$agent" ]; then
+    mkdir -p "$(dirname "$agent")"
+    cp "$built" "$agent"
+  fi
 else
   agent=target/$triple/release/tracejob-agent
   if [ -n "${AGENT_BINARY:-}" ] && ! [ "$AGENT_BINARY" -ef "$agent" ]; then
