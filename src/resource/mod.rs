@@ -3,6 +3,7 @@
 pub mod crd;
 pub mod node;
 pub mod trigger;
+pub mod vocabulary;
 
 pub use node::{TraceJobNode, TraceJobNodeSpec, TraceJobNodeStatus};
 
