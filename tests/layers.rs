@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 const LAYERS: &[&[&str]] = &[
     &["resource"],
     &["metrics"],
+    &["serve"],
     &["output"],
     &["decide"],
     &["host"],
