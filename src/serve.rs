@@ -98,7 +98,9 @@ pub fn spawn_at(addr: SocketAddr, app: Router) {
     tokio::spawn(async move {
         match bind(addr).await {
             Ok(listener) => spawn(listener, app),
-            Err(e) => tracing::warn!(error = %e, listen = %addr, "cannot serve /healthz, /readyz and /metrics"),
+            Err(e) => {
+                tracing::warn!(error = %e, listen = %addr, "cannot serve /healthz, /readyz and /metrics")
+            }
         }
     });
 }
@@ -107,7 +109,10 @@ async fn readyz(State(h): State<Health>) -> impl IntoResponse {
     if h.ready.load(Ordering::Relaxed) {
         (StatusCode::OK, "ready\n".to_string())
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, format!("{}\n", h.waiting_for))
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("{}\n", h.waiting_for),
+        )
     }
 }
 

@@ -6,30 +6,31 @@
 //! directory, and the next agent on the node takes it over. Only when no agent will come back
 //! (`handover`) does it stop them first.
 
+mod ctx;
 pub mod job;
 pub mod server;
 #[cfg(test)]
 mod tests;
 
+pub use ctx::{Ctx, Facts};
+
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 use futures::StreamExt;
 use kube::{Api, ResourceExt};
 use nix::sys::signal::Signal;
-use tokio::sync::{mpsc, watch, Semaphore};
+use tokio::sync::{mpsc, watch};
 use tracing::{info, warn, Instrument};
 
 use crate::cluster::client;
 use crate::cluster::handover::{self, Handover};
 use crate::cluster::stores::Stores;
 use crate::cluster::watch::{Source, Update};
-use crate::cluster::writer::Writer;
 use crate::config::Config;
-use crate::decide::budget::Budget;
 use crate::host::bpftrace;
 use crate::host::rundir::{self, StateDir};
 use crate::host::shim::Started;
@@ -58,29 +59,6 @@ pub enum Error {
     PartsWatch,
     #[error(transparent)]
     Stores(#[from] crate::cluster::stores::Error),
-}
-
-/// What every job actor shares.
-pub struct Ctx {
-    pub config: Config,
-    pub client: kube::Client,
-    pub metrics: Arc<Metrics>,
-    /// `bpftrace --version`, recorded in maps.json.
-    pub bpftrace_version: String,
-    pub state: StateDir,
-    pub writer: Writer,
-    /// This binary, which runs as each trace's shim.
-    pub exe: PathBuf,
-    /// Collections (read, parse, compress) running at once, at most.
-    pub collections: Semaphore,
-    /// The node's live-output budget, shared by its jobs.
-    pub live_budget: Mutex<Budget>,
-    /// Becomes true when the agent exits and no agent will take the traces over.
-    pub removed: watch::Receiver<bool>,
-    /// Its Node, the Namespaces and its node's pods, as their watches have them.
-    pub stores: Stores,
-    /// A permit per trace running (`--max-running-traces`).
-    pub slots: Arc<Semaphore>,
 }
 
 /// Runs until SIGTERM or SIGINT: the process around `serve` (the health and metrics endpoint,
@@ -143,25 +121,18 @@ pub async fn serve(
     let node = config.node_name.clone();
     // Watched from the start, and listed before any TraceJob is decided.
     let stores = Stores::start(&client, &node, metrics.clone());
-    let ctx = Arc::new(Ctx {
-        stores,
-        slots: Arc::new(Semaphore::new(
-            usize::try_from(config.max_running_traces).unwrap_or(usize::MAX),
-        )),
-        client: client.clone(),
-        metrics: metrics.clone(),
-        bpftrace_version: version.clone(),
-        writer: Writer::new(client.clone(), &node, &version),
-        exe,
-        collections: Semaphore::new(usize::from(config.max_concurrent_collections)),
-        live_budget: Mutex::new(Budget::new(
-            config.live_budget_bytes_per_minute,
-            Instant::now(),
-        )),
-        state,
-        removed,
+    let ctx = Arc::new(Ctx::new(
         config,
-    });
+        client.clone(),
+        metrics.clone(),
+        Facts {
+            bpftrace_version: version,
+            state,
+            exe,
+            stores,
+            removed,
+        },
+    ));
     // This node's parts of TraceJobs on several nodes, listed before any TraceJob is looked at:
     // a part is how a restarted agent knows it already runs one.
     let parts = crate::cluster::watch::parts(Api::all(client.clone()), &node, metrics.clone());

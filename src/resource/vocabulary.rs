@@ -207,10 +207,16 @@ mod tests {
     fn every_word_is_distinct_and_well_formed() {
         let mut seen = std::collections::HashSet::new();
         for w in Label::ALL.iter().map(|w| w.as_str()) {
-            assert!(w.starts_with("observe.tracejob.dev/") && seen.insert(w), "{w}");
+            assert!(
+                w.starts_with("observe.tracejob.dev/") && seen.insert(w),
+                "{w}"
+            );
         }
         for w in Annotation::ALL.iter().map(|w| w.as_str()) {
-            assert!(w.starts_with("observe.tracejob.dev/") && seen.insert(w), "{w}");
+            assert!(
+                w.starts_with("observe.tracejob.dev/") && seen.insert(w),
+                "{w}"
+            );
         }
         let mut reasons = std::collections::HashSet::new();
         for w in ConditionType::ALL

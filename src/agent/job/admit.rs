@@ -1,7 +1,22 @@
 //! Admission: whether this node runs the TraceJob at all (its node selector, its namespace's
 //! scope over this node), and the loop that decides a TraceJob first seen.
 
-use super::*;
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use kube::core::{Selector, SelectorExt};
+use kube::ResourceExt;
+use tracing::{info, warn};
+
+use crate::cluster::stores::Changes;
+use crate::cluster::writer;
+use crate::decide::job as decide;
+use crate::decide::job::FirstSight;
+use crate::decide::{scope, status};
+use crate::resource::Phase;
+
+use super::{Actor, Claimed, Fact, Place, Run, Scope, Waited, NODE_NOT_ALLOWED, WAITING};
 
 impl Actor {
     /// Decides what to do with the TraceJob: claim and start it, take over its run, or not.

@@ -1,7 +1,16 @@
 //! The claim: status.id and Pending written only if the TraceJob is still the version read, so
 //! one TraceJob is never started twice; and failing one that was never started.
 
-use super::*;
+use std::time::Duration;
+
+use kube::ResourceExt;
+use tracing::{info, warn};
+
+use crate::cluster::writer;
+use crate::cluster::writer::Written;
+use crate::resource::{Phase, TraceJobStatus};
+
+use super::{Actor, Claimed, CLAIM_FORBIDDEN};
 
 impl Actor {
     /// Ends a TraceJob that was never started: Failed with `reason`, written only if it is still

@@ -1,7 +1,15 @@
 //! Live output: the newest output copied into the ConfigMap while the trace runs, within the
 //! node's budget, off the actor's loop.
 
-use super::*;
+use std::time::Instant;
+
+use tracing::{warn, Instrument};
+
+use crate::output::collect;
+use crate::output::fit::Contents;
+use crate::resource::OutputRef;
+
+use super::{Actor, Run};
 
 /// A live copy's contents: the output as text, or byte for byte when it is not UTF-8.
 pub(super) fn contents_of(bytes: Vec<u8>) -> Contents {

@@ -4,16 +4,11 @@
 //! shim), reports Running, stops it when asked or due, decides and records the outcome, has the
 //! output collected (off the async threads) and stored, and reports the end.
 
-use std::collections::BTreeMap;
-use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use kube::ResourceExt;
-use nix::sys::signal::Signal;
 use tokio::sync::{watch, OwnedSemaphorePermit};
 use tokio::task::JoinHandle;
-use tracing::{debug, info, warn, Instrument};
 
 mod admit;
 mod claim;
@@ -25,25 +20,15 @@ mod store;
 mod target;
 
 use crate::agent::Ctx;
-use crate::cluster::lookup;
 use crate::cluster::stores::Changes;
-use crate::cluster::writer::{self, Desired, StatusWriter, Written};
-use crate::decide::job::{
-    self as decide, Exit, FirstSight, Found, Outcome, Process, Step, StopReason, Wanted,
-};
+use crate::cluster::writer::StatusWriter;
+use crate::decide::job::{self as decide, Exit, Process};
 use crate::decide::target as placing;
-use crate::decide::{scope, status};
-use crate::host::process::Identity;
-use crate::host::progress::{self, Progress};
+use crate::host::container;
+use crate::host::progress::Progress;
 use crate::host::rundir::{self, Landed, Record, RunFiles};
-use crate::host::shim::{self, Ended};
-use crate::host::{bpftrace, container};
-use crate::metrics::Metrics;
-use crate::output::collect::{self, Collected};
-use crate::output::fit::{Contents, CONFIGMAP_BUDGET};
-use crate::resource::{OutputRef, Phase, Target, TraceJob, TraceJobStatus};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
-use kube::core::{Selector, SelectorExt};
+use crate::host::shim::Ended;
+use crate::resource::{Target, TraceJob, TraceJobStatus};
 
 /// Follows one TraceJob from first sight until its outcome is reported (or it is deleted, or the
 /// agent exits and leaves it to the next agent). `spec` brings its newest version; None when it

@@ -1,7 +1,20 @@
 //! Reporting: the status this actor wants handed to the writer (which never blocks the loop),
 //! waiting for the final one, the outcome's status and Event, and the run's record saved.
 
-use super::*;
+use std::time::{Duration, Instant};
+
+use tracing::{debug, warn};
+
+use crate::cluster::writer;
+use crate::cluster::writer::{Desired, Written};
+use crate::decide::job as decide;
+use crate::decide::job::Outcome;
+use crate::decide::status;
+use crate::host::rundir::{Landed, Record};
+use crate::metrics::Metrics;
+use crate::resource::{OutputRef, Phase, TraceJobStatus};
+
+use super::{Actor, Reported};
 
 impl Actor {
     /// Waits until the final status is written. If the API server refuses it, a plain Failed

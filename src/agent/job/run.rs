@@ -2,7 +2,22 @@
 //! write completions, reports Running once probes attach, and sends SIGINT (or SIGKILL) when
 //! `decide::job::next` says so.
 
-use super::*;
+use std::time::{Duration, Instant};
+
+use kube::ResourceExt;
+use nix::sys::signal::Signal;
+use tracing::{info, warn};
+
+use crate::cluster::writer;
+use crate::cluster::writer::Written;
+use crate::decide::job as decide;
+use crate::decide::job::{Process, Step, StopReason, Wanted};
+use crate::host::process::Identity;
+use crate::host::{progress, shim};
+use crate::metrics::Metrics;
+use crate::resource::{Phase, TraceJobStatus};
+
+use super::{ended, exit_of, Actor, Run};
 
 impl Actor {
     /// Follows the run until bpftrace has ended, then reports its outcome.

@@ -2,7 +2,24 @@
 //! shim), or taking over one an earlier agent started.
 
 use super::target::{filled_in, target_watch};
-use super::*;
+use std::path::Path;
+use std::time::Instant;
+
+use kube::ResourceExt;
+use tokio::sync::OwnedSemaphorePermit;
+use tracing::{info, warn};
+
+use crate::cluster::writer;
+use crate::decide::job as decide;
+use crate::decide::job::{Exit, Found, Process};
+use crate::decide::status;
+use crate::host::process::Identity;
+use crate::host::progress::Progress;
+use crate::host::rundir::{Record, RunFiles};
+use crate::host::shim;
+use crate::resource::Phase;
+
+use super::{ended, exit_of, instant_of, Actor, Live, Resolved, Run, WAITING};
 
 impl Actor {
     /// Starts a claimed run: its directory and record, then the shim and bpftrace.

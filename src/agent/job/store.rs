@@ -1,7 +1,20 @@
 //! The end of a run: the outcome decided and recorded, the output collected (off the async
 //! threads) and stored in its ConfigMap, the end reported, the run's files removed.
 
-use super::*;
+use std::time::Duration;
+
+use tracing::{info, warn, Instrument};
+
+use crate::cluster::writer;
+use crate::decide::job as decide;
+use crate::decide::job::{Exit, Outcome, Process, StopReason};
+use crate::host::bpftrace;
+use crate::host::rundir::Landed;
+use crate::output::collect;
+use crate::output::collect::Collected;
+use crate::output::fit::CONFIGMAP_BUDGET;
+
+use super::{ended, Actor, Run, Stored};
 
 impl Actor {
     /// Decides and records the outcome, has the output collected and stored, reports the end

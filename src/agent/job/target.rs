@@ -1,7 +1,20 @@
 //! A TraceJob with a target: which node runs it (the pod's), the container once it runs, its
 //! variables filled into the program, and the target watched while the trace runs.
 
-use super::*;
+use std::time::{Duration, Instant};
+
+use kube::ResourceExt;
+use tracing::{info, warn};
+
+use crate::cluster::stores::Changes;
+use crate::cluster::{lookup, writer};
+use crate::decide::job as decide;
+use crate::decide::target as placing;
+use crate::host::container;
+use crate::host::rundir::Record;
+use crate::resource::{Target, TraceJob};
+
+use super::{Actor, Place, Resolved, Run, TargetWatch};
 
 /// What a running trace's target is watched for, if it has one.
 pub(super) fn target_watch(job: &TraceJob, record: &Record, pods: Changes) -> Option<TargetWatch> {

@@ -14,7 +14,6 @@ use serde_json::{json, Value};
 use tokio::sync::mpsc;
 use tower_test::mock;
 
-use super::fixture::{next_version, PATIENCE};
 use crate::resource::{TraceJob, TraceJobStatus};
 
 /// A client whose requests go to the returned `ApiServer`.
@@ -104,10 +103,7 @@ impl Call {
     /// Asserts a write of `job`'s status: a server-side apply of its status subresource by the
     /// agent's field manager.
     pub fn assert_status_write(&self, job: &TraceJob) {
-        self.assert_request(
-            Method::PATCH,
-            &format!("{}/status", super::fixture::path_of(job)),
-        );
+        self.assert_request(Method::PATCH, &format!("{}/status", path_of(job)));
         assert!(
             self.query.contains("fieldManager=tracejob-agent"),
             "{}",
@@ -164,4 +160,33 @@ impl Call {
         self.reply(200, &written);
         written
     }
+}
+
+/// The node of the agent under test.
+pub const NODE: &str = "n";
+/// The namespace of the TraceJobs, which may trace `NODE`.
+pub const NAMESPACE: &str = "ns";
+/// How long a test waits for what should come within milliseconds (a request, the actor's end)
+/// before it fails: generous, for a loaded 2-core machine.
+pub const PATIENCE: Duration = Duration::from_secs(10);
+
+/// The same TraceJob at its next resourceVersion, as after any change.
+pub fn next_version(job: &TraceJob) -> TraceJob {
+    let version: u64 = job
+        .metadata
+        .resource_version
+        .as_deref()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let mut next = job.clone();
+    next.metadata.resource_version = Some((version + 1).to_string());
+    next
+}
+
+/// The TraceJob's path on the API server.
+pub fn path_of(job: &TraceJob) -> String {
+    format!(
+        "/apis/observe.tracejob.dev/v1alpha1/namespaces/{NAMESPACE}/tracejobs/{}",
+        job.metadata.name.as_deref().unwrap_or_default()
+    )
 }

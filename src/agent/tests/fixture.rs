@@ -5,36 +5,26 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, Once};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Once};
 
 use clap::Parser;
 use http::Method;
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod, PodSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::core::{ObjectMeta, PartialObjectMetaExt};
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use super::api::{self, ApiServer};
+pub use super::api::{next_version, path_of, NAMESPACE, NODE, PATIENCE};
 use super::doubles::{self, MAP};
-use crate::agent::{job, Ctx};
+use crate::agent::{job, Ctx, Facts};
 use crate::cluster::stores::Stores;
-use crate::cluster::writer::Writer;
 use crate::config::Config;
-use crate::decide::budget::Budget;
 use crate::decide::scope::ANNOTATION;
 use crate::host::rundir::StateDir;
 use crate::metrics::Metrics;
 use crate::resource::{Phase, Target, TraceJob, TraceJobSpec};
-
-/// The node of the agent under test.
-pub const NODE: &str = "n";
-/// The namespace of the TraceJobs, which may trace `NODE`.
-pub const NAMESPACE: &str = "ns";
-/// How long a test waits for what should come within milliseconds (a request, the actor's end)
-/// before it fails: generous, for a loaded 2-core machine.
-pub const PATIENCE: Duration = Duration::from_secs(10);
 
 /// The agent's side of one test: its `Ctx`, the API server its client talks to, and its files.
 pub struct Agent {
@@ -53,27 +43,19 @@ impl Agent {
         let bpftrace = doubles::bpftrace(dir.path());
         let config = config(&dir.path().join("state"), &bpftrace);
         let (client, api) = api::mocked(NAMESPACE);
-        let version = "v0.0.0-double";
-        let ctx = Ctx {
-            client: client.clone(),
-            metrics: Metrics::new(),
-            bpftrace_version: version.into(),
-            state: StateDir::open(&config.state_dir).expect("the state directory"),
-            writer: Writer::new(client, NODE, version),
-            exe: doubles::shim(dir.path()),
-            collections: Semaphore::new(usize::from(config.max_concurrent_collections)),
-            live_budget: Mutex::new(Budget::new(
-                config.live_budget_bytes_per_minute,
-                Instant::now(),
-            )),
-            // Its sender gone, this stays false: the agent is never removed from the node here.
-            removed: watch::channel(false).1,
-            stores: Stores::fixed(NODE, vec![node()], vec![namespace()], pods),
-            slots: Arc::new(Semaphore::new(
-                usize::try_from(config.max_running_traces).expect("a small number"),
-            )),
-            config,
-        };
+        let ctx = Ctx::new(
+            config.clone(),
+            client,
+            Metrics::new(),
+            Facts {
+                bpftrace_version: "v0.0.0-double".into(),
+                state: StateDir::open(&config.state_dir).expect("the state directory"),
+                exe: doubles::shim(dir.path()),
+                stores: Stores::fixed(NODE, vec![node()], vec![namespace()], pods),
+                // Its sender gone, this stays false: the agent is never removed from the node.
+                removed: watch::channel(false).1,
+            },
+        );
         Agent {
             ctx: Arc::new(ctx),
             api,
@@ -201,19 +183,6 @@ pub fn unassigned(name: &str, pod: &str) -> TraceJob {
     job
 }
 
-/// The same TraceJob at its next resourceVersion, as after any change.
-pub fn next_version(job: &TraceJob) -> TraceJob {
-    let version: u64 = job
-        .metadata
-        .resource_version
-        .as_deref()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
-    let mut next = job.clone();
-    next.metadata.resource_version = Some((version + 1).to_string());
-    next
-}
-
 /// The TraceJob with spec.stop set, at its next resourceVersion.
 pub fn stopped(job: &TraceJob) -> TraceJob {
     let mut stopped = next_version(job);
@@ -235,14 +204,6 @@ pub fn pod(name: &str) -> Pod {
         }),
         ..Default::default()
     }
-}
-
-/// The TraceJob's path on the API server.
-pub fn path_of(job: &TraceJob) -> String {
-    format!(
-        "/apis/observe.tracejob.dev/v1alpha1/namespaces/{NAMESPACE}/tracejobs/{}",
-        job.metadata.name.as_deref().unwrap_or_default()
-    )
 }
 
 /// Where ConfigMaps of `NAMESPACE` are created.

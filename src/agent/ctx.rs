@@ -1,0 +1,80 @@
+//! What every job actor shares, made in one place (`Ctx::new`) for the agent and its tests.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use tokio::sync::{watch, Semaphore};
+
+use crate::cluster::stores::Stores;
+use crate::cluster::writer::Writer;
+use crate::config::Config;
+use crate::decide::budget::Budget;
+use crate::host::rundir::StateDir;
+use crate::metrics::Metrics;
+
+/// What every job actor shares.
+pub struct Ctx {
+    pub config: Config,
+    pub client: kube::Client,
+    pub metrics: Arc<Metrics>,
+    /// `bpftrace --version`, recorded in maps.json.
+    pub bpftrace_version: String,
+    pub state: StateDir,
+    pub writer: Writer,
+    /// This binary, which runs as each trace's shim.
+    pub exe: PathBuf,
+    /// Collections (read, parse, compress) running at once, at most.
+    pub collections: Semaphore,
+    /// The node's live-output budget, shared by its jobs.
+    pub live_budget: Mutex<Budget>,
+    /// Becomes true when the agent exits and no agent will take the traces over.
+    pub removed: watch::Receiver<bool>,
+    /// Its Node, the Namespaces and its node's pods, as their watches have them.
+    pub stores: Stores,
+    /// A permit per trace running (`--max-running-traces`).
+    pub slots: Arc<Semaphore>,
+}
+
+/// What the agent learnt at start, beside its configuration, client and metrics: what `Ctx::new`
+/// cannot derive from them.
+pub struct Facts {
+    /// `bpftrace --version`.
+    pub bpftrace_version: String,
+    /// The state directory, locked for this agent.
+    pub state: StateDir,
+    /// This binary, which runs as each trace's shim.
+    pub exe: PathBuf,
+    /// Its Node, the Namespaces and its node's pods (watched, or fixed in tests).
+    pub stores: Stores,
+    /// Becomes true when the agent exits and no agent will take the traces over.
+    pub removed: watch::Receiver<bool>,
+}
+
+impl Ctx {
+    /// The one way to make a `Ctx`: the agent and its tests both use it, so what is derived from
+    /// the configuration (the writer, the slots, the collections, the live budget) is derived
+    /// once, the same way.
+    pub fn new(config: Config, client: kube::Client, metrics: Arc<Metrics>, facts: Facts) -> Ctx {
+        let node = config.node_name.clone();
+        Ctx {
+            slots: Arc::new(Semaphore::new(
+                usize::try_from(config.max_running_traces).unwrap_or(usize::MAX),
+            )),
+            writer: Writer::new(client.clone(), &node, &facts.bpftrace_version),
+            collections: Semaphore::new(usize::from(config.max_concurrent_collections)),
+            live_budget: Mutex::new(Budget::new(
+                config.live_budget_bytes_per_minute,
+                Instant::now(),
+            )),
+            client,
+            metrics,
+            bpftrace_version: facts.bpftrace_version,
+            state: facts.state,
+            exe: facts.exe,
+            stores: facts.stores,
+            removed: facts.removed,
+            config,
+        }
+    }
+}
