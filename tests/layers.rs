@@ -1,6 +1,6 @@
 //! The crate's layers, checked by reading the source as text: a module may refer (`crate::X`,
 //! also in `use crate::{X, Y}` groups) only to modules at its own layer or a lower one, so the
-//! layers have no import cycles. The order is the README's ("Design"). And no file of the agent
+//! layers have no import cycles. The order is docs/design.md's ("Layers"). And no file of the agent
 //! grows past what a newcomer reads alone.
 
 use std::path::{Path, PathBuf};

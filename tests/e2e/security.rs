@@ -1452,7 +1452,7 @@ fn summarizer_token_fenced(env: &Env) {
         ]);
         assert_eq!(r.stdout.trim(), "yes", "{verb} its Lease: {}", r.stderr);
     }
-    // Reading every ConfigMap through a list is what it can do: the README says so.
+    // Reading every ConfigMap through a list is what it can do: docs/security.md says so.
     assert!(as_s
         .ok(&["get", "configmaps", "-n", &ns, "-o", "name"])
         .contains("configmap/node-output"));
