@@ -8,6 +8,10 @@ use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+// The README's commands this test runs, read from the pages (docs/testing.md).
+#[path = "e2e/support/docs.rs"]
+mod docs;
+
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
@@ -59,6 +63,29 @@ impl Cluster {
         run(Command::new(&self.kubectl)
             .env("KUBECONFIG", &self.kubeconfig)
             .args(args))
+    }
+
+    /// Runs a page's block as a reader with the try-it `export` would: the cluster's kubectl
+    /// first on PATH, its kubeconfig, from the checkout. Its stdout; panics unless it succeeds.
+    fn sh(&self, script: &str) -> String {
+        let kubectl_dir = PathBuf::from(&self.kubectl)
+            .parent()
+            .map(|d| d.display().to_string())
+            .unwrap_or_default();
+        let path = format!(
+            "{kubectl_dir}:{}",
+            std::env::var("PATH").unwrap_or_default()
+        );
+        let out = run(docs::bash(script)
+            .current_dir(root())
+            .env("KUBECONFIG", &self.kubeconfig)
+            .env("PATH", path));
+        assert!(
+            out.status.success(),
+            "{script}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
     /// Runs kubectl and returns its stdout; panics with its stderr unless it succeeds.
@@ -229,9 +256,10 @@ impl Cluster {
             .collect()
     }
 
-    fn down(&mut self) {
+    /// `script`: the README's `try-it down` block.
+    fn down(&mut self, script: &str) {
         self.down = true;
-        let out = run(Command::new(root().join("tests/cluster/try-it")).arg("down"));
+        let out = run(docs::bash(script).current_dir(root()));
         assert!(
             out.status.success(),
             "try-it down: {}",
@@ -553,27 +581,14 @@ fn namespace_scopes(cluster: &Cluster) {
 /// The trigger receiver as its Deployment's pod (tests/cluster/trigger), called as Alertmanager's
 /// webhook would call it: a firing alert makes a TraceJob Running on the node, its resolution
 /// stops it with its maps collected.
-fn triggered_trace(cluster: &Cluster) {
+fn triggered_trace(cluster: &Cluster, blocks: &mut docs::Blocks) {
     step("the trigger receiver's pod: a firing alert traces the node, its resolution stops it");
-    let token = format!("cluster-test-{}", std::process::id());
-    cluster.k(&[
-        "-n",
-        "tracejob-system",
-        "create",
-        "secret",
-        "generic",
-        "tracejob-trigger-token",
-        &format!("--from-literal=token={token}"),
-    ]);
-    cluster.k(&["apply", "-k", "tests/cluster/trigger"]);
-    cluster.k(&[
-        "-n",
-        "tracejob-system",
-        "rollout",
-        "status",
-        "deploy/tracejob-trigger-receiver",
-        "--timeout=180s",
-    ]);
+    // The README's trigger quick start: its token, the receiver installed and rolled out.
+    cluster.sh(&blocks.take("README.md", "kubectl apply -k tests/cluster/trigger"));
+    let token = cluster.sh(
+        "kubectl -n tracejob-system get secret tracejob-trigger-token -o jsonpath='{.data.token}' | base64 -d",
+    );
+    assert!(!token.is_empty(), "the token the README's block made");
     let trigger = serde_json::json!({
         "apiVersion": "observe.tracejob.dev/v1alpha1", "kind": "TraceTrigger",
         "metadata": {"name": "cluster-alert", "namespace": "default"},
@@ -674,9 +689,13 @@ fn step(what: &str) {
 fn the_daemonset_runs_traces_on_a_real_kubelet() {
     // Only this test's traces count (an earlier test's bpftrace may still be printing its maps).
     let before = bpftrace_pids();
-    step("tests/cluster/try-it, as in the README's quick start");
+    let mut blocks = docs::blocks("the_daemonset_runs_traces_on_a_real_kubelet");
+    step("tests/cluster/try-it, as the README's \"Try it on one machine\" shows it");
     let started = Instant::now();
-    let out = run(&mut Command::new(root().join("tests/cluster/try-it")));
+    let out = run(
+        docs::bash(&blocks.take("README.md", "a local cluster, the agent installed"))
+            .current_dir(root()),
+    );
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     let mut cluster = Cluster {
@@ -829,7 +848,7 @@ fn the_daemonset_runs_traces_on_a_real_kubelet() {
     cluster.k(&["apply", "-k", "tests/cluster/overlay"]);
     cluster.ready_agent(None);
 
-    triggered_trace(&cluster);
+    triggered_trace(&cluster, &mut blocks);
 
     step("kubectl delete -k removes everything and leaves no bpftrace");
     cluster.trace("last", COUNT_SYSCALLS);
@@ -859,7 +878,7 @@ fn the_daemonset_runs_traces_on_a_real_kubelet() {
     }
 
     step("tests/cluster/try-it down");
-    cluster.down();
+    cluster.down(&blocks.take("README.md", "try-it down"));
     assert!(!PathBuf::from(cluster.kubeconfig.as_str()).exists());
     let left = run(Command::new("pgrep").args(["-f", "tracejob-cluster"]));
     assert!(

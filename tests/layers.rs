@@ -2,7 +2,7 @@
 //! also in `use crate::{X, Y}` groups) only to modules at a lower layer, or to itself; peers (on
 //! one layer) never refer to each other. So the layers have no import cycles. Inside a module,
 //! no files import each other in a circle either (a file's use of its own folder's `mod.rs`, the
-//! folder's face, is not counted). The order is the design's (docs/design.md). And no file of
+//! folder's face, is not counted). The order is docs/design.md's ("Layers"). And no file of
 //! the agent grows past what a newcomer reads alone.
 
 use std::path::{Path, PathBuf};

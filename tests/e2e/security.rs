@@ -217,16 +217,16 @@ fn can_i_list(k: &Kubectl, who: &str, baseline: &str, namespace: &str) -> Vec<St
     lines
 }
 
-/// The lines of a README code block that follow `heading` (a line ending with ':') up to the
-/// next heading or the block's end.
+/// The lines of a code block in docs/security.md that follow `heading` (a line ending with ':')
+/// up to the next heading or the block's end.
 fn readme_rights(heading: &str) -> Vec<String> {
     let readme = must(
-        std::fs::read_to_string(repo_root().join("README.md")),
-        "README.md",
+        std::fs::read_to_string(repo_root().join("docs/security.md")),
+        "docs/security.md",
     );
     let start = readme
         .find(&format!("\n{heading}\n"))
-        .unwrap_or_else(|| panic!("the README has no {heading:?}"));
+        .unwrap_or_else(|| panic!("docs/security.md has no {heading:?}"));
     let mut lines: Vec<String> = readme[start + heading.len() + 2..]
         .lines()
         .take_while(|l| l.starts_with("  "))
@@ -322,7 +322,7 @@ fn can_i_lists_match_the_readme(env: &Env) {
         assert_eq!(
             granted,
             readme_rights(heading),
-            "kubectl auth can-i --list --as {who} -n {namespace} differs from the README's {heading:?}"
+            "kubectl auth can-i --list --as {who} -n {namespace} differs from docs/security.md's {heading:?}"
         );
     }
     // Viewer rights come with `view`; creating TraceJobs does not come with `edit` or `admin`.
@@ -1452,7 +1452,7 @@ fn summarizer_token_fenced(env: &Env) {
         ]);
         assert_eq!(r.stdout.trim(), "yes", "{verb} its Lease: {}", r.stderr);
     }
-    // Reading every ConfigMap through a list is what it can do: the README says so.
+    // Reading every ConfigMap through a list is what it can do: docs/security.md says so.
     assert!(as_s
         .ok(&["get", "configmaps", "-n", &ns, "-o", "name"])
         .contains("configmap/node-output"));

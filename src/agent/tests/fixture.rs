@@ -224,7 +224,7 @@ fn node() -> kube::core::PartialObjectMeta<Node> {
     .into_response_partial()
 }
 
-/// `NAMESPACE`, whose annotation lets it trace every node but protected ones (the README's).
+/// `NAMESPACE`, whose annotation lets it trace every node but protected ones (the README's quick start).
 fn namespace() -> kube::core::PartialObjectMeta<Namespace> {
     ObjectMeta {
         name: Some(NAMESPACE.into()),

@@ -3,6 +3,7 @@
 
 pub mod agent;
 pub mod control_plane;
+pub mod docs;
 pub mod double;
 pub mod kubectl;
 pub mod summarizer;
