@@ -6,10 +6,8 @@
 
 pub mod agent;
 pub mod cluster;
-pub mod config;
 pub mod decide;
 pub mod host;
-pub mod metrics;
 pub mod output;
 pub mod plugin;
 pub mod resource;

@@ -1,8 +1,7 @@
 use std::process::ExitCode;
 
 use clap::{CommandFactory, Parser, Subcommand};
-use tracejob_agent::config::{Config, LogFormat};
-use tracing_subscriber::EnvFilter;
+use tracejob_agent::agent::Config;
 
 #[derive(Parser)]
 #[command(
@@ -15,25 +14,13 @@ struct Cli {
     command: Command,
 }
 
-#[derive(clap::Args)]
-struct Summarizer {
-    #[command(flatten)]
-    config: tracejob_agent::summarize::Config,
-    /// Log format.
-    #[arg(long, value_enum, default_value = "text")]
-    log_format: LogFormat,
-    /// Log level filter (RUST_LOG syntax); RUST_LOG overrides it.
-    #[arg(long, default_value = "info")]
-    log_level: String,
-}
-
 #[derive(Subcommand)]
 enum Command {
     /// Run the agent for one node (the DaemonSet's command).
     Run(Box<Config>),
     /// Keep the status and merged output of TraceJobs on several nodes (the summarizer
     /// Deployment's command; one replica is active at a time).
-    Summarize(Box<Summarizer>),
+    Summarize(Box<tracejob_agent::summarize::Config>),
     /// Answer Alertmanager's webhook: start a TraceJob for each alert a TraceTrigger matches
     /// (the trigger receiver Deployment's command).
     TriggerReceiver(Box<tracejob_agent::trigger::Config>),
@@ -67,35 +54,20 @@ fn main() -> ExitCode {
                 run.error(clap::error::ErrorKind::ArgumentConflict, e)
                     .exit();
             }
-            logs(config.log_format, &config.log_level);
+            config.logs.init();
             block_on(tracejob_agent::agent::run(*config), "tracejob-agent")
         }
         Command::TriggerReceiver(c) => {
-            logs(c.log_format, &c.log_level);
+            c.logs.init();
             block_on(
                 tracejob_agent::trigger::run(*c),
                 "tracejob trigger receiver",
             )
         }
         Command::Summarize(s) => {
-            logs(s.log_format, &s.log_level);
-            block_on(
-                tracejob_agent::summarize::run(s.config),
-                "tracejob summarizer",
-            )
+            s.logs.init();
+            block_on(tracejob_agent::summarize::run(*s), "tracejob summarizer")
         }
-    }
-}
-
-fn logs(format: LogFormat, level: &str) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
-    let logs = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(ansi);
-    match format {
-        LogFormat::Text => logs.init(),
-        LogFormat::Json => logs.json().init(),
     }
 }
 

@@ -10,13 +10,11 @@ use std::path::{Path, PathBuf};
 /// Lowest first. Modules on one line are peers.
 const LAYERS: &[&[&str]] = &[
     &["resource"],
-    &["metrics"],
     &["serve"],
     &["output"],
     &["decide"],
     &["host"],
     &["cluster"],
-    &["config"],
     &["agent"],
     &["summarize", "trigger", "plugin"],
     &["lib", "main", "bin"],

@@ -35,7 +35,7 @@ use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::wait::await_condition;
 use kube::runtime::{reflector, watcher, WatchStreamExt};
 use kube::Api;
-use tracejob_agent::metrics::Metrics;
+use tracejob_agent::agent::Metrics;
 use tracejob_agent::resource::{Phase, TraceJob, TraceJobNode, LABEL_TRACEJOB};
 use tracing::Instrument;
 
@@ -56,7 +56,7 @@ const PROGRAM: &str = "// double: idle-ms=1000\n// double: maps=@h: \\n[1]      
 #[derive(Parser)]
 struct OneNode {
     #[command(flatten)]
-    config: tracejob_agent::config::Config,
+    config: tracejob_agent::agent::Config,
 }
 
 struct HollowAgent {
@@ -146,9 +146,10 @@ pub fn hollow_main() {
             tasks.spawn(
                 async move {
                     let served = async {
-                        let client = tracejob_agent::cluster::client::connect(metrics.clone())
-                            .await
-                            .map_err(tracejob_agent::agent::Error::Kube)?;
+                        let client =
+                            tracejob_agent::cluster::client::connect(metrics.traffic.clone())
+                                .await
+                                .map_err(tracejob_agent::agent::Error::Kube)?;
                         let shutdown = async move {
                             let _ = stop.wait_for(|s| *s).await;
                             Ok(())

@@ -8,10 +8,10 @@ use tokio::sync::{watch, Semaphore};
 
 use crate::cluster::stores::Stores;
 use crate::cluster::writer::Writer;
-use crate::config::Config;
 use crate::decide::budget::Budget;
 use crate::host::rundir::StateDir;
-use crate::metrics::Metrics;
+
+use super::{Config, Metrics};
 
 /// What every job actor shares.
 pub struct Ctx {

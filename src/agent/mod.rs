@@ -6,13 +6,16 @@
 //! directory, and the next agent on the node takes it over. Only when no agent will come back
 //! (`handover`) does it stop them first.
 
+pub mod config;
 mod ctx;
 pub mod job;
-pub mod server;
+pub mod metrics;
 #[cfg(test)]
 mod tests;
 
+pub use config::Config;
 pub use ctx::{Ctx, Facts};
+pub use metrics::Metrics;
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
@@ -30,21 +33,19 @@ use crate::cluster::client;
 use crate::cluster::handover::{self, Handover};
 use crate::cluster::stores::Stores;
 use crate::cluster::watch::{Source, Update};
-use crate::config::Config;
 use crate::host::bpftrace;
 use crate::host::rundir::{self, StateDir};
 use crate::host::shim::Started;
-use crate::metrics::Metrics;
 use crate::resource::{TraceJob, TraceJobNode};
+use crate::serve;
 use kube::runtime::reflector::Store;
-use server::Health;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error(transparent)]
     State(#[from] rundir::Error),
     #[error("invalid flags: {0}")]
-    Config(#[from] crate::config::Invalid),
+    Config(#[from] config::Invalid),
     #[error("Kubernetes API: {0}")]
     Kube(#[from] kube::Error),
     #[error("cannot find the agent's own executable (it runs as each trace's shim): {0}")]
@@ -66,13 +67,10 @@ pub enum Error {
 pub async fn run(config: Config) -> Result<(), Error> {
     let exe = std::env::current_exe().map_err(Error::Exe)?;
     let metrics = Metrics::new();
-    let ready = Arc::new(AtomicBool::new(false));
-    let health = Health {
-        ready: ready.clone(),
-        metrics: metrics.clone(),
-    };
-    server::spawn(config.listen, health);
-    let client = client::connect(metrics.clone()).await?;
+    let health = serve::Health::new(metrics.registry(), "TraceJobs not listed yet");
+    let ready = health.ready.clone();
+    serve::spawn_at(config.listen, serve::router(health));
+    let client = client::connect(metrics.traffic.clone()).await?;
     // Polled first once the agent serves: until then SIGTERM ends the process at once.
     let shutdown = async {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
@@ -112,7 +110,7 @@ pub async fn serve(
     info!(node = %config.node_name, bpftrace = %config.bpftrace.display(), %version, "tracejob-agent starting");
     metrics
         .bpftrace
-        .get_or_create(&crate::metrics::Version {
+        .get_or_create(&metrics::Version {
             version: version.clone(),
         })
         .set(1);
@@ -120,7 +118,7 @@ pub async fn serve(
     let pod = config.pod();
     let node = config.node_name.clone();
     // Watched from the start, and listed before any TraceJob is decided.
-    let stores = Stores::start(&client, &node, metrics.clone());
+    let stores = Stores::start(&client, &node, metrics.traffic.clone());
     let ctx = Arc::new(Ctx::new(
         config,
         client.clone(),
@@ -135,7 +133,8 @@ pub async fn serve(
     ));
     // This node's parts of TraceJobs on several nodes, listed before any TraceJob is looked at:
     // a part is how a restarted agent knows it already runs one.
-    let parts = crate::cluster::watch::parts(Api::all(client.clone()), &node, metrics.clone());
+    let parts =
+        crate::cluster::watch::parts(Api::all(client.clone()), &node, metrics.traffic.clone());
     parts
         .wait_until_ready()
         .await
@@ -150,7 +149,8 @@ pub async fn serve(
             "the watches of this node's Node, the Namespaces or this node's pods have not listed yet (see the 'watching failed' lines: the agent's RBAC?); going on without them"
         ),
     }
-    let updates = crate::cluster::watch::updates(Api::all(client.clone()), &node, metrics);
+    let updates =
+        crate::cluster::watch::updates(Api::all(client.clone()), &node, metrics.traffic.clone());
     tokio::pin!(updates);
 
     let mut dispatcher = Dispatcher {

@@ -10,13 +10,13 @@ use http_body::{Body, Frame};
 use kube::Client;
 use prometheus_client::metrics::counter::Counter;
 
-use crate::metrics::Metrics;
+use super::traffic::Traffic;
 
 /// A service whose responses count their bytes, watches apart.
 #[derive(Clone)]
 struct CountBytes<S> {
     inner: S,
-    metrics: Arc<Metrics>,
+    metrics: Arc<Traffic>,
 }
 
 impl<S, R, B> tower::Service<axum::http::Request<R>> for CountBytes<S>
@@ -79,7 +79,7 @@ impl<B: Body<Data = bytes::Bytes> + Unpin> Body for Counted<B> {
 
 /// A client from in-cluster configuration or KUBECONFIG that counts its requests by method
 /// (watches apart from plain GETs).
-pub async fn connect(metrics: Arc<Metrics>) -> Result<Client, kube::Error> {
+pub async fn connect(metrics: Arc<Traffic>) -> Result<Client, kube::Error> {
     let config = kube::Config::infer()
         .await
         .map_err(kube::Error::InferConfig)?;
@@ -107,9 +107,9 @@ pub async fn connect(metrics: Arc<Metrics>) -> Result<Client, kube::Error> {
         tower::util::MapResultLayer::new(move |result: Result<axum::http::Response<_>, _>| {
             match &result {
                 Ok(r) if r.status().is_server_error() || r.status().as_u16() == 429 => {
-                    m.api_errors.inc()
+                    m.errors.inc()
                 }
-                Err(_) => m.api_errors.inc(),
+                Err(_) => m.errors.inc(),
                 Ok(_) => 0,
             };
             result

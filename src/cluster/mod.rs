@@ -7,5 +7,6 @@ pub mod client;
 pub mod handover;
 pub mod lookup;
 pub mod stores;
+pub mod traffic;
 pub mod watch;
 pub mod writer;

@@ -19,8 +19,8 @@ use kube::runtime::WatchStreamExt;
 use kube::{Api, Client, Resource, ResourceExt};
 use tokio::sync::watch;
 
+use super::traffic::Traffic;
 use crate::decide::scope::ANNOTATION;
-use crate::metrics::Metrics;
 
 /// A store kept by its reflector, and a signal that it changed.
 pub struct Watched<K: Resource<DynamicType = ()> + 'static> {
@@ -58,7 +58,7 @@ where
         api: Api<K>,
         config: watcher::Config,
         name: &'static str,
-        metrics: Arc<Metrics>,
+        metrics: Arc<Traffic>,
         trim: fn(&mut K),
     ) -> Watched<K> {
         let (store, writer) = reflector::store();
@@ -67,10 +67,7 @@ where
         let stream = reflector::reflector(writer, events).for_each(move |event| {
             match &event {
                 Ok(Event::Apply(_) | Event::InitApply(_) | Event::Delete(_)) => {
-                    metrics
-                        .watch_events
-                        .get_or_create(&crate::metrics::Watch { watch: name.into() })
-                        .inc();
+                    metrics.watch_event(name);
                 }
                 Ok(Event::Init | Event::InitDone) => {}
                 Err(e) => tracing::warn!(error = %e, watch = name, "watching failed; retrying"),
@@ -151,7 +148,7 @@ fn trim<K: ResourceExt>(k: &mut K) {
 
 impl Stores {
     /// Starts the three reflectors for node `node`.
-    pub fn start(client: &Client, node: &str, metrics: Arc<Metrics>) -> Stores {
+    pub fn start(client: &Client, node: &str, metrics: Arc<Traffic>) -> Stores {
         Stores {
             node_name: node.to_string(),
             node: Watched::start(

@@ -13,7 +13,7 @@ use kube::runtime::watcher::{self, Event};
 use kube::runtime::WatchStreamExt;
 use kube::{Api, ResourceExt};
 
-use crate::metrics::Metrics;
+use super::traffic::Traffic;
 use crate::resource::crd::NODE_FIELD;
 use crate::resource::{TraceJob, TraceJobNode};
 
@@ -38,7 +38,7 @@ pub enum Update {
 pub fn updates(
     api: Api<TraceJob>,
     node: &str,
-    metrics: Arc<Metrics>,
+    metrics: Arc<Traffic>,
 ) -> impl Stream<Item = Update> {
     futures::stream::select(
         watch(api.clone(), Source::Node, node, metrics.clone()),
@@ -50,7 +50,7 @@ fn watch(
     api: Api<TraceJob>,
     source: Source,
     node: &str,
-    metrics: Arc<Metrics>,
+    metrics: Arc<Traffic>,
 ) -> impl Stream<Item = Update> {
     let config = watcher::Config::default().fields(&format!("{NODE_FIELD}={node}"));
     let mut listing: HashSet<String> = HashSet::new();
@@ -65,12 +65,7 @@ fn watch(
                     Source::Node => "node",
                     Source::Unassigned => "unassigned",
                 };
-                metrics
-                    .watch_events
-                    .get_or_create(&crate::metrics::Watch {
-                        watch: watch.into(),
-                    })
-                    .inc();
+                metrics.watch_event(watch);
             }
             let update = match event {
                 Ok(Event::Apply(tj)) => Some(Update::Seen(tj)),
@@ -95,7 +90,7 @@ fn watch(
 
 /// This node's parts of TraceJobs on several nodes (`TraceJobNode`s whose spec.nodeName is this
 /// node, filtered by the API server), kept in a store by a task of its own.
-pub fn parts(api: Api<TraceJobNode>, node: &str, metrics: Arc<Metrics>) -> Store<TraceJobNode> {
+pub fn parts(api: Api<TraceJobNode>, node: &str, metrics: Arc<Traffic>) -> Store<TraceJobNode> {
     let config = watcher::Config::default().fields(&format!("{NODE_FIELD}={node}"));
     let (store, writer) = reflector::store();
     let stream = reflector::reflector(writer, watcher::watcher(api, config).default_backoff())
@@ -103,12 +98,7 @@ pub fn parts(api: Api<TraceJobNode>, node: &str, metrics: Arc<Metrics>) -> Store
         .for_each(move |event| {
             match event {
                 Ok(_) => {
-                    metrics
-                        .watch_events
-                        .get_or_create(&crate::metrics::Watch {
-                            watch: "parts".into(),
-                        })
-                        .inc();
+                    metrics.watch_event("parts");
                 }
                 Err(e) => tracing::warn!(error = %e, "watching TraceJobNodes failed; retrying"),
             }

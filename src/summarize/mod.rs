@@ -10,12 +10,12 @@
 //! write (`write`), each TraceJob's writes one at a time and never holding up the watch.
 
 pub mod lease;
+pub mod metrics;
 pub mod write;
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
@@ -27,11 +27,11 @@ use kube::{Api, Client, ResourceExt};
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
-use crate::agent::server::{self, Health};
 use crate::cluster::client;
 use crate::decide::status;
-use crate::metrics::Metrics;
 use crate::resource::{TraceJob, TraceJobNode};
+use crate::serve;
+use metrics::Metrics;
 
 /// At most one summary write per TraceJob in this time: a burst of node writes costs a few
 /// summary writes, not one per node.
@@ -96,6 +96,9 @@ pub struct Config {
     /// Address of /healthz, /readyz and /metrics.
     #[arg(long, env = "LISTEN_ADDRESS", default_value = "0.0.0.0:9470")]
     pub listen: SocketAddr,
+
+    #[command(flatten)]
+    pub logs: crate::serve::Logs,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -113,13 +116,10 @@ pub async fn run(config: Config) -> Result<(), Error> {
         format!("{}-{}", host.trim(), &suffix[..8])
     });
     let metrics = Metrics::new();
-    let ready = Arc::new(AtomicBool::new(false));
-    let health = Health {
-        ready: ready.clone(),
-        metrics: metrics.clone(),
-    };
-    server::spawn(config.listen, health);
-    let client = client::connect(metrics.clone()).await?;
+    let health = serve::Health::new(metrics.registry(), "not started yet");
+    let ready = health.ready.clone();
+    serve::spawn_at(config.listen, serve::router(health));
+    let client = client::connect(metrics.traffic.clone()).await?;
     let elector = lease::Elector::new(
         Api::<Lease>::namespaced(client.clone(), &config.lease_namespace),
         &config.lease_name,
@@ -129,7 +129,7 @@ pub async fn run(config: Config) -> Result<(), Error> {
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(|e| Error::Kube(kube::Error::Service(Box::new(e))))?;
     tokio::select! {
-        () = elect_and_lead(&elector, &client, &config, &ready) => {}
+        () = elect_and_lead(&elector, &client, &config, &ready, &metrics) => {}
         _ = term.recv() => {}
         _ = tokio::signal::ctrl_c() => {}
     }
@@ -141,6 +141,7 @@ async fn elect_and_lead(
     client: &Client,
     config: &Config,
     ready: &AtomicBool,
+    metrics: &Metrics,
 ) {
     loop {
         // A candidate: ready (it serves), waiting for the Lease.
@@ -157,6 +158,7 @@ async fn elect_and_lead(
             identity = elector.identity(),
             "holding the Lease: summarizing"
         );
+        metrics.leading.set(1);
         let mut last_renewed = Instant::now();
         let leading = lead(client.clone(), config.clone());
         tokio::pin!(leading);
@@ -180,6 +182,7 @@ async fn elect_and_lead(
                 }
             }
         }
+        metrics.leading.set(0);
     }
 }
 

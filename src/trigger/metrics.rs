@@ -8,6 +8,8 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
+use crate::cluster::traffic::Traffic;
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct Result {
     /// accepted, unauthorized, invalid or overloaded.
@@ -20,7 +22,9 @@ pub struct Reason {
 }
 
 pub struct Metrics {
-    registry: Registry,
+    /// Its traffic with the API server (its client counts it).
+    pub traffic: Arc<Traffic>,
+    registry: Arc<Registry>,
     /// Webhook calls, by what became of them.
     pub notifications: Family<Result, Counter>,
     pub created: Counter,
@@ -37,13 +41,14 @@ impl Metrics {
     pub fn new() -> Arc<Metrics> {
         let mut registry = Registry::with_prefix("tracejob_trigger");
         let m = Metrics {
+            traffic: Traffic::register(&mut registry, &[], "none counted"),
             notifications: Family::default(),
             created: Counter::default(),
             suppressed: Family::default(),
             stopped: Counter::default(),
             errors: Counter::default(),
             create_latency: Histogram::new(exponential_buckets(0.001, 2.0, 14)),
-            registry: Registry::default(),
+            registry: Arc::new(Registry::default()),
         };
         // Every series exists from the start, so a count reads 0 before its first event.
         for r in ["accepted", "unauthorized", "invalid", "overloaded"] {
@@ -88,7 +93,10 @@ impl Metrics {
             "From a webhook call received to its TraceJob created",
             m.create_latency.clone(),
         );
-        Arc::new(Metrics { registry, ..m })
+        Arc::new(Metrics {
+            registry: Arc::new(registry),
+            ..m
+        })
     }
 
     pub fn notification(&self, result: &str) {
@@ -107,9 +115,11 @@ impl Metrics {
             .inc();
     }
 
+    pub fn registry(&self) -> Arc<Registry> {
+        self.registry.clone()
+    }
+
     pub fn encode(&self) -> String {
-        let mut text = String::new();
-        let _ = prometheus_client::encoding::text::encode(&mut text, &self.registry);
-        text
+        crate::serve::encode(&self.registry)
     }
 }

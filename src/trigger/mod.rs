@@ -33,7 +33,6 @@ use serde_json::json;
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
-use crate::config::LogFormat;
 use crate::resource::trigger::{
     TraceTrigger, TraceTriggerStatus, LABEL_FINGERPRINT, LABEL_TRIGGER,
 };
@@ -67,13 +66,8 @@ pub struct Config {
     #[arg(long)]
     pub namespace: Option<String>,
 
-    /// Log format.
-    #[arg(long, value_enum, default_value = "text")]
-    pub log_format: LogFormat,
-
-    /// Log level filter (RUST_LOG syntax); RUST_LOG overrides it.
-    #[arg(long, default_value = "info")]
-    pub log_level: String,
+    #[command(flatten)]
+    pub logs: crate::serve::Logs,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -118,8 +112,7 @@ pub async fn run(config: Config) -> Result<(), Error> {
             warn!(error = %e, "the webhook endpoint stopped");
         }
     });
-    // The agent's client, for its layers; its request counts are not exported here.
-    let client = crate::cluster::client::connect(crate::metrics::Metrics::new()).await?;
+    let client = crate::cluster::client::connect(metrics.traffic.clone()).await?;
     let (triggers_api, jobs_api): (Api<TraceTrigger>, Api<TraceJob>) = match &config.namespace {
         Some(ns) => (
             Api::namespaced(client.clone(), ns),

@@ -4,7 +4,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -12,12 +12,13 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::IntoResponse;
-use axum::routing::{get, post};
+use axum::routing::post;
 use axum::Router;
 use tokio::sync::mpsc;
 
 use super::decide::Notification;
 use super::metrics::Metrics;
+use crate::serve;
 
 /// A notification waiting for the worker, with when it arrived.
 pub struct Queued {
@@ -35,13 +36,17 @@ pub struct Shared {
     pub ready: Arc<AtomicBool>,
 }
 
+/// `POST /alerts`, and what every component serves (`serve::router`).
 pub fn router(shared: Shared) -> Router {
+    let health = serve::Health {
+        ready: shared.ready.clone(),
+        waiting_for: "TraceTriggers not listed yet",
+        registry: shared.metrics.registry(),
+    };
     Router::new()
         .route("/alerts", post(alerts))
-        .route("/healthz", get(|| async { "ok\n" }))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
         .with_state(shared)
+        .merge(serve::router(health))
 }
 
 pub async fn serve(listener: tokio::net::TcpListener, shared: Shared) -> std::io::Result<()> {
@@ -116,22 +121,6 @@ async fn alerts(State(s): State<Shared>, headers: HeaderMap, body: Bytes) -> imp
             (StatusCode::SERVICE_UNAVAILABLE, "the queue is full\n")
         }
     }
-}
-
-async fn readyz(State(s): State<Shared>) -> impl IntoResponse {
-    if s.ready.load(Ordering::Relaxed) {
-        (StatusCode::OK, "ready\n")
-    } else {
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "TraceTriggers not listed yet\n",
-        )
-    }
-}
-
-async fn metrics(State(s): State<Shared>) -> impl IntoResponse {
-    let content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8";
-    ([(header::CONTENT_TYPE, content_type)], s.metrics.encode())
 }
 
 #[cfg(test)]

@@ -240,7 +240,7 @@ impl Actor {
             self.ctx
                 .metrics
                 .fanout_refused
-                .get_or_create(&crate::metrics::Reason {
+                .get_or_create(&crate::agent::metrics::Reason {
                     reason: NODE_NOT_ALLOWED.into(),
                 })
                 .inc();

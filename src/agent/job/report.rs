@@ -5,13 +5,13 @@ use std::time::{Duration, Instant};
 
 use tracing::{debug, warn};
 
+use crate::agent::Metrics;
 use crate::cluster::writer;
 use crate::cluster::writer::{Desired, Written};
 use crate::decide::job as decide;
 use crate::decide::job::Outcome;
 use crate::decide::status;
 use crate::host::rundir::{Landed, Record};
-use crate::metrics::Metrics;
 use crate::resource::{OutputRef, Phase, TraceJobStatus};
 
 use super::{Actor, Reported};

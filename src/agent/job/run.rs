@@ -8,13 +8,13 @@ use kube::ResourceExt;
 use nix::sys::signal::Signal;
 use tracing::{info, warn};
 
+use crate::agent::Metrics;
 use crate::cluster::writer;
 use crate::cluster::writer::Written;
 use crate::decide::job as decide;
 use crate::decide::job::{Process, Step, StopReason, Wanted};
 use crate::host::process::Identity;
 use crate::host::{progress, shim};
-use crate::metrics::Metrics;
 use crate::resource::{Phase, TraceJobStatus};
 
 use super::{ended, exit_of, Actor, Run};

@@ -18,12 +18,12 @@ use tokio::task::JoinHandle;
 use super::api::{self, ApiServer};
 pub use super::api::{next_version, path_of, NAMESPACE, NODE, PATIENCE};
 use super::doubles::{self, MAP};
+use crate::agent::Config;
+use crate::agent::Metrics;
 use crate::agent::{job, Ctx, Facts};
 use crate::cluster::stores::Stores;
-use crate::config::Config;
 use crate::decide::scope::ANNOTATION;
 use crate::host::rundir::StateDir;
-use crate::metrics::Metrics;
 use crate::resource::{Phase, Target, TraceJob, TraceJobSpec};
 
 /// The agent's side of one test: its `Ctx`, the API server its client talks to, and its files.

@@ -4,8 +4,6 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::ValueEnum;
-
 use crate::cluster::handover::PodRef;
 use crate::decide::scope::{self, Unannotated};
 use crate::output::fit::CONFIGMAP_BUDGET;
@@ -123,19 +121,8 @@ pub struct Config {
     #[arg(long, env = "POD_NAMESPACE", requires = "pod_name")]
     pub pod_namespace: Option<String>,
 
-    /// Log format.
-    #[arg(long, value_enum, default_value = "text")]
-    pub log_format: LogFormat,
-
-    /// Log level filter (RUST_LOG syntax); RUST_LOG overrides it.
-    #[arg(long, default_value = "info")]
-    pub log_level: String,
-}
-
-#[derive(Clone, Copy, Debug, ValueEnum)]
-pub enum LogFormat {
-    Text,
-    Json,
+    #[command(flatten)]
+    pub logs: crate::serve::Logs,
 }
 
 /// Flags that are each in range but do not go together.

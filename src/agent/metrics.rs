@@ -1,4 +1,5 @@
-//! What the agent counts and times, in one registry served as Prometheus text on /metrics.
+//! What the agent counts and times, in its own registry served as Prometheus text on /metrics:
+//! its traces, and its traffic with the API server (`cluster::traffic`).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,29 +11,15 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
+use crate::cluster::traffic::Traffic;
+
+/// The agent's watches, whose event counts exist from the start.
+const WATCHES: &[&str] = &["node", "unassigned", "nodes", "namespaces", "pods"];
+const WATCHES_DESCRIBED: &str = "TraceJobs of this node (node) or of none (unassigned); this node's parts of fan-outs (parts); its own Node (nodes), Namespaces (namespaces), pods on this node (pods)";
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct Reason {
     pub reason: String,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct Request {
-    pub method: String,
-    /// tracejobs, configmaps, events or other.
-    pub resource: String,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct Received {
-    /// watch or other.
-    pub kind: String,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct Watch {
-    /// TraceJobs: node (spec.nodeName is this node) or unassigned (no spec.nodeName); the
-    /// stores (`cluster::stores`): nodes (its own), namespaces, pods (on its node).
-    pub watch: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -41,7 +28,9 @@ pub struct Version {
 }
 
 pub struct Metrics {
-    registry: Registry,
+    registry: Arc<Registry>,
+    /// Its traffic with the API server (its client and watches count it).
+    pub traffic: Arc<Traffic>,
     pub running: Gauge,
     pub started: Counter,
     pub completed: Counter,
@@ -50,12 +39,6 @@ pub struct Metrics {
     pub start_latency: Histogram,
     /// Stop seen until the output ConfigMap is written.
     pub collect_latency: Histogram,
-    pub api_requests: Family<Request, Counter>,
-    /// Bytes received from the API server: watch streams, and everything else.
-    pub api_received: Family<Received, Counter>,
-    pub api_errors: Counter,
-    /// Watch events that reached the agent, by watch (the API server filters them).
-    pub watch_events: Family<Watch, Counter>,
     /// Bytes of live output written to the API server.
     pub live_bytes: Counter,
     /// Live copies skipped because the node's budget was spent.
@@ -81,10 +64,6 @@ impl Metrics {
             failed: Family::default(),
             start_latency: Histogram::new(exponential_buckets(0.025, 2.0, 12)),
             collect_latency: Histogram::new(exponential_buckets(0.025, 2.0, 12)),
-            api_requests: Family::default(),
-            api_received: Family::default(),
-            api_errors: Counter::default(),
-            watch_events: Family::default(),
             live_bytes: Counter::default(),
             live_skipped: Counter::default(),
             record_save_failures: Counter::default(),
@@ -92,7 +71,8 @@ impl Metrics {
             collections: Counter::default(),
             bpftrace: Family::default(),
             fanout_refused: Family::default(),
-            registry: Registry::default(),
+            registry: Arc::new(Registry::default()),
+            traffic: Traffic::register(&mut registry, WATCHES, WATCHES_DESCRIBED),
         };
         registry.register(
             "traces_running",
@@ -130,32 +110,6 @@ impl Metrics {
             m.collect_latency.clone(),
         );
         registry.register(
-            "api_requests",
-            "Requests to the Kubernetes API, by HTTP method (WATCH apart) and resource",
-            m.api_requests.clone(),
-        );
-        registry.register(
-            "api_received_bytes",
-            "Bytes of responses received from the Kubernetes API, watch streams (kind=watch) apart",
-            m.api_received.clone(),
-        );
-        registry.register(
-            "api_errors",
-            "Kubernetes API writes that failed and were retried or given up",
-            m.api_errors.clone(),
-        );
-        // Both series exist from the start, so a count can be read before the first event.
-        for watch in ["node", "unassigned", "nodes", "namespaces", "pods"] {
-            let _ = m.watch_events.get_or_create(&Watch {
-                watch: watch.into(),
-            });
-        }
-        registry.register(
-            "watch_events",
-            "Watch events received, by watch: TraceJobs of this node (node) or of none (unassigned); its own Node (nodes), Namespaces (namespaces), pods on this node (pods)",
-            m.watch_events.clone(),
-        );
-        registry.register(
             "live_output_bytes",
             "Bytes of live output written to ConfigMaps",
             m.live_bytes.clone(),
@@ -185,7 +139,10 @@ impl Metrics {
             "The bpftrace this agent runs (version label)",
             m.bpftrace.clone(),
         );
-        Arc::new(Metrics { registry, ..m })
+        Arc::new(Metrics {
+            registry: Arc::new(registry),
+            ..m
+        })
     }
 
     pub fn failed(&self, reason: &str) {
@@ -196,31 +153,16 @@ impl Metrics {
             .inc();
     }
 
-    pub fn request(&self, method: &str, resource: &str) {
-        let labels = Request {
-            method: method.to_string(),
-            resource: resource.to_string(),
-        };
-        self.api_requests.get_or_create(&labels).inc();
-    }
-
-    /// The counter of bytes received of one kind (watch or other).
-    pub fn received(&self, kind: &str) -> Counter {
-        self.api_received
-            .get_or_create(&Received {
-                kind: kind.to_string(),
-            })
-            .clone()
-    }
-
     pub fn observe(h: &Histogram, d: Duration) {
         h.observe(d.as_secs_f64());
     }
 
+    /// The registry, for `/metrics` (`serve::router`).
+    pub fn registry(&self) -> Arc<Registry> {
+        self.registry.clone()
+    }
+
     pub fn encode(&self) -> String {
-        let mut text = String::new();
-        // Encoding into a String cannot fail.
-        let _ = prometheus_client::encoding::text::encode(&mut text, &self.registry);
-        text
+        crate::serve::encode(&self.registry)
     }
 }
