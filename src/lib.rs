@@ -13,5 +13,6 @@ pub mod metrics;
 pub mod output;
 pub mod plugin;
 pub mod resource;
+pub mod serve;
 pub mod summarize;
 pub mod trigger;

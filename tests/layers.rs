@@ -12,7 +12,7 @@ const LAYERS: &[&[&str]] = &[
     &["output"],
     &["decide"],
     &["host"],
-    &["cluster"],
+    &["cluster", "serve"],
     &["config"],
     &["agent"],
     &["summarize", "trigger", "plugin"],

@@ -5,7 +5,11 @@
 
 use std::collections::BTreeMap;
 
-use regex::Regex;
+use regex::{Regex, RegexBuilder};
+
+/// The most memory one matcher's regex may take compiled, and its lazy DFA's cache: a trigger
+/// holds at most 32 matchers, so one trigger costs the receiver at most 32 * 2 MiB.
+const REGEX_SIZE_LIMIT: usize = 1 << 20;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Op {
@@ -77,7 +81,11 @@ impl Matcher {
         };
         let regex = match op {
             Op::Regex | Op::NotRegex => Some(
-                Regex::new(&format!("^(?:{value})$")).map_err(|e| err(&format!("regex: {e}")))?,
+                RegexBuilder::new(&format!("^(?:{value})$"))
+                    .size_limit(REGEX_SIZE_LIMIT)
+                    .dfa_size_limit(REGEX_SIZE_LIMIT)
+                    .build()
+                    .map_err(|e| err(&format!("regex: {e}")))?,
             ),
             _ => None,
         };
@@ -130,6 +138,15 @@ fn unquote(s: &str) -> Result<String, String> {
         }
     }
     Err("unterminated quoted value".into())
+}
+
+/// The label name a matcher reads (what precedes its operator), without parsing the rest.
+pub fn label_name(input: &str) -> &str {
+    let s = input.trim_start();
+    let end = s
+        .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .unwrap_or(s.len());
+    &s[..end]
 }
 
 /// Parses every matcher; the first invalid one is the error.
@@ -214,6 +231,15 @@ mod tests {
             m(r#"missing=~"x|""#).matches(&l),
             "absent matches the empty alternative"
         );
+    }
+
+    #[test]
+    fn huge_regexes_are_refused() {
+        // Compiles to far more than the limit (the default limit would take it).
+        let e = Matcher::parse(r#"a=~"\w{1000}""#).expect_err("over the size limit");
+        assert!(e.why.contains("regex"), "{e}");
+        assert!(Matcher::parse(r#"a=~"\w{10}""#).is_ok());
+        assert_eq!(label_name(r#" severity=~"x""#), "severity");
     }
 
     #[test]

@@ -9,6 +9,7 @@ mod hostile;
 mod lifecycle;
 mod native;
 mod plugin;
+mod receiver;
 mod releases;
 mod reliability;
 mod robust;
@@ -57,6 +58,7 @@ fn main() -> std::process::ExitCode {
     tests.extend(releases::tests());
     tests.extend(robust::tests());
     tests.extend(trigger::tests());
+    tests.extend(receiver::tests());
     tests.extend(slowdisk::tests());
     tests.extend(core::tests());
     // On the oldest supported release, a short subset: the API as the server enforces it, a

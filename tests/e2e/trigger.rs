@@ -47,7 +47,7 @@ const METRIC: &str = "tracejob_test_latency_seconds";
 const PROGRAM: &str = "tracepoint:raw_syscalls:sys_enter { @calls = count(); }";
 
 /// The directory holding `prometheus` and `alertmanager`, built once.
-fn binaries() -> PathBuf {
+pub(crate) fn binaries() -> PathBuf {
     let out = must(
         Command::new("bash")
             .arg(repo_root().join("tests/harness/build-prometheus.sh"))
@@ -361,11 +361,11 @@ impl Drop for Loop {
 }
 
 /// GET on loopback: the status (0 when unreachable) and the body.
-fn http_get(port: u16, path: &str) -> (u16, String) {
+pub(crate) fn http_get(port: u16, path: &str) -> (u16, String) {
     curl(&[&format!("http://127.0.0.1:{port}{path}")])
 }
 
-fn curl(args: &[&str]) -> (u16, String) {
+pub(crate) fn curl(args: &[&str]) -> (u16, String) {
     let out = Command::new("curl")
         .args(["-s", "-m", "5", "-w", "\n%{http_code}"])
         .args(args)
@@ -378,7 +378,7 @@ fn curl(args: &[&str]) -> (u16, String) {
 }
 
 /// The names of the TraceJobs trigger `name` made.
-fn made(k: &Kubectl, ns: &str, trigger: &str) -> Vec<String> {
+pub(crate) fn made(k: &Kubectl, ns: &str, trigger: &str) -> Vec<String> {
     k.ok(&[
         "get",
         "tj",
@@ -394,14 +394,20 @@ fn made(k: &Kubectl, ns: &str, trigger: &str) -> Vec<String> {
     .collect()
 }
 
-fn trigger_yaml(name: &str, matchers: &[&str], on: &str, deadline: i64, limits: &str) -> String {
+pub(crate) fn trigger_yaml(
+    name: &str,
+    matchers: &[&str],
+    on: &str,
+    deadline: i64,
+    limits: &str,
+) -> String {
     let matchers = serde_json::to_string(matchers).expect("json");
     format!(
         "apiVersion: observe.tracejob.dev/v1alpha1\nkind: TraceTrigger\nmetadata:\n  name: {name}\nspec:\n  matchers: {matchers}\n  target: {{kind: {on}}}\n  trace:\n    program: '{PROGRAM}'\n    deadline: {deadline}\n    deadlineGracePeriod: 300\n  limits: {limits}\n"
     )
 }
 
-fn status(k: &Kubectl, ns: &str, trigger: &str, path: &str) -> String {
+pub(crate) fn status(k: &Kubectl, ns: &str, trigger: &str, path: &str) -> String {
     k.jsonpath(ns, &format!("tt/{trigger}"), path)
 }
 
