@@ -27,6 +27,10 @@ pub fn tests() -> Vec<Test> {
             run: large_labelled_tracejobs,
         },
         Test {
+            name: "trigger_receiver_two_triggers_sharing_a_long_prefix_each_trace_and_a_huge_regex_is_refused",
+            run: long_prefixes_and_huge_regexes,
+        },
+        Test {
             name: "trigger_receiver_starts_nothing_for_another_namespaces_alert_unless_widened",
             run: other_namespace,
         },
@@ -554,5 +558,49 @@ fn other_namespace(env: &Env) {
         },
     );
     k.ok(&["delete", "clusterrolebinding,clusterrole", &user]);
+    assert!(rx.alive());
+}
+
+/// Two triggers whose names share their first 40 characters, matching one alert on one node: each
+/// makes its own TraceJob (before, both named the same one: one create was lost). A third trigger's regex that compiles beyond the size limit is its error, not the receiver's
+/// memory.
+fn long_prefixes_and_huge_regexes(env: &Env) {
+    let k = &env.kubectl;
+    let ns = env.namespace("rx-prefix");
+    let mut rx = Receiver::start(env, &ns, None);
+    rx.wait_ready(Duration::from_secs(120));
+    let prefix = "a-trigger-name-forty-characters-long-xxx";
+    assert_eq!(prefix.len(), 40);
+    let (one, two) = (format!("{prefix}-one"), format!("{prefix}-two"));
+    for name in [&one, &two] {
+        k.apply(
+            &ns,
+            &trigger_yaml(name, &["alertname=\"Shared\""], "Node", 600, "{}"),
+        );
+    }
+    k.apply(
+        &ns,
+        &trigger_yaml("huge", &["alertname=~\"\\\\w{200}\""], "Node", 600, "{}"),
+    );
+    let alert = serde_json::json!({"version": "4", "status": "firing", "alerts": [{
+        "status": "firing", "labels": {"alertname": "Shared", "node": "n1"},
+        "startsAt": "2026-01-01T00:00:00Z", "fingerprint": "00000000000000b1",
+    }]})
+    .to_string();
+    let made_by_each = wait_for(
+        Duration::from_secs(60),
+        "a TraceJob from each trigger",
+        || {
+            assert_eq!(rx.post(&alert), 200);
+            let (a, b) = (made(k, &ns, &one), made(k, &ns, &two));
+            (a.len() == 1 && b.len() == 1).then(|| (a[0].clone(), b[0].clone()))
+        },
+    );
+    assert_ne!(made_by_each.0, made_by_each.1);
+    let error = wait_for(Duration::from_secs(30), "the huge regex's error", || {
+        let e = status(k, &ns, "huge", ".status.lastError");
+        (!e.is_empty()).then_some(e)
+    });
+    assert!(error.contains("size limit"), "{error}");
     assert!(rx.alive());
 }

@@ -955,6 +955,24 @@ fn receiver_token_fenced(_env: &Env) {
         "raising the grace period while stopping",
         ONLY_STOP,
     );
+    // Nor its annotations or finalizers (a finalizer would hold the TraceJob, and its output,
+    // from deletion; an annotation could rewrite what the alert recorded).
+    refused(
+        &patch(
+            "made",
+            r#"{"metadata":{"annotations":{"observe.tracejob.dev/trigger-target":"node/x"}},"spec":{"stop":true}}"#,
+        ),
+        "rewriting an annotation while stopping",
+        ONLY_STOP,
+    );
+    refused(
+        &patch(
+            "made",
+            r#"{"metadata":{"finalizers":["example.com/hold"]},"spec":{"stop":true}}"#,
+        ),
+        "adding a finalizer while stopping",
+        ONLY_STOP,
+    );
     // A second owner beside the trigger (a garbage-collection hold on something else).
     let two = serde_json::json!({"metadata": {"ownerReferences": [
         owner("TraceTrigger", "tt", &uid, true)[0],
