@@ -196,8 +196,8 @@ pub struct TraceTriggerStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_trace: Option<String>,
     /// Matching alerts that started no trace, by reason: Cooldown, MaxRunning, MaxPerHour,
-    /// NoTarget (no label names the node or pod), OtherNamespace (the pod is in another
-    /// namespace).
+    /// NoTarget (no label names the node or pod), OtherNamespace (the alert names another
+    /// namespace than the trigger's, one its Namespace's alert-namespaces does not allow).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub suppressed: BTreeMap<String, i64>,
     /// The sum of suppressed (the Suppressed column).
