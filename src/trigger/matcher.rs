@@ -3,7 +3,7 @@
 //! `\\` and `\n` in quoted values, regexes anchored at both ends (`^(?:RE)$`), and a label that
 //! is absent matching as the empty string (`severity!="page"` matches an alert without severity).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use regex::{Regex, RegexBuilder};
 
@@ -162,6 +162,48 @@ pub fn matches_all(matchers: &[Matcher], labels: &BTreeMap<String, String>) -> b
     matchers.iter().all(|m| m.matches(labels))
 }
 
+/// Each trigger's parsed matchers (or the error of an invalid one), by UID, with the generation
+/// they were parsed from: parsed again when the trigger changes, let go when it is gone, so the
+/// cache holds one entry per trigger that exists.
+#[derive(Default)]
+pub struct Compiled {
+    by_uid: HashMap<String, (i64, Result<Vec<Matcher>, String>)>,
+}
+
+impl Compiled {
+    /// The matchers of the trigger `uid` at `generation`, parsed from `inputs` unless they were
+    /// at that generation.
+    pub fn get(
+        &mut self,
+        uid: &str,
+        generation: i64,
+        inputs: &[String],
+    ) -> &Result<Vec<Matcher>, String> {
+        let parse = || parse_all(inputs).map_err(|e| format!("spec.matchers: {e}"));
+        let entry = self
+            .by_uid
+            .entry(uid.to_string())
+            .or_insert_with(|| (generation, parse()));
+        if entry.0 != generation {
+            *entry = (generation, parse());
+        }
+        &entry.1
+    }
+
+    /// Lets go of the matchers of triggers for which `exists` is false.
+    pub fn prune(&mut self, exists: impl Fn(&str) -> bool) {
+        self.by_uid.retain(|uid, _| exists(uid));
+    }
+
+    pub fn len(&self) -> usize {
+        self.by_uid.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_uid.is_empty()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -245,6 +287,32 @@ mod tests {
             assert!(Matcher::parse(usual).is_ok(), "{usual}");
         }
         assert_eq!(label_name(r#" severity=~"x""#), "severity");
+    }
+
+    #[test]
+    fn the_cache_follows_generations_and_forgets_triggers_gone() {
+        let mut c = Compiled::default();
+        let a1 = vec![r#"x="1""#.to_string()];
+        let a2 = vec![r#"x="2""#.to_string()];
+        assert_eq!(
+            c.get("a", 1, &a1).as_ref().map(|m| m[0].value.clone()),
+            Ok("1".into())
+        );
+        // The same generation is not parsed again; a new one is.
+        assert_eq!(
+            c.get("a", 1, &a2).as_ref().map(|m| m[0].value.clone()),
+            Ok("1".into())
+        );
+        assert_eq!(
+            c.get("a", 2, &a2).as_ref().map(|m| m[0].value.clone()),
+            Ok("2".into())
+        );
+        assert!(c.get("b", 1, &["bad".to_string()]).is_err());
+        assert_eq!(c.len(), 2);
+        c.prune(|uid| uid == "a");
+        assert_eq!(c.len(), 1);
+        c.prune(|_| false);
+        assert!(c.is_empty());
     }
 
     #[test]

@@ -201,7 +201,7 @@ pub async fn run(config: Config) -> Result<(), Error> {
         jobs,
         book: book.clone(),
         metrics,
-        matchers: HashMap::new(),
+        matchers: matcher::Compiled::default(),
     };
     let flusher = flush_statuses(client, book);
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
@@ -292,9 +292,8 @@ struct Worker {
     jobs: Jobs,
     book: Book,
     metrics: Arc<Metrics>,
-    /// Each trigger's parsed matchers, by UID, with the generation they were parsed from (an
-    /// invalid one: its error). Pruned of triggers gone at every notification.
-    matchers: HashMap<String, (i64, Result<Vec<matcher::Matcher>, String>)>,
+    /// Each trigger's parsed matchers, pruned of triggers gone at every notification.
+    matchers: matcher::Compiled,
 }
 
 impl Worker {
@@ -314,7 +313,7 @@ impl Worker {
         while let Some(q) = rx.recv().await {
             let triggers = self.triggers.state();
             self.matchers
-                .retain(|uid, _| triggers.iter().any(|t| t.uid().as_deref() == Some(uid)));
+                .prune(|uid| triggers.iter().any(|t| t.uid().as_deref() == Some(uid)));
             for alert in &q.notification.alerts {
                 for trigger in &triggers {
                     if !self.matches(trigger, alert) {
@@ -332,18 +331,12 @@ impl Worker {
 
     /// Whether the trigger's matchers take the alert; an invalid matcher is the trigger's error.
     fn matches(&mut self, trigger: &TraceTrigger, alert: &Alert) -> bool {
-        let generation = trigger.metadata.generation.unwrap_or(0);
-        let parse = || {
-            matcher::parse_all(&trigger.spec.matchers).map_err(|e| format!("spec.matchers: {e}"))
-        };
-        let entry = self
-            .matchers
-            .entry(trigger.uid().unwrap_or_default())
-            .or_insert_with(|| (generation, parse()));
-        if entry.0 != generation {
-            *entry = (generation, parse());
-        }
-        match &entry.1 {
+        let parsed = self.matchers.get(
+            &trigger.uid().unwrap_or_default(),
+            trigger.metadata.generation.unwrap_or(0),
+            &trigger.spec.matchers,
+        );
+        match parsed {
             Ok(ms) => matcher::matches_all(ms, &alert.labels),
             Err(e) => {
                 let e = e.clone();
