@@ -803,6 +803,10 @@ fn receiver_token_fenced(_env: &Env) {
     let rx = k.with_kubeconfig(&config);
     let who = rx.ok(&["auth", "whoami", "-o", "json"]);
     assert!(who.contains(RECEIVER_SA), "not the receiver's token: {who}");
+    // What its watches need: Namespaces (for their alert-namespaces annotation), cluster-wide.
+    for verb in ["list", "watch"] {
+        assert_eq!(rx.ok(&["auth", "can-i", verb, "namespaces"]).trim(), "yes");
+    }
 
     k.apply(
         &ns,
