@@ -312,8 +312,13 @@ impl Worker {
         info!("TraceTriggers, Namespaces and triggered TraceJobs listed: answering alerts");
         while let Some(q) = rx.recv().await {
             let triggers = self.triggers.state();
-            self.matchers
-                .prune(|uid| triggers.iter().any(|t| t.uid().as_deref() == Some(uid)));
+            let exists = |uid: &str| triggers.iter().any(|t| t.uid().as_deref() == Some(uid));
+            self.matchers.prune(exists);
+            // What was kept of triggers gone (their TraceJobs go with them).
+            self.book
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .retain(|uid, _| exists(uid));
             for alert in &q.notification.alerts {
                 for trigger in &triggers {
                     if !self.matches(trigger, alert) {
