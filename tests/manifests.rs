@@ -1126,3 +1126,46 @@ fn the_local_cluster_overlay_changes_only_what_that_cluster_needs() {
     assert!(lib.contains("\napi_port=6443\n"));
     assert_eq!(overlay, base, "the overlay changes more than it should");
 }
+
+/// The trigger component's alert-namespaces annotation is guarded as the node scope is: every
+/// path that writes a Namespace's metadata, by the same permission.
+#[test]
+fn the_alert_namespaces_annotation_is_guarded_on_every_path() {
+    let docs = documents("daemonset/components/trigger/alert-namespaces.yaml");
+    let policy: ValidatingAdmissionPolicy = docs
+        .iter()
+        .find(|d| d["kind"] == "ValidatingAdmissionPolicy")
+        .map(typed)
+        .expect("the policy");
+    let mut resources = policy_resources(&policy);
+    resources.sort();
+    assert_eq!(
+        resources,
+        ["namespaces", "namespaces/finalize", "namespaces/status"]
+    );
+    let rules = policy
+        .spec
+        .clone()
+        .and_then(|s| s.match_constraints)
+        .and_then(|m| m.resource_rules)
+        .unwrap_or_default();
+    for r in rules {
+        let mut ops = r.operations.unwrap_or_default();
+        ops.sort();
+        assert_eq!(ops, ["CREATE", "UPDATE"]);
+    }
+    let text = policy_expressions(&policy).join("\n");
+    assert!(
+        text.contains("resource('namespacescopes')") && text.contains("check('update')"),
+        "{text}"
+    );
+    assert!(
+        docs.iter()
+            .any(|d| d["kind"] == "ValidatingAdmissionPolicyBinding"
+                && d["spec"]["policyName"] == "tracejob-alert-namespaces"
+                && d["spec"]["validationActions"] == serde_json::json!(["Deny"])),
+        "the policy is bound, denying"
+    );
+    let kustomization = read("daemonset/components/trigger/kustomization.yaml");
+    assert!(kustomization.contains("alert-namespaces.yaml"));
+}

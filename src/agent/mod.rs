@@ -67,9 +67,17 @@ pub enum Error {
 pub async fn run(config: Config) -> Result<(), Error> {
     let exe = std::env::current_exe().map_err(Error::Exe)?;
     let metrics = Metrics::new();
-    let health = serve::Health::new(metrics.registry(), "TraceJobs not listed yet");
-    let ready = health.ready.clone();
-    serve::spawn_at(config.listen, serve::router(health));
+    let ready = Arc::new(AtomicBool::new(false));
+    let probes = serve::Probes {
+        ready: ready.clone(),
+        not_ready: "TraceJobs not listed yet\n",
+        metrics: serve::metrics_of(metrics.registry()),
+    };
+    serve::spawn(
+        config.listen,
+        serve::probes(probes),
+        serve::Limits::default(),
+    );
     let client = client::connect(metrics.traffic.clone()).await?;
     // Polled first once the agent serves: until then SIGTERM ends the process at once.
     let shutdown = async {

@@ -21,7 +21,8 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(plugin::Error::Interrupted) => ExitCode::from(130),
         Err(e) => {
-            eprintln!("{e}");
+            // Errors carry the cluster's text (messages, names, bpftrace's error): escaped.
+            eprintln!("{}", plugin::show::safe(&e.to_string()));
             ExitCode::from(e.exit_code())
         }
     }

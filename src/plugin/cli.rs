@@ -27,8 +27,9 @@ pub struct Cli {
     /// Output format.
     #[arg(short, long, global = true, value_enum)]
     pub output: Option<Format>,
-    /// Write the trace's output to a terminal as it is, control bytes and all (by default they
-    /// are shown escaped, as \x1b, so a traced process cannot drive your terminal).
+    /// Write what came from a trace or the cluster as it is, control bytes and all (by default
+    /// they are shown escaped, as \x1b, on stdout and stderr, terminal or pipe, so a traced
+    /// process cannot drive your terminal).
     #[arg(long, global = true)]
     pub raw: bool,
     /// Largest output the plugin expands from a compressed ConfigMap, in bytes (it refuses,

@@ -88,7 +88,7 @@ pub async fn main(cli: Cli) -> Result<(), Error> {
         }
         Command::Stop { name } => {
             stop(&jobs, &name).await?;
-            eprintln!("tracejob {name} stopping");
+            eprintln!("tracejob {} stopping", show::safe(&name));
             Ok(())
         }
         Command::Output { name, per_node } => {
@@ -98,7 +98,10 @@ pub async fn main(cli: Cli) -> Result<(), Error> {
         Command::Logs { name, follow } => logs(&jobs, &maps, &name, follow).await,
         Command::Delete { name } => {
             jobs.delete(&name, &DeleteParams::default()).await?;
-            println!("tracejob.observe.tracejob.dev \"{name}\" deleted");
+            println!(
+                "tracejob.observe.tracejob.dev \"{}\" deleted",
+                show::safe(&name)
+            );
             Ok(())
         }
         Command::Completion { .. } => Ok(()),
@@ -207,7 +210,7 @@ async fn run(
     }
     let created = jobs.create(&PostParams::default(), &job).await?;
     let name = created.name_any();
-    eprintln!("tracejob {name} created");
+    eprintln!("tracejob {} created", show::safe(&name));
     let mut shown_phase = None;
     let mut shown_running = false;
     let mut printed = Printed::default();
@@ -225,7 +228,7 @@ async fn run(
                 if let Some(s) = status {
                     eprintln!(
                         "Running on {} with {} probes",
-                        s.node_name.as_deref().unwrap_or("its node"),
+                        show::safe(s.node_name.as_deref().unwrap_or("its node")),
                         s.probes.unwrap_or(0)
                     );
                 }
@@ -240,8 +243,10 @@ async fn run(
         }
         if args.detach && phase == Some(Phase::Running) {
             match format {
-                Some(Format::Name) => println!("tracejob.observe.tracejob.dev/{name}"),
-                _ => println!("{name}"),
+                Some(Format::Name) => {
+                    println!("tracejob.observe.tracejob.dev/{}", show::safe(&name))
+                }
+                _ => println!("{}", show::safe(&name)),
             }
             return Ok(());
         }
@@ -256,6 +261,7 @@ async fn run(
             _ = tokio::time::sleep(POLL) => {}
             _ = interrupts.next() => {
                 if stopping {
+                    let (name, namespace) = (show::safe(&name), show::safe(namespace));
                     eprintln!(
                         "\nleft while tracejob {name} stops; its output will be there: kubectl tracejob output {name} -n {namespace}"
                     );
@@ -372,7 +378,7 @@ async fn fan_out_output(
     let mut out = std::io::stdout();
     if per_node && format.is_none() {
         for (node, cm) in &nodes {
-            let _ = writeln!(out, "==> node {node} <==");
+            let _ = writeln!(out, "==> node {} <==", show::safe(node));
             let _ = show::write_output(&mut out, &show::output_bytes(cm)?);
         }
         return Ok(());

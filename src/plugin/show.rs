@@ -35,7 +35,7 @@ pub fn tracejobs(jobs: &[TraceJob], format: Option<Format>) -> Result<String, Er
         .map_err(|e| encode(e.to_string())),
         Some(Format::Name) => Ok(jobs
             .iter()
-            .map(|j| format!("tracejob.observe.tracejob.dev/{}\n", j.name_any()))
+            .map(|j| format!("tracejob.observe.tracejob.dev/{}\n", safe(&j.name_any())))
             .collect()),
         None => Ok(table(jobs)),
     }
@@ -64,6 +64,7 @@ fn table(jobs: &[TraceJob]) -> String {
                     (None, true) => "<none>".into(),
                 },
             ]
+            .map(|cell| safe(&cell))
         })
         .collect();
     let header = ["NAME", "NODE", "PHASE", "PROBES", "OUTPUT"];
@@ -212,18 +213,28 @@ pub const DEFAULT_MAX_EXPANDED_BYTES: u64 = 64 * 1024 * 1024;
 /// The limit in force (`--max-output-bytes`), set once at start.
 static MAX_EXPANDED_BYTES: AtomicU64 = AtomicU64::new(DEFAULT_MAX_EXPANDED_BYTES);
 
-/// Whether trace output is escaped when written (`escape_controls`).
-static ESCAPE: AtomicBool = AtomicBool::new(false);
+/// Whether text from a trace or the cluster is escaped when written (`escape_controls`): always,
+/// unless `--raw`. Not only for a terminal: a pipe often ends in one (`| less -R`, `| tee`), and
+/// stderr is one whatever stdout is.
+static ESCAPE: AtomicBool = AtomicBool::new(true);
 
-/// Sets, once at start, the expansion limit and whether output is escaped: when stdout is a
-/// terminal, unless `--raw`.
+/// Sets, once at start, the expansion limit and whether output is escaped (unless `--raw`).
 pub fn configure(max_expanded_bytes: u64, raw: bool) {
     MAX_EXPANDED_BYTES.store(max_expanded_bytes, Ordering::Relaxed);
-    let terminal = std::io::IsTerminal::is_terminal(&std::io::stdout());
-    ESCAPE.store(terminal && !raw, Ordering::Relaxed);
+    ESCAPE.store(!raw, Ordering::Relaxed);
 }
 
-/// Writes what a trace printed: escaped for a terminal (see `configure`).
+/// Text from the cluster or a trace (a name, a status message, bpftrace's error, a table cell),
+/// escaped as `write_output` escapes (unless `--raw`), for stdout or stderr.
+pub fn safe(text: &str) -> String {
+    if ESCAPE.load(Ordering::Relaxed) {
+        String::from_utf8_lossy(&escape_controls(text.as_bytes())).into_owned()
+    } else {
+        text.to_string()
+    }
+}
+
+/// Writes what a trace printed: escaped unless `--raw` (see `configure`).
 pub fn write_output(out: &mut impl std::io::Write, bytes: &[u8]) -> std::io::Result<()> {
     if ESCAPE.load(Ordering::Relaxed) {
         out.write_all(&escape_controls(bytes))
@@ -305,6 +316,20 @@ mod tests {
             r"\u{9b}31m é".as_bytes()
         );
         assert_eq!(escape_controls(b"\xff\xfe"), br"\xff\xfe");
+    }
+
+    #[test]
+    fn cluster_text_and_table_cells_are_escaped_by_default() {
+        // Nothing in the tests calls `configure`: the default is the plugin's without --raw.
+        assert_eq!(safe("bad\x1b[2J\nline"), "bad\\x1b[2J\nline");
+        let mut job = TraceJob::new(
+            "j",
+            serde_json::from_value(serde_json::json!({"program": "BEGIN {}"})).expect("spec"),
+        );
+        job.spec.node_name = Some("node\x1b]0;x\x07".into());
+        let shown = table(&[job]);
+        assert!(!shown.contains('\x1b'), "{shown:?}");
+        assert!(shown.contains("node\\x1b]0;x\\x07"), "{shown:?}");
     }
 
     #[test]

@@ -20,6 +20,10 @@ pub const ANNOTATION_ALERT_LABELS: &str = "observe.tracejob.dev/alert-labels";
 pub const ANNOTATION_ALERT_STARTS_AT: &str = "observe.tracejob.dev/alert-starts-at";
 /// Annotation: where the trace runs, `node/NAME` or `pod/NAME` (the cooldown's key).
 pub const ANNOTATION_TARGET: &str = "observe.tracejob.dev/trigger-target";
+/// Annotation of a Namespace, set by a cluster admin (guarded as the node scope is): the other
+/// namespaces whose alerts this namespace's triggers may answer, comma-separated, or `*` for
+/// any. Without it a trigger answers only alerts without a namespace label or naming its own.
+pub const ANNOTATION_ALERT_NAMESPACES: &str = "observe.tracejob.dev/alert-namespaces";
 
 /// Alerts (by Alertmanager's label matchers) that start a bpftrace TraceJob on the node or pod
 /// the alert names.
@@ -103,7 +107,9 @@ pub struct TriggerTarget {
     /// For Pod: the label naming the pod (default `pod`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pod_label: Option<String>,
-    /// For Pod: the label naming the pod's namespace (default `namespace`).
+    /// The label naming the alert's namespace (default `namespace`): a Pod's namespace; for
+    /// either kind, an alert naming another namespace than the trigger's starts nothing unless
+    /// that namespace's `observe.tracejob.dev/alert-namespaces` annotation allows it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub namespace_label: Option<String>,
     /// For Pod: the label naming the container (default `container`; left out when absent).
@@ -190,8 +196,8 @@ pub struct TraceTriggerStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_trace: Option<String>,
     /// Matching alerts that started no trace, by reason: Cooldown, MaxRunning, MaxPerHour,
-    /// NoTarget (no label names the node or pod), OtherNamespace (the pod is in another
-    /// namespace).
+    /// NoTarget (no label names the node or pod), OtherNamespace (the alert names another
+    /// namespace than the trigger's, one its Namespace's alert-namespaces does not allow).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub suppressed: BTreeMap<String, i64>,
     /// The sum of suppressed (the Suppressed column).

@@ -83,6 +83,8 @@ words! {
         AlertStartsAt = "observe.tracejob.dev/alert-starts-at",
         /// On a triggered TraceJob: where it runs, `node/NAME` or `pod/NAME` (the cooldown's key).
         TriggerTarget = "observe.tracejob.dev/trigger-target",
+        /// On a Namespace: the other namespaces whose alerts its Node triggers may answer.
+        AlertNamespaces = "observe.tracejob.dev/alert-namespaces",
     }
 }
 

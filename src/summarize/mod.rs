@@ -16,6 +16,7 @@ pub mod write;
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
@@ -116,9 +117,17 @@ pub async fn run(config: Config) -> Result<(), Error> {
         format!("{}-{}", host.trim(), &suffix[..8])
     });
     let metrics = Metrics::new();
-    let health = serve::Health::new(metrics.registry(), "not started yet");
-    let ready = health.ready.clone();
-    serve::spawn_at(config.listen, serve::router(health));
+    let ready = Arc::new(AtomicBool::new(false));
+    let probes = serve::Probes {
+        ready: ready.clone(),
+        not_ready: "not started yet\n",
+        metrics: serve::metrics_of(metrics.registry()),
+    };
+    serve::spawn(
+        config.listen,
+        serve::probes(probes),
+        serve::Limits::default(),
+    );
     let client = client::connect(metrics.traffic.clone()).await?;
     let elector = lease::Elector::new(
         Api::<Lease>::namespaced(client.clone(), &config.lease_namespace),

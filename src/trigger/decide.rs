@@ -77,7 +77,8 @@ impl Where {
 pub enum Suppress {
     /// No label names the node or pod.
     NoTarget,
-    /// The pod is in another namespace than the trigger's.
+    /// The alert names another namespace than the trigger's (one its namespace's
+    /// `observe.tracejob.dev/alert-namespaces` does not allow), or a pod in another namespace.
     OtherNamespace,
     /// The target had a trace from this trigger within the cooldown.
     Cooldown,
@@ -119,10 +120,41 @@ pub fn strip_port(instance: &str) -> &str {
     }
 }
 
-/// Where the trace of an alert with `labels` runs, for a trigger in `namespace`.
+/// Whether a trigger in `own` may answer an alert of namespace `alert`, given `own`'s
+/// `observe.tracejob.dev/alert-namespaces` annotation (`widened`).
+pub fn may_answer(own: &str, widened: Option<&str>, alert: &str) -> bool {
+    alert == own
+        || widened.is_some_and(|w| {
+            w.split(',')
+                .map(str::trim)
+                .any(|n| n == "*" || (!n.is_empty() && n == alert))
+        })
+}
+
+/// The labels a trigger reads to place an alert's trace (its target's), whether present or not.
+pub fn target_labels(spec: &TriggerTarget) -> Vec<&str> {
+    fn or<'a>(l: &'a Option<String>, d: &'static str) -> &'a str {
+        l.as_deref().unwrap_or(d)
+    }
+    let mut v = vec![or(&spec.namespace_label, "namespace")];
+    match spec.kind {
+        TargetKind::Node => v.extend([or(&spec.node_label, "node"), "instance"]),
+        TargetKind::Pod => v.extend([
+            or(&spec.pod_label, "pod"),
+            or(&spec.container_label, "container"),
+        ]),
+    }
+    v
+}
+
+/// Where the trace of an alert with `labels` runs, for a trigger in `namespace` whose
+/// annotation `observe.tracejob.dev/alert-namespaces` is `widened`: an alert naming another
+/// namespace than the trigger's starts nothing unless the annotation allows it, and a pod is
+/// always in the trigger's namespace.
 pub fn target(
     spec: &TriggerTarget,
     namespace: &str,
+    widened: Option<&str>,
     labels: &BTreeMap<String, String>,
 ) -> Result<Where, Suppress> {
     let get = |label: &Option<String>, default: &str| {
@@ -131,19 +163,25 @@ pub fn target(
             .filter(|v| !v.is_empty())
             .cloned()
     };
+    let alert_ns = get(&spec.namespace_label, "namespace");
     match spec.kind {
-        TargetKind::Node => get(&spec.node_label, "node")
-            .or_else(|| {
-                labels
-                    .get("instance")
-                    .map(|i| strip_port(i).to_string())
-                    .filter(|i| !i.is_empty())
-            })
-            .map(Where::Node)
-            .ok_or(Suppress::NoTarget),
+        TargetKind::Node => {
+            let node = get(&spec.node_label, "node")
+                .or_else(|| {
+                    labels
+                        .get("instance")
+                        .map(|i| strip_port(i).to_string())
+                        .filter(|i| !i.is_empty())
+                })
+                .ok_or(Suppress::NoTarget)?;
+            if alert_ns.is_some_and(|ns| !may_answer(namespace, widened, &ns)) {
+                return Err(Suppress::OtherNamespace);
+            }
+            Ok(Where::Node(node))
+        }
         TargetKind::Pod => {
             let pod = get(&spec.pod_label, "pod").ok_or(Suppress::NoTarget)?;
-            let ns = get(&spec.namespace_label, "namespace").ok_or(Suppress::NoTarget)?;
+            let ns = alert_ns.ok_or(Suppress::NoTarget)?;
             if ns != namespace {
                 return Err(Suppress::OtherNamespace);
             }
@@ -205,14 +243,15 @@ pub fn decide(
     Decision::Create
 }
 
-/// The TraceJob's name: the trigger's name (cut to 40 characters) and a digest of the alert's
-/// fingerprint, its start and the target. The same notification repeated names the same
-/// TraceJob (so creating it again is a conflict, not a second trace); the name stays short
-/// enough to be a label value (the output ConfigMap's `observe.tracejob.dev/tracejob`).
+/// The TraceJob's name: the trigger's name (cut to 40 characters) and a digest of the whole
+/// trigger name, the alert's fingerprint, its start and the target. The same notification
+/// repeated names the same TraceJob (so creating it again is a conflict, not a second trace);
+/// two triggers whose names share their first 40 characters name different ones; the name stays
+/// short enough to be a label value (the output ConfigMap's `observe.tracejob.dev/tracejob`).
 pub fn job_name(trigger: &str, fingerprint: &str, starts_at: &str, target: &str) -> String {
     let digest = uuid::Uuid::new_v5(
         &uuid::Uuid::NAMESPACE_OID,
-        format!("{fingerprint}\0{starts_at}\0{target}").as_bytes(),
+        format!("{trigger}\0{fingerprint}\0{starts_at}\0{target}").as_bytes(),
     )
     .simple()
     .to_string();
@@ -275,7 +314,7 @@ pub fn tracejob(trigger: &TraceTrigger, alert: &Alert, on: &Where) -> TraceJob {
         annotations: Some(BTreeMap::from([
             (
                 ANNOTATION_ALERT_LABELS.to_string(),
-                serde_json::to_string(&alert.labels).unwrap_or_default(),
+                serde_json::to_string(&used_labels(trigger, &alert.labels)).unwrap_or_default(),
             ),
             (
                 ANNOTATION_ALERT_STARTS_AT.to_string(),
@@ -296,6 +335,27 @@ pub fn tracejob(trigger: &TraceTrigger, alert: &Alert, on: &Where) -> TraceJob {
     job
 }
 
+/// Of an alert's labels, those the trigger's matchers and target read: a trigger's namespace
+/// learns no more of another team's alert than what it asked for.
+pub fn used_labels(
+    trigger: &TraceTrigger,
+    labels: &BTreeMap<String, String>,
+) -> BTreeMap<String, String> {
+    let mut names: Vec<&str> = target_labels(&trigger.spec.target);
+    names.extend(
+        trigger
+            .spec
+            .matchers
+            .iter()
+            .map(|m| super::matcher::label_name(m)),
+    );
+    labels
+        .iter()
+        .filter(|(k, _)| names.contains(&k.as_str()))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
+}
+
 /// The fingerprint as it is written in the label (Alertmanager's are 16 hex digits).
 pub fn fingerprint_label(fingerprint: &str) -> String {
     fingerprint
@@ -305,30 +365,66 @@ pub fn fingerprint_label(fingerprint: &str) -> String {
         .collect()
 }
 
-/// A TraceJob the trigger with `uid` made, as the decisions see it; None if it is not one.
-pub fn made_from(job: &TraceJob, uid: &str) -> Option<Made> {
-    let owned = job
-        .owner_references()
-        .iter()
-        .any(|o| o.uid == uid && o.kind == TraceTrigger::kind(&()));
-    if !owned {
-        return None;
+/// What the receiver keeps of a TraceJob a TraceTrigger controls: what its limits and a
+/// resolved alert need, and nothing a tenant could make large.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Triggered {
+    pub namespace: String,
+    pub name: String,
+    /// The controlling TraceTrigger's UID.
+    pub trigger_uid: String,
+    /// Its `observe.tracejob.dev/alert-fingerprint` label.
+    pub fingerprint: String,
+    /// Its target's key (`Where::key`, from the annotation).
+    pub target: String,
+    pub created: Timestamp,
+    /// spec.stop is set.
+    pub stopping: bool,
+    /// Completed or Failed.
+    pub ended: bool,
+}
+
+/// Longest text kept of a label or annotation (a name or a key is far shorter).
+const KEPT: usize = 253;
+
+impl Triggered {
+    /// None unless a TraceTrigger controls the TraceJob.
+    pub fn of(job: &TraceJob) -> Option<Triggered> {
+        let owner = job.owner_references().iter().find(|o| {
+            o.controller == Some(true)
+                && o.kind == TraceTrigger::kind(&())
+                && o.api_version.starts_with("observe.tracejob.dev/")
+        })?;
+        let cut = |v: Option<&String>| {
+            v.map(|v| v.chars().take(KEPT).collect())
+                .unwrap_or_default()
+        };
+        Some(Triggered {
+            namespace: job.namespace().unwrap_or_default(),
+            name: job.name_any(),
+            trigger_uid: owner.uid.clone(),
+            fingerprint: cut(job.labels().get(LABEL_FINGERPRINT)),
+            target: cut(job.annotations().get(ANNOTATION_TARGET)),
+            created: job
+                .metadata
+                .creation_timestamp
+                .as_ref()
+                .map(|t| t.0)
+                .unwrap_or_else(Timestamp::now),
+            stopping: job.spec.stop,
+            ended: job.phase().is_some_and(|p| p.is_final()),
+        })
     }
-    Some(Made {
-        name: job.name_any(),
-        target: job
-            .annotations()
-            .get(ANNOTATION_TARGET)
-            .cloned()
-            .unwrap_or_default(),
-        created: job
-            .metadata
-            .creation_timestamp
-            .as_ref()
-            .map(|t| t.0)
-            .unwrap_or_else(Timestamp::now),
-        ended: job.phase().is_some_and(|p| p.is_final()),
-    })
+
+    /// As the decisions of the trigger with `uid` see it; None if that trigger did not make it.
+    pub fn made_by(&self, uid: &str) -> Option<Made> {
+        (self.trigger_uid == uid).then(|| Made {
+            name: self.name.clone(),
+            target: self.target.clone(),
+            created: self.created,
+            ended: self.ended,
+        })
+    }
 }
 
 #[cfg(test)]
@@ -357,15 +453,20 @@ mod tests {
     fn node_from_its_label_or_the_instance() {
         let spec = TriggerTarget::default();
         assert_eq!(
-            target(&spec, "ns", &labels(&[("node", "n1"), ("instance", "x:1")])),
+            target(
+                &spec,
+                "ns",
+                None,
+                &labels(&[("node", "n1"), ("instance", "x:1")])
+            ),
             Ok(Where::Node("n1".into()))
         );
         assert_eq!(
-            target(&spec, "ns", &labels(&[("instance", "n2:9100")])),
+            target(&spec, "ns", None, &labels(&[("instance", "n2:9100")])),
             Ok(Where::Node("n2".into()))
         );
         assert_eq!(
-            target(&spec, "ns", &labels(&[("alertname", "A")])),
+            target(&spec, "ns", None, &labels(&[("alertname", "A")])),
             Err(Suppress::NoTarget)
         );
         let custom = TriggerTarget {
@@ -373,8 +474,48 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(
-            target(&custom, "ns", &labels(&[("hostname", "h"), ("node", "n")])),
+            target(
+                &custom,
+                "ns",
+                None,
+                &labels(&[("hostname", "h"), ("node", "n")])
+            ),
             Ok(Where::Node("h".into()))
+        );
+    }
+
+    #[test]
+    fn a_node_alert_of_another_namespace_only_where_the_namespace_allows_it() {
+        let spec = TriggerTarget::default();
+        let of = |ns: &str| labels(&[("node", "n1"), ("namespace", ns)]);
+        assert_eq!(
+            target(&spec, "shop", None, &of("bank")),
+            Err(Suppress::OtherNamespace)
+        );
+        assert_eq!(
+            target(&spec, "shop", None, &of("shop")),
+            Ok(Where::Node("n1".into()))
+        );
+        assert_eq!(
+            target(&spec, "shop", Some("ops, bank"), &of("bank")),
+            Ok(Where::Node("n1".into()))
+        );
+        assert_eq!(
+            target(&spec, "shop", Some("ops,banking"), &of("bank")),
+            Err(Suppress::OtherNamespace)
+        );
+        assert_eq!(
+            target(&spec, "shop", Some("*"), &of("bank")),
+            Ok(Where::Node("n1".into()))
+        );
+        assert_eq!(
+            target(&spec, "shop", Some(""), &of("bank")),
+            Err(Suppress::OtherNamespace)
+        );
+        // A node alert naming no namespace (node-exporter's) is answered.
+        assert_eq!(
+            target(&spec, "shop", None, &labels(&[("instance", "n2:9100")])),
+            Ok(Where::Node("n2".into()))
         );
     }
 
@@ -388,6 +529,7 @@ mod tests {
             target(
                 &spec,
                 "shop",
+                None,
                 &labels(&[
                     ("namespace", "shop"),
                     ("pod", "web-1"),
@@ -403,12 +545,13 @@ mod tests {
             target(
                 &spec,
                 "shop",
+                None,
                 &labels(&[("namespace", "bank"), ("pod", "p")])
             ),
             Err(Suppress::OtherNamespace)
         );
         assert_eq!(
-            target(&spec, "shop", &labels(&[("namespace", "shop")])),
+            target(&spec, "shop", None, &labels(&[("namespace", "shop")])),
             Err(Suppress::NoTarget)
         );
     }
@@ -488,6 +631,12 @@ mod tests {
         assert!(a.starts_with("io-") && a.len() == 13, "{a}");
         let long = job_name(&"x".repeat(100), "f", "s", "t");
         assert!(long.len() <= 63, "{long}");
+        // Triggers sharing their first 40 characters name different TraceJobs.
+        let prefix = "p".repeat(40);
+        assert_ne!(
+            job_name(&format!("{prefix}-a"), "f", "s", "t"),
+            job_name(&format!("{prefix}-b"), "f", "s", "t")
+        );
     }
 
     fn trigger(on: TargetKind) -> TraceTrigger {
@@ -539,10 +688,24 @@ mod tests {
             "2025-01-01T00:00:00Z"
         );
         assert!(job.annotations()[ANNOTATION_ALERT_LABELS].contains(r#""alertname":"A""#));
-        let m = made_from(&job, "uid-1").expect("owned");
+        let kept = Triggered::of(&job).expect("controlled by its trigger");
+        let m = kept.made_by("uid-1").expect("owned");
         assert_eq!(m.target, "node/n1");
         assert!(!m.ended);
-        assert!(made_from(&job, "other").is_none());
+        assert!(kept.made_by("other").is_none());
+        let mut unowned = job.clone();
+        unowned.metadata.owner_references = None;
+        assert!(
+            Triggered::of(&unowned).is_none(),
+            "labelled but not controlled"
+        );
+        // Only the labels the trigger read: its matcher's and its target's.
+        let mut other = alert();
+        other.labels.insert("secret_team_label".into(), "x".into());
+        let job = tracejob(&tt, &other, &Where::Node("n1".into()));
+        let kept: BTreeMap<String, String> =
+            serde_json::from_str(&job.annotations()[ANNOTATION_ALERT_LABELS]).expect("json");
+        assert_eq!(kept, labels(&[("alertname", "A"), ("node", "n1")]));
         let pod = tracejob(
             &trigger(TargetKind::Pod),
             &alert(),

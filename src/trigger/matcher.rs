@@ -3,9 +3,16 @@
 //! `\\` and `\n` in quoted values, regexes anchored at both ends (`^(?:RE)$`), and a label that
 //! is absent matching as the empty string (`severity!="page"` matches an alert without severity).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
-use regex::Regex;
+use regex::{Regex, RegexBuilder};
+
+/// The most memory one matcher's regex may take compiled, and as much for its lazy DFA's cache
+/// (grown only as alerts are matched): a trigger holds at most 32 matchers, so at most 16 MiB
+/// (the regex crate's defaults allow 10 MiB and 2 MiB per regex: 384 MiB a trigger). Every
+/// usual matcher (`page|critical`, `10\..*`, `\w+`, `node-\d+`) takes a few KiB; `\w{200}`
+/// (Unicode word characters) is refused.
+const REGEX_SIZE_LIMIT: usize = 256 << 10;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Op {
@@ -77,7 +84,11 @@ impl Matcher {
         };
         let regex = match op {
             Op::Regex | Op::NotRegex => Some(
-                Regex::new(&format!("^(?:{value})$")).map_err(|e| err(&format!("regex: {e}")))?,
+                RegexBuilder::new(&format!("^(?:{value})$"))
+                    .size_limit(REGEX_SIZE_LIMIT)
+                    .dfa_size_limit(REGEX_SIZE_LIMIT)
+                    .build()
+                    .map_err(|e| err(&format!("regex: {e}")))?,
             ),
             _ => None,
         };
@@ -132,6 +143,15 @@ fn unquote(s: &str) -> Result<String, String> {
     Err("unterminated quoted value".into())
 }
 
+/// The label name a matcher reads (what precedes its operator), without parsing the rest.
+pub fn label_name(input: &str) -> &str {
+    let s = input.trim_start();
+    let end = s
+        .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .unwrap_or(s.len());
+    &s[..end]
+}
+
 /// Parses every matcher; the first invalid one is the error.
 pub fn parse_all(inputs: &[String]) -> Result<Vec<Matcher>, ParseError> {
     inputs.iter().map(|m| Matcher::parse(m)).collect()
@@ -140,6 +160,48 @@ pub fn parse_all(inputs: &[String]) -> Result<Vec<Matcher>, ParseError> {
 /// Whether the labels satisfy every matcher.
 pub fn matches_all(matchers: &[Matcher], labels: &BTreeMap<String, String>) -> bool {
     matchers.iter().all(|m| m.matches(labels))
+}
+
+/// Each trigger's parsed matchers (or the error of an invalid one), by UID, with the generation
+/// they were parsed from: parsed again when the trigger changes, let go when it is gone, so the
+/// cache holds one entry per trigger that exists.
+#[derive(Default)]
+pub struct Compiled {
+    by_uid: HashMap<String, (i64, Result<Vec<Matcher>, String>)>,
+}
+
+impl Compiled {
+    /// The matchers of the trigger `uid` at `generation`, parsed from `inputs` unless they were
+    /// at that generation.
+    pub fn get(
+        &mut self,
+        uid: &str,
+        generation: i64,
+        inputs: &[String],
+    ) -> &Result<Vec<Matcher>, String> {
+        let parse = || parse_all(inputs).map_err(|e| format!("spec.matchers: {e}"));
+        let entry = self
+            .by_uid
+            .entry(uid.to_string())
+            .or_insert_with(|| (generation, parse()));
+        if entry.0 != generation {
+            *entry = (generation, parse());
+        }
+        &entry.1
+    }
+
+    /// Lets go of the matchers of triggers for which `exists` is false.
+    pub fn prune(&mut self, exists: impl Fn(&str) -> bool) {
+        self.by_uid.retain(|uid, _| exists(uid));
+    }
+
+    pub fn len(&self) -> usize {
+        self.by_uid.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_uid.is_empty()
+    }
 }
 
 #[cfg(test)]
@@ -214,6 +276,43 @@ mod tests {
             m(r#"missing=~"x|""#).matches(&l),
             "absent matches the empty alternative"
         );
+    }
+
+    #[test]
+    fn huge_regexes_are_refused() {
+        // Compiles to more than the limit (the regex crate's default limit would take it).
+        let e = Matcher::parse(r#"a=~"\w{200}""#).expect_err("over the size limit");
+        assert!(e.why.contains("size limit"), "{e}");
+        for usual in [r#"a=~"\w+""#, r#"a=~"page|critical""#, r#"a=~"10\..*""#] {
+            assert!(Matcher::parse(usual).is_ok(), "{usual}");
+        }
+        assert_eq!(label_name(r#" severity=~"x""#), "severity");
+    }
+
+    #[test]
+    fn the_cache_follows_generations_and_forgets_triggers_gone() {
+        let mut c = Compiled::default();
+        let a1 = vec![r#"x="1""#.to_string()];
+        let a2 = vec![r#"x="2""#.to_string()];
+        assert_eq!(
+            c.get("a", 1, &a1).as_ref().map(|m| m[0].value.clone()),
+            Ok("1".into())
+        );
+        // The same generation is not parsed again; a new one is.
+        assert_eq!(
+            c.get("a", 1, &a2).as_ref().map(|m| m[0].value.clone()),
+            Ok("1".into())
+        );
+        assert_eq!(
+            c.get("a", 2, &a2).as_ref().map(|m| m[0].value.clone()),
+            Ok("2".into())
+        );
+        assert!(c.get("b", 1, &["bad".to_string()]).is_err());
+        assert_eq!(c.len(), 2);
+        c.prune(|uid| uid == "a");
+        assert_eq!(c.len(), 1);
+        c.prune(|_| false);
+        assert!(c.is_empty());
     }
 
     #[test]

@@ -18,14 +18,15 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use futures::StreamExt;
+use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Patch, PatchParams, PostParams};
-use kube::runtime::reflector::{self, Store};
+use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::watcher;
 use kube::runtime::WatchStreamExt;
 use kube::{Api, Client, Resource, ResourceExt};
@@ -34,10 +35,11 @@ use tokio::sync::mpsc;
 use tracing::{info, warn};
 
 use crate::resource::trigger::{
-    TraceTrigger, TraceTriggerStatus, LABEL_FINGERPRINT, LABEL_TRIGGER,
+    TraceTrigger, TraceTriggerStatus, ANNOTATION_ALERT_NAMESPACES, LABEL_TRIGGER,
 };
 use crate::resource::TraceJob;
-use decide::{Alert, Decision, Made, Suppress};
+use crate::serve;
+use decide::{Alert, Decision, Made, Suppress, Triggered};
 use metrics::Metrics;
 use server::Queued;
 
@@ -47,6 +49,9 @@ pub const MANAGER: &str = "tracejob-trigger-receiver";
 const UNSEEN_RUNNING: i64 = 60;
 /// Notifications waiting for the worker before the webhook answers 503.
 const QUEUE: usize = 1024;
+/// TraceJobs per page of the watch's list: each may be near etcd's 1.5 MB object limit (a
+/// tenant chooses its args and annotations), and a page is held whole while it is decoded.
+const LIST_PAGE: u32 = 10;
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct Config {
@@ -65,6 +70,20 @@ pub struct Config {
     /// Answer the TraceTriggers of this namespace only (default: every namespace).
     #[arg(long)]
     pub namespace: Option<String>,
+
+    /// The largest notification body read, in bytes (Alertmanager's are a few KiB per alert):
+    /// refused from its Content-Length, and a streamed body cut there.
+    #[arg(long, default_value_t = 1 << 20)]
+    pub max_body_bytes: usize,
+
+    /// Connections served at once; more wait until one closes.
+    #[arg(long, default_value_t = 64)]
+    pub max_connections: usize,
+
+    /// How long a request's headers, and then its body, may take to arrive; a keep-alive
+    /// connection idle that long is closed.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub read_timeout: Duration,
 
     #[command(flatten)]
     pub logs: crate::serve::Logs,
@@ -100,15 +119,23 @@ pub async fn run(config: Config) -> Result<(), Error> {
     let metrics = Metrics::new();
     let ready = Arc::new(AtomicBool::new(false));
     let (tx, rx) = mpsc::channel(QUEUE);
-    let listener = server::bind(config.listen).await?;
+    let listener = serve::bind(config.listen).await?;
     let shared = server::Shared {
         token_file: config.token_file.clone(),
         queue: tx,
         metrics: metrics.clone(),
         ready: ready.clone(),
+        max_body: config.max_body_bytes,
+        read_timeout: config.read_timeout,
+    };
+    let limits = serve::Limits {
+        max_connections: config.max_connections,
+        read_timeout: config.read_timeout,
+        ..serve::Limits::default()
     };
     tokio::spawn(async move {
-        if let Err(e) = server::serve(listener, shared).await {
+        tracing::info!(listen = %config.listen, "serving POST /alerts, /healthz, /readyz and /metrics");
+        if let Err(e) = serve::serve(listener, server::router(shared), limits).await {
             warn!(error = %e, "the webhook endpoint stopped");
         }
     });
@@ -121,36 +148,53 @@ pub async fn run(config: Config) -> Result<(), Error> {
         None => (Api::all(client.clone()), Api::all(client.clone())),
     };
     let (triggers, triggers_writer) = reflector::store();
-    let (jobs, jobs_writer) = reflector::store();
     let trigger_events = reflector::reflector(
         triggers_writer,
         watcher::watcher(triggers_api, watcher::Config::default()).default_backoff(),
-    );
-    // Only the TraceJobs triggers made (by their label).
-    let job_events = reflector::reflector(
-        jobs_writer,
-        watcher::watcher(jobs_api, watcher::Config::default().labels(LABEL_TRIGGER))
-            .default_backoff(),
     );
     tokio::spawn(trigger_events.for_each(|e| async move {
         if let Err(e) = e {
             warn!(error = %e, "watching TraceTriggers failed; retrying");
         }
     }));
-    tokio::spawn(job_events.for_each(|e| async move {
+    // Namespaces, for their alert-namespaces annotation: that annotation alone is kept.
+    let (namespaces, namespaces_writer) = reflector::store();
+    let namespaces_config = match &config.namespace {
+        Some(ns) => watcher::Config::default().fields(&format!("metadata.name={ns}")),
+        None => watcher::Config::default(),
+    };
+    let namespace_events = reflector::reflector(
+        namespaces_writer,
+        watcher::watcher(Api::<Namespace>::all(client.clone()), namespaces_config)
+            .default_backoff()
+            .modify(|ns: &mut Namespace| {
+                let kept = ns.annotations().get(ANNOTATION_ALERT_NAMESPACES).cloned();
+                ns.spec = None;
+                ns.status = None;
+                ns.metadata.managed_fields = None;
+                ns.metadata.labels = None;
+                ns.metadata.annotations =
+                    kept.map(|v| [(ANNOTATION_ALERT_NAMESPACES.to_string(), v)].into());
+            }),
+    );
+    tokio::spawn(namespace_events.for_each(|e| async move {
         if let Err(e) = e {
-            warn!(error = %e, "watching triggered TraceJobs failed; retrying");
+            warn!(error = %e, "watching Namespaces failed; retrying");
         }
     }));
+    // Only the TraceJobs a trigger controls, and of them only what the limits need.
+    let jobs = Jobs::default();
+    tokio::spawn(keep_triggered(jobs_api, jobs.clone()));
     info!(listen = %config.listen, namespace = config.namespace.as_deref().unwrap_or("(all)"), "tracejob trigger receiver starting");
     let book: Book = Arc::default();
     let worker = Worker {
         client: client.clone(),
         triggers,
+        namespaces,
         jobs,
         book: book.clone(),
         metrics,
-        matchers: HashMap::new(),
+        matchers: matcher::Compiled::default(),
     };
     let flusher = flush_statuses(client, book);
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
@@ -163,32 +207,120 @@ pub async fn run(config: Config) -> Result<(), Error> {
     Ok(())
 }
 
+/// The TraceJobs TraceTriggers control, as the receiver keeps them (`Triggered`), by namespace
+/// and name; listed once when `listed` turns true.
+#[derive(Clone)]
+struct Jobs {
+    kept: Arc<RwLock<HashMap<(String, String), Triggered>>>,
+    listed: tokio::sync::watch::Sender<bool>,
+}
+
+impl Default for Jobs {
+    fn default() -> Jobs {
+        Jobs {
+            kept: Arc::default(),
+            listed: tokio::sync::watch::channel(false).0,
+        }
+    }
+}
+
+impl Jobs {
+    fn state(&self) -> Vec<Triggered> {
+        let kept = self.kept.read().unwrap_or_else(|p| p.into_inner());
+        kept.values().cloned().collect()
+    }
+
+    async fn wait_until_listed(&self) {
+        let mut rx = self.listed.subscribe();
+        let _ = rx.wait_for(|listed| *listed).await;
+    }
+}
+
+fn key(job: &TraceJob) -> (String, String) {
+    (job.namespace().unwrap_or_default(), job.name_any())
+}
+
+/// Keeps `jobs` up to date from a watch of the TraceJobs with the trigger label (anyone may set
+/// it: those no TraceTrigger controls are dropped, the rest cut to `Triggered`).
+async fn keep_triggered(api: Api<TraceJob>, jobs: Jobs) {
+    let config = watcher::Config::default()
+        .labels(LABEL_TRIGGER)
+        .page_size(LIST_PAGE);
+    let mut events = watcher::watcher(api, config).default_backoff().boxed();
+    let mut fresh: HashMap<(String, String), Triggered> = HashMap::new();
+    while let Some(event) = events.next().await {
+        let kept = || jobs.kept.write().unwrap_or_else(|p| p.into_inner());
+        match event {
+            Ok(watcher::Event::Apply(j)) => match Triggered::of(&j) {
+                Some(t) => {
+                    kept().insert(key(&j), t);
+                }
+                None => {
+                    kept().remove(&key(&j));
+                }
+            },
+            Ok(watcher::Event::Delete(j)) => {
+                kept().remove(&key(&j));
+            }
+            Ok(watcher::Event::Init) => fresh.clear(),
+            Ok(watcher::Event::InitApply(j)) => {
+                if let Some(t) = Triggered::of(&j) {
+                    fresh.insert(key(&j), t);
+                }
+            }
+            Ok(watcher::Event::InitDone) => {
+                *kept() = std::mem::take(&mut fresh);
+                jobs.listed.send_replace(true);
+            }
+            Err(e) => warn!(error = %e, "watching triggered TraceJobs failed; retrying"),
+        }
+    }
+}
+
 struct Worker {
     client: Client,
     triggers: Store<TraceTrigger>,
-    jobs: Store<TraceJob>,
+    /// Namespaces, with their alert-namespaces annotation only.
+    namespaces: Store<Namespace>,
+    jobs: Jobs,
     book: Book,
     metrics: Arc<Metrics>,
-    /// Each trigger's parsed matchers, by UID and generation (an invalid one: its error).
-    matchers: HashMap<(String, i64), Result<Vec<matcher::Matcher>, String>>,
+    /// Each trigger's parsed matchers, pruned of triggers gone at every notification.
+    matchers: matcher::Compiled,
 }
 
 impl Worker {
     async fn run(mut self, mut rx: mpsc::Receiver<Queued>, ready: Arc<AtomicBool>) {
-        let (a, b) = (self.triggers.clone(), self.jobs.clone());
-        let _ = tokio::join!(a.wait_until_ready(), b.wait_until_ready());
+        let (a, b, c) = (
+            self.triggers.clone(),
+            self.namespaces.clone(),
+            self.jobs.clone(),
+        );
+        let _ = tokio::join!(
+            a.wait_until_ready(),
+            b.wait_until_ready(),
+            c.wait_until_listed()
+        );
         ready.store(true, Ordering::Relaxed);
-        info!("TraceTriggers and their TraceJobs listed: answering alerts");
+        info!("TraceTriggers, Namespaces and triggered TraceJobs listed: answering alerts");
         while let Some(q) = rx.recv().await {
+            let triggers = self.triggers.state();
+            let exists = |uid: &str| triggers.iter().any(|t| t.uid().as_deref() == Some(uid));
+            self.matchers.prune(exists);
+            // What was kept of triggers gone (their TraceJobs go with them).
+            self.book
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .retain(|uid, _| exists(uid));
             for alert in &q.notification.alerts {
-                for trigger in self.triggers.state() {
-                    if !self.matches(&trigger, alert) {
+                for trigger in &triggers {
+                    if !self.matches(trigger, alert) {
                         continue;
                     }
                     if alert.firing() {
-                        self.fire(&trigger, alert, &q).await;
+                        self.fire(trigger, alert, &q).await;
                     } else {
-                        self.resolve(&trigger, alert).await;
+                        self.resolve(trigger, alert).await;
                     }
                 }
             }
@@ -197,13 +329,11 @@ impl Worker {
 
     /// Whether the trigger's matchers take the alert; an invalid matcher is the trigger's error.
     fn matches(&mut self, trigger: &TraceTrigger, alert: &Alert) -> bool {
-        let key = (
-            trigger.uid().unwrap_or_default(),
+        let parsed = self.matchers.get(
+            &trigger.uid().unwrap_or_default(),
             trigger.metadata.generation.unwrap_or(0),
+            &trigger.spec.matchers,
         );
-        let parsed = self.matchers.entry(key).or_insert_with(|| {
-            matcher::parse_all(&trigger.spec.matchers).map_err(|e| format!("spec.matchers: {e}"))
-        });
         match parsed {
             Ok(ms) => matcher::matches_all(ms, &alert.labels),
             Err(e) => {
@@ -246,8 +376,8 @@ impl Worker {
             .jobs
             .state()
             .iter()
-            .filter(|j| j.namespace() == ns)
-            .filter_map(|j| decide::made_from(j, &uid))
+            .filter(|j| Some(&j.namespace) == ns.as_ref())
+            .filter_map(|j| j.made_by(&uid))
             .collect();
         let horizon = trigger.spec.limits.cooldown_seconds.max(3600);
         kept.made
@@ -262,10 +392,25 @@ impl Worker {
         made
     }
 
+    /// Where the alert's trace runs for this trigger (its namespace's annotation applied).
+    fn target(&self, trigger: &TraceTrigger, alert: &Alert) -> Result<decide::Where, Suppress> {
+        let ns = trigger.namespace().unwrap_or_default();
+        let namespace = self.namespaces.get(&ObjectRef::new(&ns));
+        let widened = namespace
+            .as_ref()
+            .and_then(|n| n.annotations().get(ANNOTATION_ALERT_NAMESPACES));
+        decide::target(
+            &trigger.spec.target,
+            &ns,
+            widened.map(String::as_str),
+            &alert.labels,
+        )
+    }
+
     async fn fire(&self, trigger: &TraceTrigger, alert: &Alert, q: &Queued) {
         let now = Timestamp::now();
         let ns = trigger.namespace().unwrap_or_default();
-        let on = decide::target(&trigger.spec.target, &ns, &alert.labels);
+        let on = self.target(trigger, alert);
         let decision = self.with(trigger, |k| {
             k.status.last_fired = Some(Time(now));
             k.dirty = true;
@@ -366,7 +511,7 @@ impl Worker {
         let uid = trigger.uid().unwrap_or_default();
         let fingerprint = decide::fingerprint_label(&alert.fingerprint);
         let mut names: Vec<String> = Vec::new();
-        if let Ok(on) = decide::target(&trigger.spec.target, &ns, &alert.labels) {
+        if let Ok(on) = self.target(trigger, alert) {
             names.push(decide::job_name(
                 &trigger.name_any(),
                 &alert.fingerprint,
@@ -375,21 +520,22 @@ impl Worker {
             ));
         }
         for j in self.jobs.state() {
-            if j.namespace().as_deref() == Some(ns.as_str())
-                && j.labels().get(LABEL_FINGERPRINT) == Some(&fingerprint)
-                && decide::made_from(&j, &uid).is_some()
-                && !names.contains(&j.name_any())
+            if j.namespace == ns
+                && j.fingerprint == fingerprint
+                && j.trigger_uid == uid
+                && !names.contains(&j.name)
             {
-                names.push(j.name_any());
+                names.push(j.name);
             }
         }
         let api: Api<TraceJob> = Api::namespaced(self.client.clone(), &ns);
         for name in names {
-            let seen =
-                self.jobs.state().into_iter().find(|j| {
-                    j.name_any() == name && j.namespace().as_deref() == Some(ns.as_str())
-                });
-            if seen.is_some_and(|j| j.spec.stop || j.phase().is_some_and(|p| p.is_final())) {
+            let seen = self
+                .jobs
+                .state()
+                .into_iter()
+                .find(|j| j.name == name && j.namespace == ns);
+            if seen.is_some_and(|j| j.stopping || j.ended) {
                 continue;
             }
             let patch = json!({"spec": {"stop": true}});

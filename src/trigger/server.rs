@@ -2,15 +2,13 @@
 //! `/healthz`, `/readyz` (TraceTriggers and their TraceJobs listed) and `/metrics`. A
 //! notification is answered as soon as it is parsed and queued; the worker does the rest.
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use axum::body::Bytes;
-use axum::extract::State;
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::extract::{Request, State};
+use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::post;
 use axum::Router;
@@ -34,28 +32,24 @@ pub struct Shared {
     pub queue: mpsc::Sender<Queued>,
     pub metrics: Arc<Metrics>,
     pub ready: Arc<AtomicBool>,
+    /// The largest notification body read, in bytes.
+    pub max_body: usize,
+    /// How long a notification's body may take to arrive.
+    pub read_timeout: Duration,
 }
 
 /// `POST /alerts`, and what every component serves (`serve::router`).
 pub fn router(shared: Shared) -> Router {
-    let health = serve::Health {
+    let metrics = shared.metrics.clone();
+    let probes = serve::probes(serve::Probes {
         ready: shared.ready.clone(),
-        waiting_for: "TraceTriggers not listed yet",
-        registry: shared.metrics.registry(),
-    };
+        not_ready: "TraceTriggers not listed yet\n",
+        metrics: Arc::new(move || metrics.encode()),
+    });
     Router::new()
         .route("/alerts", post(alerts))
         .with_state(shared)
-        .merge(serve::router(health))
-}
-
-pub async fn serve(listener: tokio::net::TcpListener, shared: Shared) -> std::io::Result<()> {
-    tracing::info!(addr = %listener.local_addr()?, "serving POST /alerts, /healthz, /readyz and /metrics");
-    axum::serve(listener, router(shared)).await
-}
-
-pub async fn bind(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
-    tokio::net::TcpListener::bind(addr).await
+        .merge(probes)
 }
 
 /// Whether `a` and `b` are equal, in a time that does not depend on where they differ (only on
@@ -83,12 +77,15 @@ pub fn authorized(token: &str, header: Option<&str>) -> bool {
     !token.is_empty() && same_secret(token.as_bytes(), given.as_bytes())
 }
 
-async fn alerts(State(s): State<Shared>, headers: HeaderMap, body: Bytes) -> impl IntoResponse {
+async fn alerts(State(s): State<Shared>, request: Request) -> impl IntoResponse {
     let received = Instant::now();
+    let (parts, body) = request.into_parts();
+    // The token first: a caller without it gets nothing read, parsed or kept.
     let token = tokio::fs::read_to_string(&s.token_file)
         .await
         .unwrap_or_default();
-    let given = headers
+    let given = parts
+        .headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok());
     if !authorized(&token, given) {
@@ -96,6 +93,14 @@ async fn alerts(State(s): State<Shared>, headers: HeaderMap, body: Bytes) -> imp
         tracing::warn!("refused a webhook call without the bearer token");
         return (StatusCode::UNAUTHORIZED, "a bearer token is required\n");
     }
+    let body = match serve::read_body(&parts.headers, body, s.max_body, s.read_timeout).await {
+        Ok(b) => b,
+        Err(e) => {
+            s.metrics.notification("invalid");
+            tracing::warn!(error = %e, "refused a webhook call's body");
+            return (e.status(), "the body is too large or too slow\n");
+        }
+    };
     let notification: Notification = match serde_json::from_slice(&body) {
         Ok(n) => n,
         Err(e) => {
@@ -165,6 +170,8 @@ mod tests {
             queue: tx,
             metrics: metrics.clone(),
             ready: Arc::new(AtomicBool::new(true)),
+            max_body: 1024,
+            read_timeout: Duration::from_secs(5),
         });
         let body = r#"{"version":"4","status":"firing","alerts":[{"status":"firing","labels":{"alertname":"A"},"fingerprint":"f"}]}"#;
         let call = |auth: Option<&str>, body: &str| {
@@ -190,6 +197,13 @@ mod tests {
             .await
             .expect("call");
         assert_eq!(status(r), 400);
+        // Over the limit: refused, the token given or not.
+        let r = app
+            .clone()
+            .oneshot(call(Some("Bearer t0ken"), &"x".repeat(2000)))
+            .await
+            .expect("call");
+        assert_eq!(status(r), 413);
         let r = app
             .clone()
             .oneshot(call(Some("Bearer t0ken"), body))

@@ -10,6 +10,7 @@ mod hostile;
 mod lifecycle;
 mod native;
 mod plugin;
+mod receiver;
 mod releases;
 mod reliability;
 mod robust;
@@ -58,6 +59,7 @@ fn main() -> std::process::ExitCode {
     tests.extend(releases::tests());
     tests.extend(robust::tests());
     tests.extend(trigger::tests());
+    tests.extend(receiver::tests());
     tests.extend(slowdisk::tests());
     tests.extend(core::tests());
     tests.extend(docs::tests());

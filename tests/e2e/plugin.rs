@@ -36,6 +36,10 @@ pub fn tests() -> Vec<Test> {
             run: careful,
         },
         Test {
+            name: "plugin_escapes_on_stderr_and_in_a_pipe",
+            run: escapes_everywhere,
+        },
+        Test {
             name: "plugin_kubectl_finds_it_and_it_completes",
             run: found_by_kubectl,
         },
@@ -381,7 +385,14 @@ fn careful(env: &Env) {
         ],
     ));
     assert_eq!(r.status.code(), Some(0), "{}", text(&r.stderr));
-    // Not a terminal: as bpftrace printed it.
+    // Not a terminal (a pipe may end in one): escaped all the same.
+    assert!(
+        !r.stdout.contains(&0x1b) && r.stdout.windows(6).any(|w| w == b"\\x1b]0"),
+        "{:?}",
+        text(&r.stdout)
+    );
+    // --raw: as bpftrace printed it.
+    let r = output(&mut kubectl(env, &ns, &["output", "esc", "--raw"]));
     assert!(
         r.stdout.windows(2).any(|w| w == b"\x1b]"),
         "{:?}",
@@ -475,4 +486,69 @@ fn careful(env: &Env) {
     let err = text(&r.stderr);
     assert_eq!(r.status.code(), Some(3), "{err}");
     assert!(err.contains("expands to more than 67108864 bytes"), "{err}");
+}
+
+/// What a trace prints live (on stderr while `run` follows it) and bpftrace's error text (on
+/// stderr when the trace fails) reach the user escaped, though neither stream is a terminal.
+fn escapes_everywhere(env: &Env) {
+    let ns = env.namespace("plugin-escapes");
+    let agent = Agent::start(env, &format!("{ns}-node"));
+    let k = &env.kubectl;
+    let child = spawn(kubectl(
+        env,
+        &ns,
+        &[
+            "run",
+            &format!("node/{}", agent.node),
+            "--name",
+            "live",
+            "-e",
+            r#"interval:ms:200 { printf("\x1b]0;live\x07tick\n"); }"#,
+        ],
+    ));
+    wait_created(env, &ns, "live", "Running");
+    // The live copy holds some ticks; the plugin looks every POLL, so a few more seconds.
+    wait_for(Duration::from_secs(60), "live output stored", || {
+        let cm = k.jsonpath(&ns, "tj/live", ".status.outputRef.name");
+        (!cm.is_empty()
+            && k.jsonpath(&ns, &format!("cm/{cm}"), ".data.output")
+                .contains("tick"))
+        .then_some(())
+    });
+    std::thread::sleep(Duration::from_secs(5));
+    interrupt(&child);
+    let (code, out, err) = finish(child);
+    assert_eq!(code, Some(0), "exit code; stderr:\n{err}");
+    let live = err.find("tick").map(|at| &err[..at]).unwrap_or("");
+    assert!(
+        live.contains("\\x1b]0;live\\x07"),
+        "no live output on stderr, or not escaped: {err:?}"
+    );
+    assert!(!err.contains('\x1b'), "a control byte on stderr: {err:?}");
+    assert!(
+        !out.contains('\x1b') && out.contains("\\x1b]0;live"),
+        "{out:?}"
+    );
+
+    // bpftrace's error quotes the program: a control byte in it reaches stderr escaped.
+    let r = output(&mut kubectl(
+        env,
+        &ns,
+        &[
+            "run",
+            &format!("node/{}", agent.node),
+            "-e",
+            "BEGIN { @x = count( \x1b]0;owned\x07 }",
+        ],
+    ));
+    let err = text(&r.stderr);
+    assert_eq!(r.status.code(), Some(1), "{err}");
+    assert!(
+        !r.stderr.contains(&0x1b),
+        "a control byte on stderr: {err:?}"
+    );
+    assert!(
+        err.contains("\\x1b]0;owned"),
+        "bpftrace's error not shown escaped: {err:?}"
+    );
 }

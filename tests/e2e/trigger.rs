@@ -47,7 +47,7 @@ const METRIC: &str = "tracejob_test_latency_seconds";
 const PROGRAM: &str = "tracepoint:raw_syscalls:sys_enter { @calls = count(); }";
 
 /// The directory holding `prometheus` and `alertmanager`, built once.
-fn binaries() -> PathBuf {
+pub(crate) fn binaries() -> PathBuf {
     let out = must(
         Command::new("bash")
             .arg(repo_root().join("tests/harness/build-prometheus.sh"))
@@ -361,11 +361,11 @@ impl Drop for Loop {
 }
 
 /// GET on loopback: the status (0 when unreachable) and the body.
-fn http_get(port: u16, path: &str) -> (u16, String) {
+pub(crate) fn http_get(port: u16, path: &str) -> (u16, String) {
     curl(&[&format!("http://127.0.0.1:{port}{path}")])
 }
 
-fn curl(args: &[&str]) -> (u16, String) {
+pub(crate) fn curl(args: &[&str]) -> (u16, String) {
     let out = Command::new("curl")
         .args(["-s", "-m", "5", "-w", "\n%{http_code}"])
         .args(args)
@@ -378,7 +378,7 @@ fn curl(args: &[&str]) -> (u16, String) {
 }
 
 /// The names of the TraceJobs trigger `name` made.
-fn made(k: &Kubectl, ns: &str, trigger: &str) -> Vec<String> {
+pub(crate) fn made(k: &Kubectl, ns: &str, trigger: &str) -> Vec<String> {
     k.ok(&[
         "get",
         "tj",
@@ -394,14 +394,20 @@ fn made(k: &Kubectl, ns: &str, trigger: &str) -> Vec<String> {
     .collect()
 }
 
-fn trigger_yaml(name: &str, matchers: &[&str], on: &str, deadline: i64, limits: &str) -> String {
+pub(crate) fn trigger_yaml(
+    name: &str,
+    matchers: &[&str],
+    on: &str,
+    deadline: i64,
+    limits: &str,
+) -> String {
     let matchers = serde_json::to_string(matchers).expect("json");
     format!(
         "apiVersion: observe.tracejob.dev/v1alpha1\nkind: TraceTrigger\nmetadata:\n  name: {name}\nspec:\n  matchers: {matchers}\n  target: {{kind: {on}}}\n  trace:\n    program: '{PROGRAM}'\n    deadline: {deadline}\n    deadlineGracePeriod: 300\n  limits: {limits}\n"
     )
 }
 
-fn status(k: &Kubectl, ns: &str, trigger: &str, path: &str) -> String {
+pub(crate) fn status(k: &Kubectl, ns: &str, trigger: &str, path: &str) -> String {
     k.jsonpath(ns, &format!("tt/{trigger}"), path)
 }
 
@@ -797,6 +803,10 @@ fn receiver_token_fenced(_env: &Env) {
     let rx = k.with_kubeconfig(&config);
     let who = rx.ok(&["auth", "whoami", "-o", "json"]);
     assert!(who.contains(RECEIVER_SA), "not the receiver's token: {who}");
+    // What its watches need: Namespaces (for their alert-namespaces annotation), cluster-wide.
+    for verb in ["list", "watch"] {
+        assert_eq!(rx.ok(&["auth", "can-i", verb, "namespaces"]).trim(), "yes");
+    }
 
     k.apply(
         &ns,
@@ -947,6 +957,24 @@ fn receiver_token_fenced(_env: &Env) {
             r#"{"spec":{"stop":true,"deadlineGracePeriod":3600}}"#,
         ),
         "raising the grace period while stopping",
+        ONLY_STOP,
+    );
+    // Nor its annotations or finalizers (a finalizer would hold the TraceJob, and its output,
+    // from deletion; an annotation could rewrite what the alert recorded).
+    refused(
+        &patch(
+            "made",
+            r#"{"metadata":{"annotations":{"observe.tracejob.dev/trigger-target":"node/x"}},"spec":{"stop":true}}"#,
+        ),
+        "rewriting an annotation while stopping",
+        ONLY_STOP,
+    );
+    refused(
+        &patch(
+            "made",
+            r#"{"metadata":{"finalizers":["example.com/hold"]},"spec":{"stop":true}}"#,
+        ),
+        "adding a finalizer while stopping",
         ONLY_STOP,
     );
     // A second owner beside the trigger (a garbage-collection hold on something else).
