@@ -148,9 +148,20 @@ pub async fn run(config: Config) -> Result<(), Error> {
         None => (Api::all(client.clone()), Api::all(client.clone())),
     };
     let (triggers, triggers_writer) = reflector::store();
+    // Kept whole but for what the receiver never reads (kubectl's last-applied copy of the
+    // object among it); listed a few at a time, as each may hold a 64 KiB program and 256 KiB of
+    // args.
     let trigger_events = reflector::reflector(
         triggers_writer,
-        watcher::watcher(triggers_api, watcher::Config::default()).default_backoff(),
+        watcher::watcher(
+            triggers_api,
+            watcher::Config::default().page_size(LIST_PAGE),
+        )
+        .default_backoff()
+        .modify(|t: &mut TraceTrigger| {
+            t.metadata.managed_fields = None;
+            t.metadata.annotations = None;
+        }),
     );
     tokio::spawn(trigger_events.for_each(|e| async move {
         if let Err(e) = e {

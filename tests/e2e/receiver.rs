@@ -360,6 +360,27 @@ fn stalled_uploads(env: &Env) {
     assert_eq!(code, 200, "the receiver does not answer /healthz");
     answers_a_real_alert(env, &rx, &ns, "probe", "UploadProbe");
     drop(held);
+    // With the token, a body over the limit (1 MiB) is refused: from its Content-Length, and
+    // streamed (chunked, no length) once it passes the limit.
+    let big = rx.dir.path().join("big.json");
+    must(std::fs::write(&big, vec![b' '; SIZE]), "write the big body");
+    let url = format!("http://127.0.0.1:{}/alerts", rx.port);
+    let auth = format!("Authorization: Bearer {}", rx.token);
+    let from_file = format!("@{}", big.display());
+    let (code, _) = curl(&["-X", "POST", "-H", &auth, "--data-binary", &from_file, &url]);
+    assert_eq!(code, 413, "a 2 MB body with a Content-Length");
+    let (code, _) = curl(&[
+        "-X",
+        "POST",
+        "-H",
+        &auth,
+        "-H",
+        "Transfer-Encoding: chunked",
+        "--data-binary",
+        &from_file,
+        &url,
+    ]);
+    assert_eq!(code, 413, "a 2 MB body streamed");
     assert!(rx.alive());
 }
 
