@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::sync::OnceLock;
 
-use super::{must, repo_root};
+use super::{must, repo_root, Agent, Env};
 
 /// The double's path: pass it to an agent with `--bpftrace`. Its program's `// double:` lines
 /// say what it does (see the source).
@@ -34,4 +34,21 @@ pub fn bpftrace_double() -> PathBuf {
             out
         })
         .clone()
+}
+
+/// An agent running the bpftrace double, with `extra` flags.
+pub fn double_agent(env: &Env, node: &str, extra: &[&str]) -> Agent {
+    let double = bpftrace_double().to_string_lossy().into_owned();
+    let mut args = vec!["--bpftrace", double.as_str()];
+    args.extend_from_slice(extra);
+    Agent::start_with(env, node, &env.cp.kubeconfig, &args, &[])
+}
+
+/// A program for the double: its behaviour, one `// double:` line each.
+pub fn double_program(lines: &[&str]) -> String {
+    lines
+        .iter()
+        .map(|l| format!("// double: {l}\n"))
+        .collect::<String>()
+        + "BEGIN {}"
 }
