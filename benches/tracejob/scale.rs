@@ -41,6 +41,7 @@ use tracing::Instrument;
 
 use super::{env_num, Bench};
 use crate::support::control_plane::free_port;
+use crate::support::double::build_double;
 use crate::support::pods::FakeContainer;
 use crate::support::{bpftrace_pids, must, repo_root, Proc};
 
@@ -233,19 +234,7 @@ fn double() -> PathBuf {
         .get_or_init(|| {
             let out = log_dir().join("bpftrace");
             let partial = log_dir().join(format!("bpftrace.{}", std::process::id()));
-            let built = must(
-                Command::new("gcc")
-                    .args(["-O2", "-Wall", "-Werror", "-o"])
-                    .arg(&partial)
-                    .arg(repo_root().join("tests/double/bpftrace.c"))
-                    .output(),
-                "run gcc",
-            );
-            assert!(
-                built.status.success(),
-                "building the bpftrace double failed: {}",
-                String::from_utf8_lossy(&built.stderr)
-            );
+            build_double(&partial);
             must(std::fs::rename(&partial, &out), "rename the double");
             out
         })

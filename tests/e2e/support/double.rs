@@ -1,6 +1,6 @@
 //! The bpftrace test double (tests/double/bpftrace.c), built once per test run with gcc.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
@@ -18,22 +18,27 @@ pub fn bpftrace_double() -> PathBuf {
                 "mkdir target/tracejob-double",
             );
             let out = dir.join("bpftrace");
-            let built = must(
-                Command::new("gcc")
-                    .args(["-O2", "-Wall", "-Werror", "-o"])
-                    .arg(&out)
-                    .arg(repo_root().join("tests/double/bpftrace.c"))
-                    .output(),
-                "run gcc (apt-get install gcc)",
-            );
-            assert!(
-                built.status.success(),
-                "building the bpftrace double failed: {}",
-                String::from_utf8_lossy(&built.stderr)
-            );
+            build_double(&out);
             out
         })
         .clone()
+}
+
+/// Builds the double at `out` with gcc.
+pub fn build_double(out: &Path) {
+    let built = must(
+        Command::new("gcc")
+            .args(["-O2", "-Wall", "-Werror", "-o"])
+            .arg(out)
+            .arg(repo_root().join("tests/double/bpftrace.c"))
+            .output(),
+        "run gcc (apt-get install gcc)",
+    );
+    assert!(
+        built.status.success(),
+        "building the bpftrace double failed: {}",
+        String::from_utf8_lossy(&built.stderr)
+    );
 }
 
 /// An agent running the bpftrace double, with `extra` flags.
