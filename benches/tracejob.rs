@@ -37,17 +37,6 @@ const BIOLATENCY: &str = include_str!("../bpf-samples/biolatency.bt");
 /// About 800 KB of printf lines a second, whatever else the machine does.
 const PRINT_A_MIB: &str = "interval:us:100 { printf(\"%d 0123456789012345678901234567890123456789012345678901234567890123456789\\n\", nsecs); }";
 
-/// Peak resident memory of a process (VmHWM), in KiB.
-fn peak_rss_kib(pid: i32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("no VmHWM for {pid}"))
-}
-
 fn env_num(name: &str, default: u64) -> u64 {
     std::env::var(name)
         .ok()
@@ -524,7 +513,7 @@ fn main() {
     let took = t0.elapsed();
     let slowest = ms(probe.finish());
     let pid = flooder.proc.as_ref().map(|p| p.pid()).unwrap_or(0);
-    let peak = peak_rss_kib(pid);
+    let peak = support::host::peak_rss(pid) / 1024;
     b.row(
         "20 runs of 32 MiB output each, collected at once",
         format!(

@@ -358,3 +358,31 @@ fn paths_are_resolved_from_where_they_are_named() {
     ];
     assert_eq!(found, want);
 }
+
+/// The end-to-end tests are grouped by feature in files a reader can take in whole: when one
+/// grows past this, split it by feature (a folder, as tests/e2e/security/ is).
+const E2E_FILE_LINES: usize = 800;
+
+#[test]
+fn no_end_to_end_test_file_is_over_800_lines() {
+    let mut files = Vec::new();
+    rust_files(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/e2e"),
+        &mut files,
+    );
+    assert!(
+        files.iter().any(|f| f.ends_with("tests/e2e/main.rs")),
+        "no end-to-end test files found"
+    );
+    let long: Vec<String> = files
+        .iter()
+        .filter_map(|f| {
+            let lines = std::fs::read_to_string(f).unwrap().lines().count();
+            (lines > E2E_FILE_LINES).then(|| format!("{} ({lines} lines)", f.display()))
+        })
+        .collect();
+    assert!(
+        long.is_empty(),
+        "end-to-end test files over {E2E_FILE_LINES} lines, split them by feature: {long:?}"
+    );
+}

@@ -41,6 +41,8 @@ use tracing::Instrument;
 
 use super::{env_num, Bench};
 use crate::support::control_plane::free_port;
+use crate::support::double::build_double;
+use crate::support::pods::FakeContainer;
 use crate::support::{bpftrace_pids, must, repo_root, Proc};
 
 /// In the environment of this binary run as the hollow-agent process.
@@ -233,19 +235,7 @@ fn double() -> PathBuf {
         .get_or_init(|| {
             let out = log_dir().join("bpftrace");
             let partial = log_dir().join(format!("bpftrace.{}", std::process::id()));
-            let built = must(
-                Command::new("gcc")
-                    .args(["-O2", "-Wall", "-Werror", "-o"])
-                    .arg(&partial)
-                    .arg(repo_root().join("tests/double/bpftrace.c"))
-                    .output(),
-                "run gcc",
-            );
-            assert!(
-                built.status.success(),
-                "building the bpftrace double failed: {}",
-                String::from_utf8_lossy(&built.stderr)
-            );
+            build_double(&partial);
             must(std::fs::rename(&partial, &out), "rename the double");
             out
         })
@@ -954,54 +944,6 @@ fn fanout_run(b: &Bench, n: usize, run: usize, limit: Duration) -> Option<FanRun
     Some(r)
 }
 
-/// A process in a cgroup named by a container ID, as a runtime would make it (in the cgroup v2
-/// hierarchy): a container no kubelet runs. Ends (and goes) when dropped.
-struct FakeContainer {
-    id: String,
-    cgroup: PathBuf,
-    process: Option<Proc>,
-}
-
-impl FakeContainer {
-    fn start() -> FakeContainer {
-        let id = format!(
-            "{}{}",
-            uuid::Uuid::new_v4().simple(),
-            uuid::Uuid::new_v4().simple()
-        );
-        let v2 = ["/sys/fs/cgroup", "/sys/fs/cgroup/unified"]
-            .into_iter()
-            .map(PathBuf::from)
-            .find(|p| p.join("cgroup.procs").exists() && !p.join("tasks").exists())
-            .expect("a cgroup v2 hierarchy (pure or hybrid)");
-        let cgroup = v2.join(format!("tracejob-bench-{id}"));
-        must(
-            std::fs::create_dir_all(&cgroup),
-            "mkdir the container's cgroup",
-        );
-        let process = Proc::spawn("fake-container", Command::new("sleep").arg("3600"));
-        must(
-            std::fs::write(cgroup.join("cgroup.procs"), process.pid().to_string()),
-            "move the container's process into its cgroup",
-        );
-        FakeContainer {
-            id,
-            cgroup,
-            process: Some(process),
-        }
-    }
-}
-
-impl Drop for FakeContainer {
-    fn drop(&mut self) {
-        if let Some(mut p) = self.process.take() {
-            p.signal(nix::sys::signal::Signal::SIGKILL);
-            p.wait_exit(Duration::from_secs(5));
-        }
-        let _ = std::fs::remove_dir(&self.cgroup);
-    }
-}
-
 /// One pod-target run: until Running (ms), and the API requests of all the agents, of the pod's
 /// node's, of the others'.
 type PodRun = (Option<f64>, f64, f64, f64);
@@ -1021,7 +963,7 @@ fn pod_target(b: &Bench, runs: usize, limit: Duration) -> Vec<(String, String)> 
         eprintln!("bench: pod target: the hollow agents are not ready: {why}");
         return vec![];
     }
-    let container = FakeContainer::start();
+    let container = FakeContainer::start(&ns);
     let pods: Api<Pod> = Api::namespaced(b.client.clone(), &ns);
     let pod: Pod = must(
         serde_json::from_value(serde_json::json!({

@@ -3,6 +3,8 @@
 use std::process::Command;
 use std::time::Duration;
 
+use crate::support::tracejobs::tracejob_yaml;
+use crate::support::wait::wait_phase;
 use crate::support::{must, wait_for, Env, Test};
 
 pub fn tests() -> Vec<Test> {
@@ -34,59 +36,31 @@ pub fn tests() -> Vec<Test> {
     ]
 }
 
-/// `kubectl version` reports the release the build module pins, for the server and for kubectl,
-/// and it is one of the supported range (1.34 or later).
-fn server_and_kubectl_are_the_pinned_release(env: &Env) {
-    let pinned = crate::support::control_plane::pinned_release();
-    let out: serde_json::Value = must(
-        serde_json::from_str(&env.kubectl.ok(&["version", "-o", "json"])),
-        "kubectl version -o json",
-    );
-    for side in ["serverVersion", "clientVersion"] {
-        assert_eq!(
-            out[side]["gitVersion"].as_str(),
-            Some(pinned.as_str()),
-            "{side}: {out}"
-        );
-    }
-    let minor: u32 = out["serverVersion"]["minor"]
-        .as_str()
-        .and_then(|m| m.trim_end_matches('+').parse().ok())
-        .unwrap_or_else(|| panic!("no minor version: {out}"));
-    assert_eq!(out["serverVersion"]["major"].as_str(), Some("1"), "{out}");
-    assert!(minor >= 34, "1.{minor} is older than the supported range");
-}
-
-/// This VM's kernel batches RCU callbacks (CONFIG_RCU_LAZY), and bpftrace 0.17 waits for its
-/// probes to detach before printing maps: with several traces ending at once that can outlast the
-/// default 30 s grace period. Tests give their traces room, so they test the agent, not the kernel.
-pub const TEST_GRACE: &str = "  deadlineGracePeriod: 300\n";
-
-/// A TraceJob for tests, with `TEST_GRACE` unless `extra_spec` sets a grace period.
-pub fn tracejob_yaml(name: &str, node: &str, program: &str, extra_spec: &str) -> String {
-    let indented: String = program.lines().map(|l| format!("    {l}\n")).collect();
-    let grace = if extra_spec.contains("deadlineGracePeriod") {
-        ""
-    } else {
-        TEST_GRACE
-    };
-    format!(
-        "apiVersion: observe.tracejob.dev/v1alpha1\nkind: TraceJob\nmetadata:\n  name: {name}\nspec:\n  nodeName: {node}\n  program: |\n{indented}{extra_spec}{grace}"
-    )
-}
-
-/// A sample from bpf-samples/ for `node`, with `TEST_GRACE`.
-pub fn sample_yaml(name: &str, node: &str) -> String {
-    let yaml = crate::support::must(
-        std::fs::read_to_string(
-            crate::support::repo_root().join(format!("bpf-samples/{name}.yaml")),
-        ),
-        "read sample",
-    );
-    format!(
-        "{}{TEST_GRACE}",
-        yaml.replace("nodeName: my-node", &format!("nodeName: {node}"))
-    )
+/// The header and first row of a kubectl table, cut at the header's column starts (so an empty
+/// cell stays in its column).
+fn columns(table: &str) -> Vec<(String, String)> {
+    let mut lines = table.lines();
+    let header = lines.next().unwrap_or_default();
+    let row = lines.next().unwrap_or_default();
+    let starts: Vec<usize> = header
+        .char_indices()
+        .filter(|&(i, c)| c != ' ' && (i == 0 || header.as_bytes()[i - 1] == b' '))
+        .map(|(i, _)| i)
+        .collect();
+    starts
+        .iter()
+        .enumerate()
+        .map(|(k, &start)| {
+            let end = starts.get(k + 1).copied().unwrap_or(usize::MAX);
+            let cut = |line: &str| {
+                line.get(start..end.min(line.len()))
+                    .unwrap_or_default()
+                    .trim()
+                    .to_string()
+            };
+            (cut(header), cut(row))
+        })
+        .collect()
 }
 
 fn valid_tracejob_is_accepted_with_defaults(env: &Env) {
@@ -144,7 +118,7 @@ fn get_shows_printer_columns(env: &Env) {
         &ns,
         &tracejob_yaml("cols", &agent.node, "BEGIN { exit(); }", ""),
     );
-    crate::lifecycle::wait_phase(
+    wait_phase(
         &env.kubectl,
         &ns,
         "cols",
@@ -172,33 +146,6 @@ fn get_shows_printer_columns(env: &Env) {
     assert_eq!(cell("PHASE"), "Completed", "{out}");
     assert_eq!(cell("PROBES"), "1", "{out}");
     assert!(cell("OUTPUT").starts_with("cols-output-"), "{out}");
-}
-
-/// The header and first row of a kubectl table, cut at the header's column starts (so an empty
-/// cell stays in its column).
-fn columns(table: &str) -> Vec<(String, String)> {
-    let mut lines = table.lines();
-    let header = lines.next().unwrap_or_default();
-    let row = lines.next().unwrap_or_default();
-    let starts: Vec<usize> = header
-        .char_indices()
-        .filter(|&(i, c)| c != ' ' && (i == 0 || header.as_bytes()[i - 1] == b' '))
-        .map(|(i, _)| i)
-        .collect();
-    starts
-        .iter()
-        .enumerate()
-        .map(|(k, &start)| {
-            let end = starts.get(k + 1).copied().unwrap_or(usize::MAX);
-            let cut = |line: &str| {
-                line.get(start..end.min(line.len()))
-                    .unwrap_or_default()
-                    .trim()
-                    .to_string()
-            };
-            (cut(header), cut(row))
-        })
-        .collect()
 }
 
 fn explain_describes_fields(env: &Env) {
@@ -284,4 +231,27 @@ fn status_subresource(env: &Env) {
         "an unknown phase was accepted: {}",
         rejected.stderr
     );
+}
+
+/// `kubectl version` reports the release the build module pins, for the server and for kubectl,
+/// and it is one of the supported range (1.34 or later).
+fn server_and_kubectl_are_the_pinned_release(env: &Env) {
+    let pinned = crate::support::control_plane::pinned_release();
+    let out: serde_json::Value = must(
+        serde_json::from_str(&env.kubectl.ok(&["version", "-o", "json"])),
+        "kubectl version -o json",
+    );
+    for side in ["serverVersion", "clientVersion"] {
+        assert_eq!(
+            out[side]["gitVersion"].as_str(),
+            Some(pinned.as_str()),
+            "{side}: {out}"
+        );
+    }
+    let minor: u32 = out["serverVersion"]["minor"]
+        .as_str()
+        .and_then(|m| m.trim_end_matches('+').parse().ok())
+        .unwrap_or_else(|| panic!("no minor version: {out}"));
+    assert_eq!(out["serverVersion"]["major"].as_str(), Some("1"), "{out}");
+    assert!(minor >= 34, "1.{minor} is older than the supported range");
 }

@@ -10,13 +10,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::lifecycle::disk_io;
 use crate::support::control_plane::free_port;
 use crate::support::docs::{self, bash, substitute};
+use crate::support::host::disk_io;
+use crate::support::pods::{report_running, FakeContainer};
 use crate::support::{
     must, register_node, repo_root, wait_for, Agent, Env, Proc, Summarizer, Test,
 };
-use crate::target::{report_running, FakeContainer};
 
 pub fn tests() -> Vec<Test> {
     vec![

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use nix::sys::signal::Signal;
 
-use crate::lifecycle::stop;
+use crate::support::tracejobs::stop;
 use crate::support::{must, register_node, wait_for, Agent, Env, Kubectl, Summarizer, Test};
 
 pub fn tests() -> Vec<Test> {

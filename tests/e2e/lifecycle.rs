@@ -1,11 +1,13 @@
-//! The product as a user drives it: apply, patch stop, read the ConfigMap; failures; deadlines;
-//! deletion; other nodes' TraceJobs; an API server restart.
+//! The product as a user drives it: apply, patch stop, read the ConfigMap, `kubectl describe` and
+//! `kubectl wait`; failures; deadlines; deletion; other nodes' TraceJobs; node limits.
 
-use std::process::Command;
 use std::time::Duration;
 
-use crate::api::tracejob_yaml;
-use crate::support::{must, wait_for, Agent, ControlPlane, Env, Kubectl, Test};
+use crate::support::host::{assert_no_bpftrace, disk_io};
+use crate::support::outputs::{histogram_counts, output};
+use crate::support::tracejobs::{sample_yaml, stop, tracejob_yaml, SYSCOUNT};
+use crate::support::wait::wait_phase;
+use crate::support::{must, wait_for, Agent, Env, Test};
 
 pub fn tests() -> Vec<Test> {
     vec![
@@ -50,130 +52,173 @@ pub fn tests() -> Vec<Test> {
             run: other_nodes_tracejob_untouched,
         },
         Test {
-            name: "lifecycle_apiserver_restart_runs_once",
-            run: apiserver_restart_runs_once,
+            name: "native_describe_tells_the_story",
+            run: describe_tells_the_story,
+        },
+        Test {
+            name: "native_kubectl_wait_both_forms",
+            run: kubectl_wait_both_forms,
         },
     ]
 }
 
-pub const SYSCOUNT: &str = "tracepoint:raw_syscalls:sys_enter { @syscalls[comm] = count(); }";
-
-pub fn wait_phase(k: &Kubectl, ns: &str, name: &str, phase: &str, timeout: Duration) {
-    let what = format!("tj/{name} to reach {phase}");
-    // Ending a trace includes the kernel detaching its probes (see api::TEST_GRACE).
-    let timeout = if phase == "Completed" || phase == "Failed" {
-        timeout.max(Duration::from_secs(120))
-    } else {
-        timeout
-    };
-    let deadline = std::time::Instant::now() + timeout;
-    loop {
-        let now = k.jsonpath(ns, &format!("tj/{name}"), ".status.phase");
-        if now == phase {
-            return;
-        }
-        let terminal = now == "Completed" || now == "Failed";
-        assert!(
-            !terminal,
-            "tj/{name} ended {now}, not {phase}: {}",
-            k.jsonpath(ns, &format!("tj/{name}"), ".status.message")
-        );
-        if std::time::Instant::now() >= deadline {
-            // What bpftrace is doing, in the kernel too, for a trace that does not end.
-            let pid = k.jsonpath(ns, &format!("tj/{name}"), ".status.pid");
-            panic!(
-                "timed out after {timeout:?} waiting for {what} (phase {now:?}); {}",
-                process_report(&pid)
-            );
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-/// State, wait channel, system call and kernel stack of process `pid`, from /proc.
-fn process_report(pid: &str) -> String {
-    if pid.is_empty() {
-        return "no status.pid".to_string();
-    }
-    let read = |file: &str| {
-        std::fs::read_to_string(format!("/proc/{pid}/{file}")).unwrap_or_else(|e| format!("({e})"))
-    };
-    format!(
-        "process {pid}: stat {} wchan {}, syscall {}\nkernel stack:\n{}",
-        read("stat").trim(),
-        read("wchan"),
-        read("syscall").trim(),
-        read("stack")
-    )
-}
-
-pub fn stop(k: &Kubectl, ns: &str, name: &str) {
-    k.ok(&[
-        "patch",
-        "-n",
-        ns,
-        "tj",
-        name,
-        "--type=merge",
-        "-p",
-        r#"{"spec":{"stop":true}}"#,
-    ]);
-}
-
-/// The ConfigMap named by status.outputRef, read as the user's command reads it.
-pub fn output(k: &Kubectl, ns: &str, name: &str, key: &str) -> String {
-    let cm = k.jsonpath(ns, &format!("tj/{name}"), ".status.outputRef.name");
-    assert!(!cm.is_empty(), "tj/{name} has no status.outputRef");
-    let key = key.replace('.', "\\.");
-    k.ok(&[
-        "get",
-        "configmap",
-        "-n",
-        ns,
-        &cm,
-        "-o",
-        &format!("jsonpath={{.data.{key}}}"),
-    ])
-}
-
-/// Writes and syncs a file with direct I/O so the block layer sees requests.
-pub fn disk_io() {
-    let dir = must(
-        tempfile::Builder::new()
-            .prefix("tracejob-io-")
-            .tempdir_in("/var/tmp"),
-        "tempdir",
-    );
-    let out = must(
-        Command::new("dd")
-            .args(["if=/dev/zero", "bs=64k", "count=200", "oflag=direct,sync"])
-            .arg(format!("of={}", dir.path().join("io").display()))
-            .output(),
-        "run dd",
-    );
-    assert!(
-        out.status.success(),
-        "dd failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// Parses histogram lines of bpftrace's text form: `[256, 512)   187 |@@@@   |`.
-pub fn histogram_counts(text: &str) -> Vec<u64> {
-    text.lines()
-        .filter(|l| (l.starts_with('[') || l.starts_with('(')) && l.trim_end().ends_with('|'))
-        .map(|l| {
-            let after = &l[l.find([')', ']']).map(|i| i + 1).unwrap_or(0)..];
-            let count = after.split_whitespace().next().unwrap_or("x");
-            count
-                .parse::<u64>()
-                .unwrap_or_else(|_| panic!("bad bucket line {l:?}"))
-        })
-        .collect()
-}
-
 fn sample(name: &str, node: &str) -> String {
-    crate::api::sample_yaml(name, node)
+    sample_yaml(name, node)
+}
+
+fn uuid_like(s: &str) -> bool {
+    s.len() == 36 && s.chars().filter(|c| *c == '-').count() == 4
+}
+
+/// `--max-running-traces`: a TraceJob past it waits Pending, saying why, and runs once a slot
+/// frees; and the traces' host cgroup has the memory and pid limits the flags give.
+fn node_limits(env: &Env) {
+    let ns = env.namespace("limits");
+    let k = &env.kubectl;
+    let agent = Agent::start_with(
+        env,
+        &format!("{ns}-node"),
+        &env.cp.kubeconfig,
+        &[
+            "--max-running-traces",
+            "1",
+            "--host-cgroup-root",
+            "/sys/fs/cgroup",
+            "--traces-memory-max",
+            "1073741824",
+            "--traces-pids-max",
+            "777",
+        ],
+        &[],
+    );
+    let job = |name: &str| {
+        serde_json::json!({
+            "apiVersion": "observe.tracejob.dev/v1alpha1", "kind": "TraceJob",
+            "metadata": {"name": name},
+            "spec": {"nodeName": agent.node, "program": "tracepoint:raw_syscalls:sys_enter { @calls = count(); }"}
+        })
+        .to_string()
+    };
+    k.apply(&ns, &job("first"));
+    wait_phase(k, &ns, "first", "Running", Duration::from_secs(30));
+    k.apply(&ns, &job("second"));
+    crate::support::wait_for(Duration::from_secs(30), "the second to wait", || {
+        let reason = k.jsonpath(
+            &ns,
+            "tj/second",
+            ".status.conditions[?(@.type==\"Waiting\")].reason",
+        );
+        (reason == "MaxRunningTraces").then_some(())
+    });
+    let message = k.jsonpath(&ns, "tj/second", ".status.message");
+    assert!(message.contains("--max-running-traces"), "{message}");
+    // It stays waiting while the first runs (well past the few hundred ms a start takes).
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(k.jsonpath(&ns, "tj/second", ".status.phase"), "Pending");
+    assert_eq!(agent.bpftraces().len(), 1, "two traces run at once");
+    stop(k, &ns, "first");
+    wait_phase(k, &ns, "second", "Running", Duration::from_secs(60));
+    // The cgroup the traces run in, on this host (cgroup v1 controllers here; v2 knobs where
+    // the host has them).
+    let read = |path: &str| std::fs::read_to_string(path).map(|v| v.trim().to_string());
+    let memory = read("/sys/fs/cgroup/memory/tracejob-traces/memory.limit_in_bytes")
+        .or_else(|_| read("/sys/fs/cgroup/tracejob-traces/memory.max"));
+    let pids = read("/sys/fs/cgroup/pids/tracejob-traces/pids.max")
+        .or_else(|_| read("/sys/fs/cgroup/tracejob-traces/pids.max"));
+    assert_eq!(memory.as_deref().ok(), Some("1073741824"), "{memory:?}");
+    assert_eq!(pids.as_deref().ok(), Some("777"), "{pids:?}");
+    let pid = k.jsonpath(&ns, "tj/second", ".status.pid");
+    let cgroups = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
+    assert!(
+        cgroups
+            .lines()
+            .any(|l| l.contains(":memory:") && l.ends_with("/tracejob-traces")),
+        "bpftrace is not in the limited cgroup:\n{cgroups}"
+    );
+    stop(k, &ns, "second");
+    wait_phase(k, &ns, "second", "Completed", Duration::from_secs(60));
+}
+
+/// A trace whose namespace may no longer trace its node (the annotation changed, or the node's
+/// labels did) is stopped within 10 s, its maps collected, and ends NodeNotAllowed saying why;
+/// an agent that takes a trace over checks again.
+fn revoked_scope_stops_the_trace(env: &Env) {
+    let ns = env.namespace("revoke");
+    let k = &env.kubectl;
+    let node = format!("{ns}-node");
+    crate::support::register_node(env, &node, &[("zone", "a")]);
+    let annotate = |selector: &str| {
+        k.ok(&[
+            "annotate",
+            "--overwrite",
+            "namespace",
+            &ns,
+            &format!("observe.tracejob.dev/node-selector={selector}"),
+        ]);
+    };
+    annotate("zone=a");
+    let mut agent = Agent::start(env, &node);
+    let program = "tracepoint:raw_syscalls:sys_enter { @calls = count(); }";
+    let job = |name: &str| {
+        serde_json::json!({
+            "apiVersion": "observe.tracejob.dev/v1alpha1", "kind": "TraceJob",
+            "metadata": {"name": name},
+            "spec": {"nodeName": node, "program": program, "deadlineGracePeriod": 300}
+        })
+        .to_string()
+    };
+    let revoked_within = |name: &str, change: &dyn Fn(), says: &str| {
+        wait_phase(k, &ns, name, "Running", Duration::from_secs(30));
+        let t = std::time::Instant::now();
+        change();
+        crate::support::wait_for(Duration::from_secs(30), "the trace to stop", || {
+            let phase = k.jsonpath(&ns, &format!("tj/{name}"), ".status.phase");
+            (phase == "Stopping" || phase == "Failed").then_some(())
+        });
+        let took = t.elapsed();
+        assert!(
+            took <= Duration::from_secs(10),
+            "stopped {took:?} after the change"
+        );
+        wait_phase(k, &ns, name, "Failed", Duration::from_secs(60));
+        let reason = k.jsonpath(
+            &ns,
+            &format!("tj/{name}"),
+            ".status.conditions[?(@.type==\"Failed\")].reason",
+        );
+        let message = k.jsonpath(&ns, &format!("tj/{name}"), ".status.message");
+        assert_eq!(reason, "NodeNotAllowed", "{message}");
+        assert!(message.contains(says), "{message:?} does not say {says:?}");
+        assert!(
+            output(k, &ns, name, "output").contains("@calls: "),
+            "the maps were not kept"
+        );
+    };
+    // The namespace's annotation changes.
+    k.apply(&ns, &job("by-annotation"));
+    revoked_within("by-annotation", &|| annotate("zone=b"), "(zone=b)");
+    // The node's labels change.
+    annotate("zone=a");
+    k.apply(&ns, &job("by-label"));
+    revoked_within(
+        "by-label",
+        &|| {
+            k.ok(&["label", "--overwrite", "node", &node, "zone=c"]);
+        },
+        "(zone=a)",
+    );
+    // Changed while no agent ran: the next agent checks before going on.
+    k.ok(&["label", "--overwrite", "node", &node, "zone=a"]);
+    k.apply(&ns, &job("on-takeover"));
+    wait_phase(k, &ns, "on-takeover", "Running", Duration::from_secs(30));
+    let proc = agent.proc.as_mut().expect("agent");
+    proc.signal(nix::sys::signal::Signal::SIGKILL);
+    assert!(proc.wait_exit(Duration::from_secs(10)).is_some());
+    annotate("zone=b");
+    agent.restart(&[]);
+    wait_phase(k, &ns, "on-takeover", "Failed", Duration::from_secs(60));
+    let message = k.jsonpath(&ns, "tj/on-takeover", ".status.message");
+    assert!(message.contains("may no longer trace"), "{message}");
 }
 
 fn biolatency_apply_stop_configmap(env: &Env) {
@@ -471,210 +516,79 @@ fn other_nodes_tracejob_untouched(env: &Env) {
     assert!(agent.bpftraces().is_empty());
 }
 
-/// Its own control plane, since it restarts the API server.
-fn apiserver_restart_runs_once(_env: &Env) {
-    let own = Env::new(ControlPlane::start());
-    own.install_crd();
-    let k = &own.kubectl;
-    let agent = Agent::start(&own, "restart-node");
-    own.create_namespace("restart");
-    k.apply("restart", &tracejob_yaml("r", &agent.node, SYSCOUNT, ""));
-    wait_phase(k, "restart", "r", "Running", Duration::from_secs(30));
-    let pids = agent.bpftraces();
-    let id = k.jsonpath("restart", "tj/r", ".status.id");
-    let watches = |a: &Agent| {
-        a.metric("tracejob_api_requests_total{method=\"WATCH\",resource=\"tracejobs\"}")
-    };
-    let before = watches(&agent);
-    own.cp.stop_apiserver();
-    own.cp.start_apiserver();
-    wait_for(
-        Duration::from_secs(60),
-        "the agent to watch TraceJobs again",
-        || (watches(&agent) > before).then_some(()),
-    );
-    // A change the agent must see through its new watch: metadata, as a labelling tool writes.
-    let events = agent.metric(r#"tracejob_watch_events_total{watch="node"}"#);
-    k.ok(&["label", "-n", "restart", "tj", "r", "seen=again"]);
-    wait_for(
-        Duration::from_secs(30),
-        "the agent to see the change",
-        || (agent.metric(r#"tracejob_watch_events_total{watch="node"}"#) > events).then_some(()),
-    );
-    assert_eq!(
-        agent.bpftraces(),
-        pids,
-        "a second bpftrace was started after the API server restart"
-    );
-    assert_eq!(
-        k.jsonpath("restart", "tj/r", ".status.id"),
-        id,
-        "the run id changed"
-    );
-    stop(k, "restart", "r");
-    wait_phase(k, "restart", "r", "Completed", Duration::from_secs(60));
-    assert!(output(k, "restart", "r", "output").contains("@syscalls["));
-    drop(agent);
-    drop(own);
-}
-
-pub fn assert_no_bpftrace(agent: &Agent) {
-    wait_for(Duration::from_secs(30), "no bpftrace process left", || {
-        agent.bpftraces().is_empty().then_some(())
-    });
-}
-
-fn uuid_like(s: &str) -> bool {
-    s.len() == 36 && s.chars().filter(|c| *c == '-').count() == 4
-}
-
-/// A trace whose namespace may no longer trace its node (the annotation changed, or the node's
-/// labels did) is stopped within 10 s, its maps collected, and ends NodeNotAllowed saying why;
-/// an agent that takes a trace over checks again.
-fn revoked_scope_stops_the_trace(env: &Env) {
-    let ns = env.namespace("revoke");
+fn describe_tells_the_story(env: &Env) {
+    let ns = env.namespace("describe");
+    let agent = Agent::start(env, &format!("{ns}-node"));
     let k = &env.kubectl;
-    let node = format!("{ns}-node");
-    crate::support::register_node(env, &node, &[("zone", "a")]);
-    let annotate = |selector: &str| {
-        k.ok(&[
-            "annotate",
-            "--overwrite",
-            "namespace",
-            &ns,
-            &format!("observe.tracejob.dev/node-selector={selector}"),
-        ]);
-    };
-    annotate("zone=a");
-    let mut agent = Agent::start(env, &node);
-    let program = "tracepoint:raw_syscalls:sys_enter { @calls = count(); }";
-    let job = |name: &str| {
-        serde_json::json!({
-            "apiVersion": "observe.tracejob.dev/v1alpha1", "kind": "TraceJob",
-            "metadata": {"name": name},
-            "spec": {"nodeName": node, "program": program, "deadlineGracePeriod": 300}
-        })
-        .to_string()
-    };
-    let revoked_within = |name: &str, change: &dyn Fn(), says: &str| {
-        wait_phase(k, &ns, name, "Running", Duration::from_secs(30));
-        let t = std::time::Instant::now();
-        change();
-        crate::support::wait_for(Duration::from_secs(30), "the trace to stop", || {
-            let phase = k.jsonpath(&ns, &format!("tj/{name}"), ".status.phase");
-            (phase == "Stopping" || phase == "Failed").then_some(())
-        });
-        let took = t.elapsed();
-        assert!(
-            took <= Duration::from_secs(10),
-            "stopped {took:?} after the change"
-        );
-        wait_phase(k, &ns, name, "Failed", Duration::from_secs(60));
-        let reason = k.jsonpath(
-            &ns,
-            &format!("tj/{name}"),
-            ".status.conditions[?(@.type==\"Failed\")].reason",
-        );
-        let message = k.jsonpath(&ns, &format!("tj/{name}"), ".status.message");
-        assert_eq!(reason, "NodeNotAllowed", "{message}");
-        assert!(message.contains(says), "{message:?} does not say {says:?}");
-        assert!(
-            output(k, &ns, name, "output").contains("@calls: "),
-            "the maps were not kept"
-        );
-    };
-    // The namespace's annotation changes.
-    k.apply(&ns, &job("by-annotation"));
-    revoked_within("by-annotation", &|| annotate("zone=b"), "(zone=b)");
-    // The node's labels change.
-    annotate("zone=a");
-    k.apply(&ns, &job("by-label"));
-    revoked_within(
-        "by-label",
-        &|| {
-            k.ok(&["label", "--overwrite", "node", &node, "zone=c"]);
+    k.apply(&ns, &tracejob_yaml("story", &agent.node, SYSCOUNT, ""));
+    wait_phase(k, &ns, "story", "Running", Duration::from_secs(30));
+    stop(k, &ns, "story");
+    wait_phase(k, &ns, "story", "Completed", Duration::from_secs(30));
+    k.apply(
+        &ns,
+        &tracejob_yaml("broken", &agent.node, "BEGIN { @x = count( }", ""),
+    );
+    wait_phase(k, &ns, "broken", "Failed", Duration::from_secs(30));
+    let story = wait_for(
+        Duration::from_secs(20),
+        "the Events in kubectl describe",
+        || {
+            let d = k.ok(&["describe", "tj", "-n", &ns, "story"]);
+            d.contains("Completed").then_some(d)
         },
-        "(zone=a)",
     );
-    // Changed while no agent ran: the next agent checks before going on.
-    k.ok(&["label", "--overwrite", "node", &node, "zone=a"]);
-    k.apply(&ns, &job("on-takeover"));
-    wait_phase(k, &ns, "on-takeover", "Running", Duration::from_secs(30));
-    let proc = agent.proc.as_mut().expect("agent");
-    proc.signal(nix::sys::signal::Signal::SIGKILL);
-    assert!(proc.wait_exit(Duration::from_secs(10)).is_some());
-    annotate("zone=b");
-    agent.restart(&[]);
-    wait_phase(k, &ns, "on-takeover", "Failed", Duration::from_secs(60));
-    let message = k.jsonpath(&ns, "tj/on-takeover", ".status.message");
-    assert!(message.contains("may no longer trace"), "{message}");
+    for expected in [
+        "Started",
+        "attached 1 probes",
+        "Stopping",
+        "sent SIGINT: spec.stop was set",
+        "Completed",
+        "bytes of output in ConfigMap",
+    ] {
+        assert!(
+            story.contains(expected),
+            "kubectl describe lacks {expected:?}:\n{story}"
+        );
+    }
+    let broken = wait_for(Duration::from_secs(20), "the Failed event", || {
+        let d = k.ok(&["describe", "tj", "-n", &ns, "broken"]);
+        d.contains("Warning").then_some(d)
+    });
+    assert!(
+        broken.contains("Failed") && broken.contains("syntax error"),
+        "{broken}"
+    );
 }
 
-/// `--max-running-traces`: a TraceJob past it waits Pending, saying why, and runs once a slot
-/// frees; and the traces' host cgroup has the memory and pid limits the flags give.
-fn node_limits(env: &Env) {
-    let ns = env.namespace("limits");
+fn kubectl_wait_both_forms(env: &Env) {
+    let ns = env.namespace("wait");
+    let agent = Agent::start(env, &format!("{ns}-node"));
     let k = &env.kubectl;
-    let agent = Agent::start_with(
-        env,
-        &format!("{ns}-node"),
-        &env.cp.kubeconfig,
-        &[
-            "--max-running-traces",
-            "1",
-            "--host-cgroup-root",
-            "/sys/fs/cgroup",
-            "--traces-memory-max",
-            "1073741824",
-            "--traces-pids-max",
-            "777",
-        ],
-        &[],
-    );
-    let job = |name: &str| {
-        serde_json::json!({
-            "apiVersion": "observe.tracejob.dev/v1alpha1", "kind": "TraceJob",
-            "metadata": {"name": name},
-            "spec": {"nodeName": agent.node, "program": "tracepoint:raw_syscalls:sys_enter { @calls = count(); }"}
-        })
-        .to_string()
-    };
-    k.apply(&ns, &job("first"));
-    wait_phase(k, &ns, "first", "Running", Duration::from_secs(30));
-    k.apply(&ns, &job("second"));
-    crate::support::wait_for(Duration::from_secs(30), "the second to wait", || {
-        let reason = k.jsonpath(
-            &ns,
-            "tj/second",
-            ".status.conditions[?(@.type==\"Waiting\")].reason",
-        );
-        (reason == "MaxRunningTraces").then_some(())
-    });
-    let message = k.jsonpath(&ns, "tj/second", ".status.message");
-    assert!(message.contains("--max-running-traces"), "{message}");
-    // It stays waiting while the first runs (well past the few hundred ms a start takes).
-    std::thread::sleep(Duration::from_secs(3));
-    assert_eq!(k.jsonpath(&ns, "tj/second", ".status.phase"), "Pending");
-    assert_eq!(agent.bpftraces().len(), 1, "two traces run at once");
-    stop(k, &ns, "first");
-    wait_phase(k, &ns, "second", "Running", Duration::from_secs(60));
-    // The cgroup the traces run in, on this host (cgroup v1 controllers here; v2 knobs where
-    // the host has them).
-    let read = |path: &str| std::fs::read_to_string(path).map(|v| v.trim().to_string());
-    let memory = read("/sys/fs/cgroup/memory/tracejob-traces/memory.limit_in_bytes")
-        .or_else(|_| read("/sys/fs/cgroup/tracejob-traces/memory.max"));
-    let pids = read("/sys/fs/cgroup/pids/tracejob-traces/pids.max")
-        .or_else(|_| read("/sys/fs/cgroup/tracejob-traces/pids.max"));
-    assert_eq!(memory.as_deref().ok(), Some("1073741824"), "{memory:?}");
-    assert_eq!(pids.as_deref().ok(), Some("777"), "{pids:?}");
-    let pid = k.jsonpath(&ns, "tj/second", ".status.pid");
-    let cgroups = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
-    assert!(
-        cgroups
-            .lines()
-            .any(|l| l.contains(":memory:") && l.ends_with("/tracejob-traces")),
-        "bpftrace is not in the limited cgroup:\n{cgroups}"
-    );
-    stop(k, &ns, "second");
-    wait_phase(k, &ns, "second", "Completed", Duration::from_secs(60));
+    k.apply(&ns, &tracejob_yaml("w", &agent.node, SYSCOUNT, ""));
+    k.ok(&[
+        "wait",
+        "-n",
+        &ns,
+        "--for=jsonpath={.status.phase}=Running",
+        "--timeout=30s",
+        "tj/w",
+    ]);
+    k.ok(&[
+        "wait",
+        "-n",
+        &ns,
+        "--for=condition=Running",
+        "--timeout=30s",
+        "tj/w",
+    ]);
+    stop(k, &ns, "w");
+    k.ok(&[
+        "wait",
+        "-n",
+        &ns,
+        "--for=condition=Completed",
+        "--timeout=30s",
+        "tj/w",
+    ]);
+    assert!(output(k, &ns, "w", "output").contains("@syscalls["));
 }

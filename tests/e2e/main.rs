@@ -3,22 +3,22 @@
 //! control plane it starts is ended exactly once, after every test, also when a test fails.
 
 mod api;
-mod core;
 mod docs;
 mod fanout;
 mod hostile;
 mod lifecycle;
-mod native;
+mod metrics;
+mod output;
 mod plugin;
 mod receiver;
 mod releases;
 mod reliability;
-mod robust;
 mod security;
-mod slowdisk;
 mod support;
 mod target;
+mod timeouts;
 mod trigger;
+mod waits;
 
 use std::sync::Arc;
 
@@ -49,19 +49,19 @@ fn main() -> std::process::ExitCode {
     let mut tests: Vec<Test> = Vec::new();
     tests.extend(api::tests());
     tests.extend(lifecycle::tests());
+    tests.extend(waits::tests());
+    tests.extend(timeouts::tests());
+    tests.extend(output::tests());
+    tests.extend(metrics::tests());
     tests.extend(reliability::tests());
     tests.extend(hostile::tests());
-    tests.extend(native::tests());
     tests.extend(plugin::tests());
     tests.extend(fanout::tests());
     tests.extend(security::tests());
     tests.extend(target::tests());
     tests.extend(releases::tests());
-    tests.extend(robust::tests());
     tests.extend(trigger::tests());
     tests.extend(receiver::tests());
-    tests.extend(slowdisk::tests());
-    tests.extend(core::tests());
     tests.extend(docs::tests());
     // On the oldest supported release, a short subset: the API as the server enforces it, a
     // lifecycle, server-side node filtering, the fences, a pod target, a fan-out.

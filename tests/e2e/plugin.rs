@@ -10,7 +10,8 @@ use std::time::Duration;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
-use crate::lifecycle::{disk_io, wait_phase};
+use crate::support::host::disk_io;
+use crate::support::wait::wait_phase;
 use crate::support::{bpftrace_double, must, repo_root, wait_for, Agent, Env, Test};
 
 pub fn tests() -> Vec<Test> {
@@ -140,7 +141,7 @@ fn run_then_ctrl_c(env: &Env) {
     let (code, out, err) = finish(child);
     assert_eq!(code, Some(0), "exit code; stderr:\n{err}");
     assert!(out.contains("@usecs:"), "no histogram on stdout:\n{out}");
-    let buckets: u64 = crate::lifecycle::histogram_counts(&out).iter().sum();
+    let buckets: u64 = crate::support::outputs::histogram_counts(&out).iter().sum();
     assert!(buckets > 0, "an empty histogram:\n{out}");
     assert!(
         err.contains(&format!("Running on {} with 3 probes", agent.node)),

@@ -5,10 +5,11 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use crate::api::tracejob_yaml;
-use crate::lifecycle::{
-    assert_no_bpftrace, disk_io, histogram_counts, output, stop, wait_phase, SYSCOUNT,
-};
+use crate::support::host::{assert_no_bpftrace, disk_io};
+use crate::support::outputs::{histogram_counts, output};
+use crate::support::tracejobs::tracejob_yaml;
+use crate::support::tracejobs::{stop, SYSCOUNT};
+use crate::support::wait::wait_phase;
 use crate::support::{must, repo_root, Agent, Env, Test};
 
 pub fn tests() -> Vec<Test> {
@@ -65,7 +66,7 @@ fn behaves(env: &Env, release: &str, suite: Option<&str>) {
         "{command:?} is {version}, not {release}"
     );
 
-    let bio = crate::api::sample_yaml("biolatency", &agent.node);
+    let bio = crate::support::tracejobs::sample_yaml("biolatency", &agent.node);
     let jobs = [
         ("hist", bio.clone()),
         ("counts", tracejob_yaml("counts", &agent.node, SYSCOUNT, "")),

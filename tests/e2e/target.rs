@@ -4,8 +4,9 @@
 
 use std::time::Duration;
 
-use crate::lifecycle::wait_phase;
-use crate::support::{must, register_node, wait_for, Agent, Env, Kubectl, Proc, Test};
+use crate::support::pods::{report_running, FakeContainer};
+use crate::support::wait::wait_phase;
+use crate::support::{register_node, wait_for, Agent, Env, Kubectl, Test};
 
 pub fn tests() -> Vec<Test> {
     vec![
@@ -87,6 +88,20 @@ fn failed_with(k: &Kubectl, ns: &str, name: &str, reason: &str, says: &[&str]) -
         assert!(message.contains(s), "{message:?} does not say {s:?}");
     }
     message
+}
+
+/// The agent's requests to the API server, watches apart, as its /metrics counts them.
+fn requests(agent: &Agent) -> (f64, String) {
+    let (_, body) = agent.get("/metrics");
+    let lines: Vec<&str> = body
+        .lines()
+        .filter(|l| l.starts_with("tracejob_api_requests_total{") && !l.contains("WATCH"))
+        .collect();
+    let sum = lines
+        .iter()
+        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+        .sum();
+    (sum, lines.join("\n"))
 }
 
 fn pod_not_found(env: &Env) {
@@ -233,99 +248,6 @@ fn taken_by_the_pods_node(env: &Env) {
         "TargetNotRunning",
         &["was not scheduled to a node within 5s"],
     );
-}
-
-/// A process in a cgroup named by a container ID, as a runtime would make it (`tracejob-e2e-ID`
-/// in the cgroup v2 hierarchy): a container that no kubelet runs. Ends (and goes) when dropped.
-pub struct FakeContainer {
-    pub id: String,
-    cgroup: std::path::PathBuf,
-    process: Option<Proc>,
-}
-
-impl FakeContainer {
-    pub fn start(seed: &str) -> FakeContainer {
-        let mut id = String::new();
-        for i in 0..4u64 {
-            use std::hash::{Hash, Hasher};
-            let mut h = std::collections::hash_map::DefaultHasher::new();
-            (seed, std::process::id(), i).hash(&mut h);
-            id.push_str(&format!("{:016x}", h.finish()));
-        }
-        let v2 = ["/sys/fs/cgroup", "/sys/fs/cgroup/unified"]
-            .into_iter()
-            .map(std::path::PathBuf::from)
-            .find(|p| p.join("cgroup.procs").exists() && !p.join("tasks").exists())
-            .expect("a cgroup v2 hierarchy (pure or hybrid)");
-        let cgroup = v2.join(format!("tracejob-e2e-{id}"));
-        must(
-            std::fs::create_dir_all(&cgroup),
-            "mkdir the container's cgroup",
-        );
-        let process = Proc::spawn(
-            "fake-container",
-            std::process::Command::new("sleep").arg("600"),
-        );
-        must(
-            std::fs::write(cgroup.join("cgroup.procs"), process.pid().to_string()),
-            "move the container's process into its cgroup",
-        );
-        FakeContainer {
-            id,
-            cgroup,
-            process: Some(process),
-        }
-    }
-}
-
-impl Drop for FakeContainer {
-    fn drop(&mut self) {
-        if let Some(p) = &self.process {
-            p.signal(nix::sys::signal::Signal::SIGKILL);
-        }
-        if let Some(mut p) = self.process.take() {
-            p.wait_exit(Duration::from_secs(5));
-        }
-        let _ = std::fs::remove_dir(&self.cgroup);
-    }
-}
-
-/// Its pod's container running, as the kubelet would report it.
-pub fn report_running(k: &Kubectl, ns: &str, pod: &str, container: &str, id: &str) {
-    let status = serde_json::json!({"status": {
-        "phase": "Running",
-        "containerStatuses": [{
-            "name": container, "ready": true, "restartCount": 0,
-            "image": "localhost/none:1", "imageID": "",
-            "containerID": format!("containerd://{id}"),
-            "state": {"running": {"startedAt": "2025-01-01T00:00:00Z"}},
-        }],
-    }});
-    k.ok(&[
-        "patch",
-        "-n",
-        ns,
-        "pod",
-        pod,
-        "--subresource=status",
-        "--type=merge",
-        "-p",
-        &status.to_string(),
-    ]);
-}
-
-/// The agent's requests to the API server, watches apart, as its /metrics counts them.
-fn requests(agent: &Agent) -> (f64, String) {
-    let (_, body) = agent.get("/metrics");
-    let lines: Vec<&str> = body
-        .lines()
-        .filter(|l| l.starts_with("tracejob_api_requests_total{") && !l.contains("WATCH"))
-        .collect();
-    let sum = lines
-        .iter()
-        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
-        .sum();
-    (sum, lines.join("\n"))
 }
 
 fn other_nodes_ask_nothing(env: &Env) {

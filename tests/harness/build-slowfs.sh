@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Builds slowfs (tests/harness/slowfs: a passthrough FUSE file system whose writes are slow, the
-# slow disk of tests/e2e/slowdisk.rs) from Go modules, once, into a cache outside the repository
-# (as build-prometheus.sh builds Prometheus); prints the binary's path. The cache is keyed by a
-# hash of the module's files, so a changed slowfs is built again; later runs return at once.
+# slow disk of tests/e2e/reliability/slowdisk.rs) from Go modules, once, into a cache outside the
+# repository (as build-prometheus.sh builds Prometheus); prints the binary's path. The cache is keyed
+# by a hash of the module's files, so a changed slowfs is built again; later runs return at once.
 #   build-slowfs.sh
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)

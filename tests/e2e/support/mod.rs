@@ -5,8 +5,15 @@ pub mod agent;
 pub mod control_plane;
 pub mod docs;
 pub mod double;
+pub mod host;
 pub mod kubectl;
+pub mod outputs;
+pub mod parts;
+pub mod pods;
 pub mod summarizer;
+pub mod tokens;
+pub mod tracejobs;
+pub mod wait;
 
 use std::fmt::Debug;
 use std::os::unix::process::CommandExt;
@@ -17,7 +24,7 @@ use std::time::{Duration, Instant};
 
 pub use agent::{register_node, Agent};
 pub use control_plane::ControlPlane;
-pub use double::bpftrace_double;
+pub use double::{bpftrace_double, double_agent, double_program};
 pub use kubectl::Kubectl;
 pub use summarizer::Summarizer;
 

@@ -14,8 +14,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crate::api::tracejob_yaml;
-use crate::lifecycle::stop;
+use crate::support::tracejobs::{stop, tracejob_yaml};
 use crate::support::{bpftrace_double, must, repo_root, wait_for, Agent, Env, Kubectl, Proc, Test};
 
 pub fn tests() -> Vec<Test> {
@@ -27,99 +26,15 @@ pub fn tests() -> Vec<Test> {
 
 /// How long each write to the slow disk takes.
 const DELAY: Duration = Duration::from_secs(1);
+
 const TRACES: usize = 10;
+
 const P99_LIMIT: Duration = Duration::from_millis(100);
+
 const PROBE_EVERY: Duration = Duration::from_millis(20);
+
 /// From the TraceJobs' creation until all of them have started and ended.
 const WORKLOAD_TIMEOUT: Duration = Duration::from_secs(120);
-
-fn healthz_while_traces_start_and_stop(env: &Env) {
-    let disk = SlowDisk::mount(DELAY);
-    let ns = env.namespace("slowdisk");
-    let k = &env.kubectl;
-    let double = bpftrace_double().to_string_lossy().into_owned();
-    let agent = Agent::start_with_state_dir(
-        env,
-        &format!("{ns}-node"),
-        &disk.mountpoint.join("state"),
-        &["--bpftrace", &double],
-    );
-    // It opens its state directory before it serves: seconds on this disk.
-    wait_for(Duration::from_secs(30), "the agent's /healthz", || {
-        (agent.get("/healthz").0 == 200).then_some(())
-    });
-
-    let probe = Probe::start(agent.port);
-    let began = Instant::now();
-    let deadline = began + WORKLOAD_TIMEOUT;
-    let names: Vec<String> = (0..TRACES).map(|i| format!("t{i}")).collect();
-    // The double attaches at once, then waits for SIGINT and prints its maps.
-    let yaml = names
-        .iter()
-        .map(|n| tracejob_yaml(n, &agent.node, "BEGIN {}", ""))
-        .collect::<Vec<_>>()
-        .join("---\n");
-    k.apply(&ns, &yaml);
-    // Ended before its stop (failed to start, say) counts as not Running, without waiting more.
-    let (_, at_start) = wait_phases(k, &ns, deadline, |p| p == "Running" || ended(p));
-    let running_after = began.elapsed();
-    let all_running = count(&at_start, "Running") == TRACES;
-    let (all_ended, at_end) = if all_running {
-        for n in &names {
-            stop(k, &ns, n);
-        }
-        wait_phases(k, &ns, deadline, ended)
-    } else {
-        (false, at_start.clone())
-    };
-    let ended_after = began.elapsed();
-    let samples = probe.finish();
-
-    let stats = Stats::of(&samples);
-    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
-    println!(
-        "slowdisk: /healthz every {} ms while {TRACES} traces started and stopped, every write \
-         taking {DELAY:?}: {} probes, min {:.1} ms, median {:.1} ms, p99 {:.1} ms, max {:.1} ms, \
-         {} failed; traces: {}/{TRACES} Running after {:.0} s, {}/{TRACES} Completed after {:.0} s",
-        PROBE_EVERY.as_millis(),
-        samples.len(),
-        ms(stats.min),
-        ms(stats.median),
-        ms(stats.p99),
-        ms(stats.max),
-        stats.failed,
-        count(&at_start, "Running"),
-        running_after.as_secs_f64(),
-        count(&at_end, "Completed"),
-        ended_after.as_secs_f64(),
-    );
-    assert!(
-        samples.len() >= 300,
-        "only {} probes: too few for a p99",
-        samples.len()
-    );
-    assert!(
-        stats.p99 < P99_LIMIT,
-        "/healthz took {:?} at p99 (over {} probes; the slowest {:?})",
-        stats.p99,
-        samples.len(),
-        stats.max
-    );
-    assert_eq!(stats.failed, 0, "/healthz failed to answer 200 in time");
-    assert!(
-        all_running,
-        "the traces did not all reach Running within {WORKLOAD_TIMEOUT:?}: {at_start:?}"
-    );
-    assert!(
-        all_ended,
-        "the traces did not all end within {WORKLOAD_TIMEOUT:?} of their creation: {at_end:?}"
-    );
-    assert_eq!(
-        count(&at_end, "Completed"),
-        TRACES,
-        "not every trace Completed: {at_end:?}"
-    );
-}
 
 fn ended(phase: &str) -> bool {
     phase == "Completed" || phase == "Failed"
@@ -285,9 +200,6 @@ struct Probe {
     thread: Option<JoinHandle<Vec<Sample>>>,
 }
 
-/// How long one request may take; one that takes longer has failed.
-const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
-
 impl Probe {
     fn start(port: u16) -> Probe {
         let stop = Arc::new(AtomicBool::new(false));
@@ -328,6 +240,9 @@ impl Drop for Probe {
         self.stop.store(true, Ordering::SeqCst);
     }
 }
+
+/// How long one request may take; one that takes longer has failed.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// One GET /healthz on a new connection: the response's status line.
 fn healthz(addr: SocketAddr) -> std::io::Result<String> {
@@ -371,4 +286,92 @@ impl Stats {
             failed: samples.iter().filter(|s| !s.ok).count(),
         }
     }
+}
+
+fn healthz_while_traces_start_and_stop(env: &Env) {
+    let disk = SlowDisk::mount(DELAY);
+    let ns = env.namespace("slowdisk");
+    let k = &env.kubectl;
+    let double = bpftrace_double().to_string_lossy().into_owned();
+    let agent = Agent::start_with_state_dir(
+        env,
+        &format!("{ns}-node"),
+        &disk.mountpoint.join("state"),
+        &["--bpftrace", &double],
+    );
+    // It opens its state directory before it serves: seconds on this disk.
+    wait_for(Duration::from_secs(30), "the agent's /healthz", || {
+        (agent.get("/healthz").0 == 200).then_some(())
+    });
+
+    let probe = Probe::start(agent.port);
+    let began = Instant::now();
+    let deadline = began + WORKLOAD_TIMEOUT;
+    let names: Vec<String> = (0..TRACES).map(|i| format!("t{i}")).collect();
+    // The double attaches at once, then waits for SIGINT and prints its maps.
+    let yaml = names
+        .iter()
+        .map(|n| tracejob_yaml(n, &agent.node, "BEGIN {}", ""))
+        .collect::<Vec<_>>()
+        .join("---\n");
+    k.apply(&ns, &yaml);
+    // Ended before its stop (failed to start, say) counts as not Running, without waiting more.
+    let (_, at_start) = wait_phases(k, &ns, deadline, |p| p == "Running" || ended(p));
+    let running_after = began.elapsed();
+    let all_running = count(&at_start, "Running") == TRACES;
+    let (all_ended, at_end) = if all_running {
+        for n in &names {
+            stop(k, &ns, n);
+        }
+        wait_phases(k, &ns, deadline, ended)
+    } else {
+        (false, at_start.clone())
+    };
+    let ended_after = began.elapsed();
+    let samples = probe.finish();
+
+    let stats = Stats::of(&samples);
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    println!(
+        "slowdisk: /healthz every {} ms while {TRACES} traces started and stopped, every write \
+         taking {DELAY:?}: {} probes, min {:.1} ms, median {:.1} ms, p99 {:.1} ms, max {:.1} ms, \
+         {} failed; traces: {}/{TRACES} Running after {:.0} s, {}/{TRACES} Completed after {:.0} s",
+        PROBE_EVERY.as_millis(),
+        samples.len(),
+        ms(stats.min),
+        ms(stats.median),
+        ms(stats.p99),
+        ms(stats.max),
+        stats.failed,
+        count(&at_start, "Running"),
+        running_after.as_secs_f64(),
+        count(&at_end, "Completed"),
+        ended_after.as_secs_f64(),
+    );
+    assert!(
+        samples.len() >= 300,
+        "only {} probes: too few for a p99",
+        samples.len()
+    );
+    assert!(
+        stats.p99 < P99_LIMIT,
+        "/healthz took {:?} at p99 (over {} probes; the slowest {:?})",
+        stats.p99,
+        samples.len(),
+        stats.max
+    );
+    assert_eq!(stats.failed, 0, "/healthz failed to answer 200 in time");
+    assert!(
+        all_running,
+        "the traces did not all reach Running within {WORKLOAD_TIMEOUT:?}: {at_start:?}"
+    );
+    assert!(
+        all_ended,
+        "the traces did not all end within {WORKLOAD_TIMEOUT:?} of their creation: {at_end:?}"
+    );
+    assert_eq!(
+        count(&at_end, "Completed"),
+        TRACES,
+        "not every trace Completed: {at_end:?}"
+    );
 }
