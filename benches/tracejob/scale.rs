@@ -36,7 +36,7 @@ use kube::runtime::wait::await_condition;
 use kube::runtime::{reflector, watcher, WatchStreamExt};
 use kube::Api;
 use tracejob_agent::agent::Metrics;
-use tracejob_agent::resource::{Phase, TraceJob, TraceJobNode, LABEL_TRACEJOB};
+use tracejob_agent::resource::{Phase, TraceJob, TraceJobNode};
 use tracing::Instrument;
 
 use super::{env_num, Bench};
@@ -44,6 +44,7 @@ use crate::support::control_plane::free_port;
 use crate::support::double::build_double;
 use crate::support::pods::FakeContainer;
 use crate::support::{bpftrace_pids, must, repo_root, Proc};
+use tracejob_agent::resource::vocabulary::Label;
 
 /// In the environment of this binary run as the hollow-agent process.
 pub const HOLLOW: &str = "TRACEJOB_BENCH_HOLLOW";
@@ -791,7 +792,7 @@ fn fanout_run(b: &Bench, n: usize, run: usize, limit: Duration) -> Option<FanRun
         // The benchmark's view of the nodes: one watch of the TraceJob's TraceJobNodes, as
         // `kubectl get tjn -l observe.tracejob.dev/tracejob=wide -w` has it.
         let (store, writer) = reflector::store::<TraceJobNode>();
-        let selector = format!("{LABEL_TRACEJOB}=wide");
+        let selector = format!("{}=wide", Label::TraceJob);
         let watch = tokio::spawn(
             reflector::reflector(
                 writer,

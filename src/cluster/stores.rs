@@ -20,7 +20,7 @@ use kube::{Api, Client, Resource, ResourceExt};
 use tokio::sync::watch;
 
 use super::traffic::Traffic;
-use crate::decide::scope::ANNOTATION;
+use crate::resource::vocabulary::Annotation;
 
 /// A store kept by its reflector, and a signal that it changed.
 pub struct Watched<K: Resource<DynamicType = ()> + 'static> {
@@ -209,9 +209,11 @@ impl Stores {
     /// A namespace's node-selector annotation (`Some(None)`: it has none); None while the
     /// namespace is not known.
     pub fn namespace_selector(&self, namespace: &str) -> Option<Option<String>> {
-        self.namespaces
-            .get(namespace, None)
-            .map(|ns| ns.annotations().get(ANNOTATION).cloned())
+        self.namespaces.get(namespace, None).map(|ns| {
+            ns.annotations()
+                .get(Annotation::NodeSelector.as_str())
+                .cloned()
+        })
     }
 
     /// A pod on this node; None if it is not on this node (or does not exist).

@@ -27,10 +27,8 @@ use tracing::{warn, Instrument};
 
 use crate::output::fit::Contents;
 use crate::resource::node::controller;
-use crate::resource::{
-    TraceJob, TraceJobNode, TraceJobNodeStatus, TraceJobStatus, LABEL_NODE, LABEL_RUN,
-    LABEL_TRACEJOB,
-};
+use crate::resource::vocabulary::{Annotation, ConditionType, Label};
+use crate::resource::{TraceJob, TraceJobNode, TraceJobNodeStatus, TraceJobStatus};
 
 /// The field manager of the agent's server-side applies.
 pub const MANAGER: &str = "tracejob-agent";
@@ -51,10 +49,6 @@ struct Part {
     job: TraceJob,
     created: bool,
 }
-/// Annotations of an output ConfigMap that holds live output (the newest part of a running
-/// trace's output), and where in the whole output that part begins.
-pub const ANNOTATION_LIVE: &str = "observe.tracejob.dev/live";
-pub const ANNOTATION_LIVE_OFFSET: &str = "observe.tracejob.dev/live-offset";
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -278,8 +272,11 @@ impl Writer {
     ) -> ConfigMap {
         let annotations = live.map(|offset| {
             BTreeMap::from([
-                (ANNOTATION_LIVE.to_string(), "true".to_string()),
-                (ANNOTATION_LIVE_OFFSET.to_string(), offset.to_string()),
+                (Annotation::Live.as_str().to_string(), "true".to_string()),
+                (
+                    Annotation::LiveOffset.as_str().to_string(),
+                    offset.to_string(),
+                ),
             ])
         });
         ConfigMap {
@@ -287,9 +284,9 @@ impl Writer {
                 name: Some(name.to_string()),
                 namespace: job.namespace(),
                 labels: Some(BTreeMap::from([
-                    (LABEL_TRACEJOB.to_string(), job.name_any()),
-                    (LABEL_NODE.to_string(), self.node.clone()),
-                    (LABEL_RUN.to_string(), run_id.to_string()),
+                    (Label::TraceJob.as_str().to_string(), job.name_any()),
+                    (Label::Node.as_str().to_string(), self.node.clone()),
+                    (Label::RunId.as_str().to_string(), run_id.to_string()),
                 ])),
                 annotations,
                 owner_references: Some(vec![controller(job)]),
@@ -456,7 +453,14 @@ fn part_status(s: &TraceJobStatus, bpftrace: &str) -> TraceJobNodeStatus {
         .conditions
         .iter()
         .find(|c| {
-            c.status == "True" && ["Running", "Completed", "Failed"].contains(&c.type_.as_str())
+            c.status == "True"
+                && [
+                    ConditionType::Running,
+                    ConditionType::Completed,
+                    ConditionType::Failed,
+                ]
+                .iter()
+                .any(|t| c.type_ == *t)
         })
         .map(|c| c.reason.clone());
     TraceJobNodeStatus {

@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
+use crate::resource::vocabulary::Reason;
 use crate::resource::{Phase, TraceJob, MAX_DEADLINE_SECONDS, MAX_GRACE_SECONDS};
 
 /// What the agent does on first seeing a TraceJob for its node.
@@ -338,14 +339,14 @@ pub fn outcome(exit: &Exit, stopped: Option<StopReason>, killed: bool, errors: &
     };
     if killed {
         return failed(
-            "GracePeriodExceeded",
+            Reason::GracePeriodExceeded.as_str(),
             code,
             "bpftrace did not exit within deadlineGracePeriod after SIGINT and was killed; its maps may be missing".into(),
         );
     }
     if stopped == Some(StopReason::StartTimeout) {
         return failed(
-            "StartTimeout",
+            Reason::StartTimeout.as_str(),
             code,
             with_errors(format!("stopped: {}", StopReason::StartTimeout.describe())),
         );
@@ -353,7 +354,7 @@ pub fn outcome(exit: &Exit, stopped: Option<StopReason>, killed: bool, errors: &
     if stopped == Some(StopReason::Revoked) {
         // Its maps are still collected and stored; the trace itself ended for want of rights.
         return failed(
-            "NodeNotAllowed",
+            Reason::NodeNotAllowed.as_str(),
             code,
             format!("stopped: {}", StopReason::Revoked.describe()),
         );
@@ -361,14 +362,14 @@ pub fn outcome(exit: &Exit, stopped: Option<StopReason>, killed: bool, errors: &
     if stopped == Some(StopReason::RecordNotSaved) {
         // Its maps are still collected and stored: the output is in memory and on disk already.
         return failed(
-            "RecordNotSaved",
+            Reason::RecordNotSaved.as_str(),
             code,
             format!("stopped: {}", StopReason::RecordNotSaved.describe()),
         );
     }
     if stopped == Some(StopReason::StatusRejected) {
         return failed(
-            "StatusRejected",
+            Reason::StatusRejected.as_str(),
             code,
             "stopped: the API server rejected the TraceJob's status".into(),
         );
@@ -376,7 +377,7 @@ pub fn outcome(exit: &Exit, stopped: Option<StopReason>, killed: bool, errors: &
     match exit {
         Exit::Code(0) => Outcome {
             phase: Phase::Completed,
-            reason: "Collected".into(),
+            reason: Reason::Collected.as_str().into(),
             exit_code: code,
             message: match stopped {
                 Some(r) => format!("bpftrace exited 0 after SIGINT ({})", r.describe()),
@@ -384,24 +385,24 @@ pub fn outcome(exit: &Exit, stopped: Option<StopReason>, killed: bool, errors: &
             },
         },
         Exit::Code(c) => failed(
-            "BpftraceFailed",
+            Reason::BpftraceFailed.as_str(),
             code,
             with_errors(format!("bpftrace exited {c}")),
         ),
         Exit::Signal(sig) => failed(
-            "KilledBySignal",
+            Reason::KilledBySignal.as_str(),
             None,
             with_errors(format!("bpftrace was killed by signal {sig}")),
         ),
         Exit::NotStarted => Outcome {
             phase: Phase::Completed,
-            reason: "Collected".into(),
+            reason: Reason::Collected.as_str().into(),
             exit_code: None,
             message: "spec.stop was set before the trace started; bpftrace was not run".into(),
         },
-        Exit::CouldNotStart(why) => failed("StartFailed", None, why.clone()),
+        Exit::CouldNotStart(why) => failed(Reason::StartFailed.as_str(), None, why.clone()),
         Exit::Unrecorded => failed(
-            "EndedUnrecorded",
+            Reason::EndedUnrecorded.as_str(),
             None,
             with_errors("bpftrace's supervisor ended without recording how bpftrace ended; the output it left is kept".into()),
         ),
@@ -461,7 +462,7 @@ pub struct Details<'a> {
 pub fn not_stored(outcome: Outcome, error: &str) -> Outcome {
     Outcome {
         phase: Phase::Failed,
-        reason: "OutputNotStored".into(),
+        reason: Reason::OutputNotStored.as_str().into(),
         message: format!(
             "{}; the output could not be stored: {error}",
             outcome.message
@@ -475,7 +476,7 @@ pub fn not_stored(outcome: Outcome, error: &str) -> Outcome {
 pub fn not_recorded(outcome: Outcome, error: &str) -> Outcome {
     Outcome {
         phase: Phase::Failed,
-        reason: "RecordNotSaved".into(),
+        reason: Reason::RecordNotSaved.as_str().into(),
         message: format!(
             "{}; the agent could not save the run's record on the node: {error}",
             outcome.message
@@ -513,10 +514,10 @@ pub fn event(
     match (outcome.phase, configmap) {
         (Phase::Completed, Some(cm)) => (
             false,
-            "Completed",
+            Reason::Completed.as_str(),
             format!("{output_bytes} bytes of output in ConfigMap {cm}"),
         ),
-        _ => (true, "Failed", outcome.message.clone()),
+        _ => (true, Reason::Failed.as_str(), outcome.message.clone()),
     }
 }
 

@@ -8,10 +8,11 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use crate::resource::vocabulary::Annotation;
 use kube::core::{Expression, Selector, SelectorExt};
 
 /// The Namespace annotation that scopes its TraceJobs to nodes.
-pub const ANNOTATION: &str = "observe.tracejob.dev/node-selector";
+const ANNOTATION: Annotation = Annotation::NodeSelector;
 /// The labels that make a node protected unless `--protected-node-labels` says otherwise: the
 /// node roles of control-plane and etcd nodes, as kubeadm, older clusters, and RKE set them.
 pub const PROTECTED_LABELS: [&str; 4] = [
@@ -270,12 +271,12 @@ mod tests {
         let worker = labels(&[("kubernetes.io/os", "linux")]);
         let p = defaults();
         let e = allowed(None, "w", &worker, Unannotated::Deny, &p).unwrap_err();
-        assert!(e.contains(ANNOTATION), "{e}");
+        assert!(e.contains(ANNOTATION.as_str()), "{e}");
         assert!(allowed(None, "w", &worker, Unannotated::Allow, &p).is_ok());
         for label in PROTECTED_LABELS {
             let node = labels(&[(label, "")]);
             let e = allowed(None, "cp", &node, Unannotated::Allow, &p).unwrap_err();
-            assert!(e.contains(ANNOTATION) && e.contains(label), "{e}");
+            assert!(e.contains(ANNOTATION.as_str()) && e.contains(label), "{e}");
         }
     }
 
@@ -285,7 +286,10 @@ mod tests {
         let pool = labels(&[("pool", "tracing")]);
         assert!(allowed(Some("pool=tracing"), "n", &pool, Unannotated::Deny, &p).is_ok());
         let e = allowed(Some("pool=web"), "n", &pool, Unannotated::Allow, &p).unwrap_err();
-        assert!(e.contains(ANNOTATION) && e.contains("pool=web"), "{e}");
+        assert!(
+            e.contains(ANNOTATION.as_str()) && e.contains("pool=web"),
+            "{e}"
+        );
         for label in PROTECTED_LABELS {
             let node = labels(&[(label, ""), ("pool", "tracing")]);
             // Matching a protected node by accident is not enough.

@@ -4,18 +4,23 @@
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
+use crate::resource::vocabulary::{ConditionType, Reason};
 use crate::resource::{
     FailedNode, NodeCounts, Phase, TraceJob, TraceJobNode, TraceJobStatus, MAX_FAILED_NODES,
 };
 
 /// The condition types derived from the phase.
-const PHASE_CONDITIONS: [&str; 3] = ["Running", "Completed", "Failed"];
+const PHASE_CONDITIONS: [&str; 3] = [
+    ConditionType::Running.as_str(),
+    ConditionType::Completed.as_str(),
+    ConditionType::Failed.as_str(),
+];
 
 /// The `OutputStored` condition: how the output was stored (reason Stored, Compressed or
 /// Truncated).
 pub fn output_stored(reason: &str, message: &str, job: &TraceJob, now: Time) -> Condition {
     Condition {
-        type_: "OutputStored".to_string(),
+        type_: ConditionType::OutputStored.as_str().to_string(),
         status: "True".to_string(),
         reason: reason.to_string(),
         message: message.to_string(),
@@ -48,7 +53,7 @@ pub fn complete(
 /// among the node's traces, a fact about the cluster), with the reason and message saying what.
 pub fn waiting(reason: &str, message: &str, job: &TraceJob, now: Time) -> Condition {
     Condition {
-        type_: "Waiting".into(),
+        type_: ConditionType::Waiting.as_str().into(),
         status: "True".into(),
         reason: reason.into(),
         message: message.into(),
@@ -72,9 +77,9 @@ pub fn conditions(
         .map(|s| s.conditions.as_slice())
         .unwrap_or_default();
     let wanted = [
-        ("Running", phase == Phase::Running),
-        ("Completed", phase == Phase::Completed),
-        ("Failed", phase == Phase::Failed),
+        (ConditionType::Running.as_str(), phase == Phase::Running),
+        (ConditionType::Completed.as_str(), phase == Phase::Completed),
+        (ConditionType::Failed.as_str(), phase == Phase::Failed),
     ];
     wanted
         .iter()
@@ -150,17 +155,17 @@ pub fn summary(job: &TraceJob, parts: &[&TraceJobNode], now: Time) -> TraceJobSt
     let failed_count = failed.len();
     failed.truncate(MAX_FAILED_NODES);
     let (phase, reason) = if total == 0 {
-        (Phase::Pending, "NoNodeYet")
+        (Phase::Pending, Reason::NoNodeYet.as_str())
     } else if done == total && is(Phase::Completed) > 0 {
-        (Phase::Completed, "NodesDone")
+        (Phase::Completed, Reason::NodesDone.as_str())
     } else if done == total {
-        (Phase::Failed, "NodesFailed")
+        (Phase::Failed, Reason::NodesFailed.as_str())
     } else if is(Phase::Stopping) > 0 {
-        (Phase::Stopping, "NodesStopping")
+        (Phase::Stopping, Reason::NodesStopping.as_str())
     } else if is(Phase::Running) > 0 {
-        (Phase::Running, "NodesRunning")
+        (Phase::Running, Reason::NodesRunning.as_str())
     } else {
-        (Phase::Pending, "NodesStarting")
+        (Phase::Pending, Reason::NodesStarting.as_str())
     };
     let mut message = format!("{done} of {total} nodes done");
     if failed_count > 0 {
@@ -184,7 +189,7 @@ pub fn summary(job: &TraceJob, parts: &[&TraceJobNode], now: Time) -> TraceJobSt
             .map(|s| {
                 s.conditions
                     .iter()
-                    .filter(|c| c.type_ == "OutputStored")
+                    .filter(|c| c.type_ == ConditionType::OutputStored.as_str())
                     .cloned()
                     .collect()
             })

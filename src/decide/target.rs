@@ -4,6 +4,7 @@
 
 use k8s_openapi::api::core::v1::Pod;
 
+use crate::resource::vocabulary::Reason;
 use crate::resource::Target;
 
 /// The variable for the container's main process (its host PID), kubectl-trace's name.
@@ -138,19 +139,22 @@ pub fn absent(
     timeout: std::time::Duration,
 ) -> Absent {
     let Some(pod) = pod else {
-        return Absent::Fail("TargetNotFound", not_found(&target.pod, namespace));
+        return Absent::Fail(
+            Reason::TargetNotFound.as_str(),
+            not_found(&target.pod, namespace),
+        );
     };
     match pod.spec.as_ref().and_then(|s| s.node_name.as_deref()) {
         Some(n) if n == named => Absent::Wait,
         Some(n) => Absent::Fail(
-            "TargetElsewhere",
+            Reason::TargetElsewhere.as_str(),
             format!(
                 "spec.nodeName is {named}, but pod {} runs on node {n}",
                 target.pod
             ),
         ),
         None if expired => Absent::Fail(
-            "TargetNotRunning",
+            Reason::TargetNotRunning.as_str(),
             format!(
                 "pod {} was not scheduled to a node within {}s (--target-timeout)",
                 target.pod,

@@ -9,6 +9,7 @@ use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::Path;
 
+use crate::resource::vocabulary::Reason;
 use flate2::write::GzEncoder;
 use flate2::Compression;
 
@@ -78,9 +79,9 @@ impl Stored {
             (false, false) => "; maps.json was left out for size (it is derived from output)",
         };
         let (reason, mut message) = match self.how {
-            How::Plain => ("Stored", format!("output stored in {output}{}{maps}", if self.maps_json { " and data.maps.json" } else { "" })),
+            How::Plain => (Reason::Stored.as_str(), format!("output stored in {output}{}{maps}", if self.maps_json { " and data.maps.json" } else { "" })),
             How::Compressed => (
-                "Compressed",
+                Reason::Compressed.as_str(),
                 format!(
                     "output is {} bytes, over the ConfigMap limit: stored gzip-compressed in binaryData output.gz{}{maps}; {read}",
                     self.raw,
@@ -88,7 +89,7 @@ impl Stored {
                 ),
             ),
             How::Truncated => (
-                "Truncated",
+                Reason::Truncated.as_str(),
                 format!(
                     "output is {} bytes and does not fit one ConfigMap even compressed: left out {} bytes of the oldest printf output and {} bytes at the end of the maps{maps}; the rest is stored gzip-compressed in binaryData output.gz; {read}",
                     self.raw, self.printf_dropped, self.maps_dropped
@@ -102,7 +103,7 @@ impl Stored {
             "; {} bytes printed after the per-job limit (--max-output-bytes) were never kept on the node",
             self.dropped_on_node
         ));
-        ("Truncated", message)
+        (Reason::Truncated.as_str(), message)
     }
 }
 

@@ -18,8 +18,7 @@ use k8s_openapi::api::core::v1::{ConfigMap, Pod};
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client, ResourceExt};
 
-use crate::cluster::writer::{ANNOTATION_LIVE, ANNOTATION_LIVE_OFFSET};
-use crate::resource::{Phase, Target, TraceJob, TraceJobNode, TraceJobSpec, LABEL_TRACEJOB};
+use crate::resource::{Phase, Target, TraceJob, TraceJobNode, TraceJobSpec};
 use cli::{Cli, Command, Format, RunArgs};
 
 /// How the command ended.
@@ -78,7 +77,7 @@ pub async fn main(cli: Cli) -> Result<(), Error> {
             let list = match (name, trigger) {
                 (Some(n), _) => vec![jobs.get(&n).await?],
                 (None, Some(t)) => {
-                    let by = format!("{}={t}", crate::resource::trigger::LABEL_TRIGGER);
+                    let by = format!("{}={t}", Label::Trigger.as_str());
                     jobs.list(&ListParams::default().labels(&by)).await?.items
                 }
                 (None, None) => jobs.list(&ListParams::default()).await?.items,
@@ -282,6 +281,7 @@ fn ctrl_c_stream() -> impl futures::Stream<Item = ()> {
     })
 }
 
+use crate::resource::vocabulary::{Annotation, Label};
 use futures::StreamExt;
 
 /// The output of a finished trace on stdout, or its error on stderr.
@@ -356,7 +356,7 @@ async fn fan_out_output(
         maps.clone().into_client(),
         &job.namespace().unwrap_or_default(),
     );
-    let selector = format!("{LABEL_TRACEJOB}={}", job.name_any());
+    let selector = format!("{}={}", Label::TraceJob, job.name_any());
     let mut list = parts
         .list(&ListParams::default().labels(&selector))
         .await?
@@ -469,10 +469,10 @@ impl Printed {
     fn live(&mut self, cm: &ConfigMap, out: &mut impl Write) {
         let annotations = cm.metadata.annotations.clone().unwrap_or_default();
         let live = annotations
-            .get(ANNOTATION_LIVE)
+            .get(Annotation::Live.as_str())
             .is_some_and(|v| v == "true");
         let offset: u64 = annotations
-            .get(ANNOTATION_LIVE_OFFSET)
+            .get(Annotation::LiveOffset.as_str())
             .and_then(|o| o.parse().ok())
             .unwrap_or(0);
         let Ok(bytes) = show::output_bytes(cm) else {

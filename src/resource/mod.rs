@@ -19,11 +19,6 @@ pub const MAX_DEADLINE_SECONDS: i64 = 30 * 24 * 3600;
 /// Longest `spec.deadlineGracePeriod` the API server accepts: one hour.
 pub const MAX_GRACE_SECONDS: i64 = 3600;
 
-/// Labels of every output ConfigMap.
-pub const LABEL_TRACEJOB: &str = "observe.tracejob.dev/tracejob";
-pub const LABEL_NODE: &str = "observe.tracejob.dev/node";
-pub const LABEL_RUN: &str = "observe.tracejob.dev/run-id";
-
 /// A bpftrace program to run on one node until it is stopped, ends itself, or reaches its deadline.
 // Several printer columns share `type_ = "string"`; clippy reads that as a duplicated attribute.
 #[allow(clippy::duplicated_attributes)]

@@ -9,7 +9,8 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
-use super::{OutputRef, Phase, TraceJob, LABEL_NODE, LABEL_TRACEJOB};
+use super::{OutputRef, Phase, TraceJob};
+use crate::resource::vocabulary::Label;
 
 /// One node's run of a TraceJob with spec.nodeSelector.
 #[allow(clippy::duplicated_attributes)]
@@ -102,8 +103,8 @@ impl TraceJobNode {
             name: part.metadata.name,
             namespace: job.namespace(),
             labels: Some(BTreeMap::from([
-                (LABEL_TRACEJOB.to_string(), job.name_any()),
-                (LABEL_NODE.to_string(), node.to_string()),
+                (Label::TraceJob.as_str().to_string(), job.name_any()),
+                (Label::Node.as_str().to_string(), node.to_string()),
             ])),
             owner_references: Some(vec![controller(job)]),
             ..Default::default()
@@ -166,8 +167,8 @@ mod tests {
         let part = TraceJobNode::part_of(&job, "n1");
         assert_eq!(part.namespace().as_deref(), Some("ns"));
         assert_eq!(part.owner_uid(), Some("u1"));
-        assert_eq!(part.labels()[LABEL_NODE], "n1");
-        assert_eq!(part.labels()[LABEL_TRACEJOB], "t");
+        assert_eq!(part.labels()[Label::Node.as_str()], "n1");
+        assert_eq!(part.labels()[Label::TraceJob.as_str()], "t");
         assert_eq!(part.spec.node_name, "n1");
     }
 }

@@ -10,21 +10,6 @@ use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-/// Label of every TraceJob a trigger made: the trigger's name.
-pub const LABEL_TRIGGER: &str = "observe.tracejob.dev/trigger";
-/// Label of every TraceJob a trigger made: the fingerprint of the alert that made it.
-pub const LABEL_FINGERPRINT: &str = "observe.tracejob.dev/alert-fingerprint";
-/// Annotation: the alert's labels, as JSON.
-pub const ANNOTATION_ALERT_LABELS: &str = "observe.tracejob.dev/alert-labels";
-/// Annotation: when the alert started firing (its startsAt).
-pub const ANNOTATION_ALERT_STARTS_AT: &str = "observe.tracejob.dev/alert-starts-at";
-/// Annotation: where the trace runs, `node/NAME` or `pod/NAME` (the cooldown's key).
-pub const ANNOTATION_TARGET: &str = "observe.tracejob.dev/trigger-target";
-/// Annotation of a Namespace, set by a cluster admin (guarded as the node scope is): the other
-/// namespaces whose alerts this namespace's triggers may answer, comma-separated, or `*` for
-/// any. Without it a trigger answers only alerts without a namespace label or naming its own.
-pub const ANNOTATION_ALERT_NAMESPACES: &str = "observe.tracejob.dev/alert-namespaces";
-
 /// Alerts (by Alertmanager's label matchers) that start a bpftrace TraceJob on the node or pod
 /// the alert names.
 #[allow(clippy::duplicated_attributes)]

@@ -17,12 +17,11 @@ use crate::cluster::writer::now;
 use crate::decide::status;
 use crate::output::fit::CONFIGMAP_BUDGET;
 use crate::resource::node::controller;
-use crate::resource::{OutputRef, Phase, TraceJob, TraceJobNode, TraceJobStatus, LABEL_TRACEJOB};
+use crate::resource::vocabulary::{ConditionType, Label, Reason};
+use crate::resource::{OutputRef, Phase, TraceJob, TraceJobNode, TraceJobStatus};
 
 /// The field manager of the summarizer's status writes.
 pub const MANAGER: &str = "tracejob-summarizer";
-/// The label of a merged output ConfigMap.
-pub const LABEL_MERGED: &str = "observe.tracejob.dev/merged";
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -61,9 +60,14 @@ pub async fn fan_out(
         want.output_ref = Some(OutputRef { name });
         want.merged_nodes = Some(i64::try_from(parts.len()).unwrap_or(i64::MAX));
         let message = format!("the maps of {merged} nodes merged ({how})");
-        want.conditions.retain(|c| c.type_ != "OutputStored");
         want.conditions
-            .push(status::output_stored("Merged", &message, job, now()));
+            .retain(|c| c.type_ != ConditionType::OutputStored.as_str());
+        want.conditions.push(status::output_stored(
+            Reason::Merged.as_str(),
+            &message,
+            job,
+            now(),
+        ));
     }
     apply_status(client, job, want, None).await
 }
@@ -117,7 +121,7 @@ async fn merged_output(
             Some((r.name.clone(), p.spec.node_name.clone()))
         })
         .collect();
-    let selector = format!("{LABEL_TRACEJOB}={},!{LABEL_MERGED}", job.name_any());
+    let selector = format!("{}={},!{}", Label::TraceJob, job.name_any(), Label::Merged);
     let mut params = ListParams::default().labels(&selector).limit(100);
     let mut nodes: Vec<(String, ConfigMap)> = Vec::new();
     loop {
@@ -154,8 +158,8 @@ async fn merged_output(
             name: Some(name.clone()),
             namespace: Some(ns),
             labels: Some(BTreeMap::from([
-                (LABEL_TRACEJOB.to_string(), job.name_any()),
-                (LABEL_MERGED.to_string(), "true".to_string()),
+                (Label::TraceJob.as_str().to_string(), job.name_any()),
+                (Label::Merged.as_str().to_string(), "true".to_string()),
             ])),
             owner_references: Some(vec![controller(job)]),
             ..Default::default()
@@ -239,7 +243,7 @@ pub async fn unclaimed(
     let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
     let (reason, message) = match pods.get_opt(&target.pod).await? {
         None => (
-            "TargetNotFound",
+            Reason::TargetNotFound.as_str(),
             format!("pod {} not found in namespace {ns}", target.pod),
         ),
         Some(pod)
@@ -253,7 +257,7 @@ pub async fn unclaimed(
                 return Ok(Outcome::Again);
             }
             (
-                "TargetNotRunning",
+                Reason::TargetNotRunning.as_str(),
                 format!(
                     "pod {} was not scheduled to a node within {}s (--target-timeout)",
                     target.pod,

@@ -11,9 +11,8 @@ use serde::Deserialize;
 
 use crate::resource::trigger::{
     sample_program, TargetKind, TraceTrigger, TriggerLimits, TriggerTarget,
-    ANNOTATION_ALERT_LABELS, ANNOTATION_ALERT_STARTS_AT, ANNOTATION_TARGET, LABEL_FINGERPRINT,
-    LABEL_TRIGGER,
 };
+use crate::resource::vocabulary::{Annotation, Label, Reason};
 use crate::resource::{Target, TraceJob, TraceJobSpec};
 
 /// Alertmanager's webhook payload (version 4); fields the receiver does not use are ignored.
@@ -89,13 +88,21 @@ pub enum Suppress {
 }
 
 impl Suppress {
+    pub const ALL: [Suppress; 5] = [
+        Suppress::NoTarget,
+        Suppress::OtherNamespace,
+        Suppress::Cooldown,
+        Suppress::MaxRunning,
+        Suppress::MaxPerHour,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
-            Suppress::NoTarget => "NoTarget",
-            Suppress::OtherNamespace => "OtherNamespace",
-            Suppress::Cooldown => "Cooldown",
-            Suppress::MaxRunning => "MaxRunning",
-            Suppress::MaxPerHour => "MaxPerHour",
+            Suppress::NoTarget => Reason::NoTarget.as_str(),
+            Suppress::OtherNamespace => Reason::OtherNamespace.as_str(),
+            Suppress::Cooldown => Reason::Cooldown.as_str(),
+            Suppress::MaxRunning => Reason::MaxRunning.as_str(),
+            Suppress::MaxPerHour => Reason::MaxPerHour.as_str(),
         }
     }
 }
@@ -308,19 +315,19 @@ pub fn tracejob(trigger: &TraceTrigger, alert: &Alert, on: &Where) -> TraceJob {
         name: Some(name),
         namespace: trigger.namespace(),
         labels: Some(BTreeMap::from([
-            (LABEL_TRIGGER.to_string(), trigger.name_any()),
-            (LABEL_FINGERPRINT.to_string(), fingerprint),
+            (Label::Trigger.as_str().to_string(), trigger.name_any()),
+            (Label::AlertFingerprint.as_str().to_string(), fingerprint),
         ])),
         annotations: Some(BTreeMap::from([
             (
-                ANNOTATION_ALERT_LABELS.to_string(),
+                Annotation::AlertLabels.as_str().to_string(),
                 serde_json::to_string(&used_labels(trigger, &alert.labels)).unwrap_or_default(),
             ),
             (
-                ANNOTATION_ALERT_STARTS_AT.to_string(),
+                Annotation::AlertStartsAt.as_str().to_string(),
                 alert.starts_at.clone(),
             ),
-            (ANNOTATION_TARGET.to_string(), on.key()),
+            (Annotation::TriggerTarget.as_str().to_string(), on.key()),
         ])),
         owner_references: Some(vec![OwnerReference {
             api_version: TraceTrigger::api_version(&()).to_string(),
@@ -403,8 +410,8 @@ impl Triggered {
             namespace: job.namespace().unwrap_or_default(),
             name: job.name_any(),
             trigger_uid: owner.uid.clone(),
-            fingerprint: cut(job.labels().get(LABEL_FINGERPRINT)),
-            target: cut(job.annotations().get(ANNOTATION_TARGET)),
+            fingerprint: cut(job.labels().get(Label::AlertFingerprint.as_str())),
+            target: cut(job.annotations().get(Annotation::TriggerTarget.as_str())),
             created: job
                 .metadata
                 .creation_timestamp
@@ -680,14 +687,20 @@ mod tests {
         assert_eq!(job.spec.node_name.as_deref(), Some("n1"));
         assert!(job.spec.program.contains("block_rq_issue"));
         assert_eq!(job.spec.deadline, 60);
-        assert_eq!(job.labels()[LABEL_TRIGGER], "io");
-        assert_eq!(job.labels()[LABEL_FINGERPRINT], "0123456789abcdef");
-        assert_eq!(job.annotations()[ANNOTATION_TARGET], "node/n1");
+        assert_eq!(job.labels()[Label::Trigger.as_str()], "io");
         assert_eq!(
-            job.annotations()[ANNOTATION_ALERT_STARTS_AT],
+            job.labels()[Label::AlertFingerprint.as_str()],
+            "0123456789abcdef"
+        );
+        assert_eq!(
+            job.annotations()[Annotation::TriggerTarget.as_str()],
+            "node/n1"
+        );
+        assert_eq!(
+            job.annotations()[Annotation::AlertStartsAt.as_str()],
             "2025-01-01T00:00:00Z"
         );
-        assert!(job.annotations()[ANNOTATION_ALERT_LABELS].contains(r#""alertname":"A""#));
+        assert!(job.annotations()[Annotation::AlertLabels.as_str()].contains(r#""alertname":"A""#));
         let kept = Triggered::of(&job).expect("controlled by its trigger");
         let m = kept.made_by("uid-1").expect("owned");
         assert_eq!(m.target, "node/n1");
@@ -704,7 +717,8 @@ mod tests {
         other.labels.insert("secret_team_label".into(), "x".into());
         let job = tracejob(&tt, &other, &Where::Node("n1".into()));
         let kept: BTreeMap<String, String> =
-            serde_json::from_str(&job.annotations()[ANNOTATION_ALERT_LABELS]).expect("json");
+            serde_json::from_str(&job.annotations()[Annotation::AlertLabels.as_str()])
+                .expect("json");
         assert_eq!(kept, labels(&[("alertname", "A"), ("node", "n1")]));
         let pod = tracejob(
             &trigger(TargetKind::Pod),

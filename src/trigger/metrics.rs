@@ -54,13 +54,7 @@ impl Metrics {
         for r in ["accepted", "unauthorized", "invalid", "overloaded"] {
             let _ = m.notifications.get_or_create(&Result { result: r.into() });
         }
-        for r in [
-            "Cooldown",
-            "MaxRunning",
-            "MaxPerHour",
-            "NoTarget",
-            "OtherNamespace",
-        ] {
+        for r in super::decide::Suppress::ALL.map(|s| s.as_str()) {
             let _ = m.suppressed.get_or_create(&Reason { reason: r.into() });
         }
         registry.register(

@@ -34,9 +34,8 @@ use serde_json::json;
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
-use crate::resource::trigger::{
-    TraceTrigger, TraceTriggerStatus, ANNOTATION_ALERT_NAMESPACES, LABEL_TRIGGER,
-};
+use crate::resource::trigger::{TraceTrigger, TraceTriggerStatus};
+use crate::resource::vocabulary::{Annotation, Label};
 use crate::resource::TraceJob;
 use crate::serve;
 use decide::{Alert, Decision, Made, Suppress, Triggered};
@@ -179,13 +178,16 @@ pub async fn run(config: Config) -> Result<(), Error> {
         watcher::watcher(Api::<Namespace>::all(client.clone()), namespaces_config)
             .default_backoff()
             .modify(|ns: &mut Namespace| {
-                let kept = ns.annotations().get(ANNOTATION_ALERT_NAMESPACES).cloned();
+                let kept = ns
+                    .annotations()
+                    .get(Annotation::AlertNamespaces.as_str())
+                    .cloned();
                 ns.spec = None;
                 ns.status = None;
                 ns.metadata.managed_fields = None;
                 ns.metadata.labels = None;
                 ns.metadata.annotations =
-                    kept.map(|v| [(ANNOTATION_ALERT_NAMESPACES.to_string(), v)].into());
+                    kept.map(|v| [(Annotation::AlertNamespaces.as_str().to_string(), v)].into());
             }),
     );
     tokio::spawn(namespace_events.for_each(|e| async move {
@@ -255,7 +257,7 @@ fn key(job: &TraceJob) -> (String, String) {
 /// it: those no TraceTrigger controls are dropped, the rest cut to `Triggered`).
 async fn keep_triggered(api: Api<TraceJob>, jobs: Jobs) {
     let config = watcher::Config::default()
-        .labels(LABEL_TRIGGER)
+        .labels(Label::Trigger.as_str())
         .page_size(LIST_PAGE);
     let mut events = watcher::watcher(api, config).default_backoff().boxed();
     let mut fresh: HashMap<(String, String), Triggered> = HashMap::new();
@@ -409,7 +411,7 @@ impl Worker {
         let namespace = self.namespaces.get(&ObjectRef::new(&ns));
         let widened = namespace
             .as_ref()
-            .and_then(|n| n.annotations().get(ANNOTATION_ALERT_NAMESPACES));
+            .and_then(|n| n.annotations().get(Annotation::AlertNamespaces.as_str()));
         decide::target(
             &trigger.spec.target,
             &ns,

@@ -16,7 +16,8 @@ use crate::decide::job::FirstSight;
 use crate::decide::{scope, status};
 use crate::resource::Phase;
 
-use super::{Actor, Claimed, Fact, Place, Run, Scope, Waited, NODE_NOT_ALLOWED, WAITING};
+use super::{Actor, Claimed, Fact, Place, Run, Scope, Waited};
+use crate::resource::vocabulary::{ConditionType, Reason};
 
 impl Actor {
     /// Decides what to do with the TraceJob: claim and start it, take over its run, or not.
@@ -44,7 +45,8 @@ impl Actor {
                 FirstSight::Lost => {
                     let message = "this node's agent has no record of the run (its state directory was lost); it cannot be resumed";
                     warn!(message);
-                    self.fail_unstarted("RunLost", message.into()).await;
+                    self.fail_unstarted(Reason::RunLost.as_str(), message.into())
+                        .await;
                     return None;
                 }
                 FirstSight::Resume => {
@@ -119,7 +121,7 @@ impl Actor {
     async fn node_labels(&mut self, report: bool) -> Waited<BTreeMap<String, String>> {
         let node = self.ctx.writer.node().to_string();
         let what = Fact {
-            reason: "NodeUnknown",
+            reason: Reason::NodeUnknown.as_str(),
             message: format!("this agent (NODE_NAME={node}) has not seen the Node {node}: is NODE_NAME right, does the Node exist, and may the agent read it?"),
         };
         let changes = self.ctx.stores.node.changes();
@@ -129,7 +131,7 @@ impl Actor {
     /// The node-selector annotation of the TraceJob's namespace (`fact`).
     async fn namespace_selector(&mut self, namespace: &str) -> Waited<Option<String>> {
         let what = Fact {
-            reason: "NamespaceUnknown",
+            reason: Reason::NamespaceUnknown.as_str(),
             message: format!("this agent's watch of Namespaces has not seen the namespace {namespace}: may the agent list and watch Namespaces?"),
         };
         let changes = self.ctx.stores.namespaces.changes();
@@ -177,9 +179,11 @@ impl Actor {
                     self.ours.message = Some(format!("waiting: {}", what.message));
                     let waiting =
                         status::waiting(what.reason, &what.message, &self.seen.job, writer::now());
-                    self.ours.conditions.retain(|c| c.type_ != WAITING);
+                    self.ours
+                        .conditions
+                        .retain(|c| c.type_ != ConditionType::Waiting.as_str());
                     self.ours.conditions.push(waiting);
-                    self.report(WAITING);
+                    self.report(ConditionType::Waiting.as_str());
                     said = true;
                 }
                 _ => {}
@@ -241,11 +245,12 @@ impl Actor {
                 .metrics
                 .fanout_refused
                 .get_or_create(&crate::agent::metrics::Reason {
-                    reason: NODE_NOT_ALLOWED.into(),
+                    reason: Reason::NodeNotAllowed.as_str().into(),
                 })
                 .inc();
             return Claimed::Refused;
         }
-        self.fail_unclaimed(NODE_NOT_ALLOWED, why).await
+        self.fail_unclaimed(Reason::NodeNotAllowed.as_str(), why)
+            .await
     }
 }

@@ -10,7 +10,8 @@ use crate::cluster::writer;
 use crate::cluster::writer::Written;
 use crate::resource::{Phase, TraceJobStatus};
 
-use super::{Actor, Claimed, CLAIM_FORBIDDEN};
+use super::{Actor, Claimed};
+use crate::resource::vocabulary::Reason;
 
 impl Actor {
     /// Ends a TraceJob that was never started: Failed with `reason`, written only if it is still
@@ -26,7 +27,9 @@ impl Actor {
         match self.write_claim(reason).await {
             Claimed::Won(_) => {
                 warn!(reason, %why, "the TraceJob failed before it started");
-                self.ctx.writer.event(&self.seen.job, true, "Failed", why);
+                self.ctx
+                    .writer
+                    .event(&self.seen.job, true, Reason::Failed.as_str(), why);
                 self.ctx.metrics.failed(reason);
                 Claimed::Refused
             }
@@ -48,7 +51,7 @@ impl Actor {
             )),
             ..Default::default()
         };
-        let claimed = self.write_claim("Starting").await;
+        let claimed = self.write_claim(Reason::Starting.as_str()).await;
         if let Claimed::Won(_) = claimed {
             tracing::Span::current().record("id", run_id.as_str());
             return Claimed::Won(run_id);
@@ -83,8 +86,8 @@ impl Actor {
                         // Forbidden for this agent (its token, RBAC or the fence): trying again
                         // cannot help, and every agent retrying would flood the API server.
                         tracing::error!(%error, "the API server forbids this agent to claim the TraceJob; giving it up");
-                        self.ctx.metrics.failed(CLAIM_FORBIDDEN);
-                        self.ctx.writer.event(&self.seen.job, true, CLAIM_FORBIDDEN, format!("the agent of node {} may not claim this TraceJob: {error}", self.ctx.writer.node()));
+                        self.ctx.metrics.failed(Reason::ClaimForbidden.as_str());
+                        self.ctx.writer.event(&self.seen.job, true, Reason::ClaimForbidden.as_str(), format!("the agent of node {} may not claim this TraceJob: {error}", self.ctx.writer.node()));
                         return Claimed::Refused;
                     }
                     Some(Written::Rejected { seq: s, error, .. }) if s == seq => {

@@ -28,6 +28,7 @@ use crate::host::container;
 use crate::host::progress::Progress;
 use crate::host::rundir::{self, Landed, Record, RunFiles};
 use crate::host::shim::Ended;
+use crate::resource::vocabulary::Reason;
 use crate::resource::{Target, TraceJob, TraceJobStatus};
 
 /// Follows one TraceJob from first sight until its outcome is reported (or it is deleted, or the
@@ -37,7 +38,7 @@ pub async fn run(ctx: Arc<Ctx>, job: TraceJob, spec: watch::Receiver<Option<Trac
     let status = ctx.writer.status_writer(&job);
     let mut actor = Actor {
         ours: job.status.clone().unwrap_or_default(),
-        reason: "Starting".into(),
+        reason: Reason::Starting.as_str().into(),
         ctx,
         seen: Seen {
             rx: spec,
@@ -201,13 +202,6 @@ enum Waited<T> {
     Known(T),
     Ended(Claimed),
 }
-
-/// The reason of a TraceJob refused on this node.
-/// The condition of a trace waiting for a place among the node's running traces.
-const WAITING: &str = "Waiting";
-/// A claim the API server forbids this agent (403).
-const CLAIM_FORBIDDEN: &str = "ClaimForbidden";
-const NODE_NOT_ALLOWED: &str = "NodeNotAllowed";
 
 /// Which node runs a TraceJob with a target.
 enum Place {

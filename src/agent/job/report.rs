@@ -15,6 +15,7 @@ use crate::host::rundir::{Landed, Record};
 use crate::resource::{OutputRef, Phase, TraceJobStatus};
 
 use super::{Actor, Reported};
+use crate::resource::vocabulary::{ConditionType, Reason};
 
 impl Actor {
     /// Waits until the final status is written. If the API server refuses it, a plain Failed
@@ -37,7 +38,7 @@ impl Actor {
             self.ours.message = Some(format!(
                 "the API server refused the TraceJob's status: {error}"
             ));
-            self.report("StatusRejected");
+            self.report(Reason::StatusRejected.as_str());
             match self.reported().await {
                 Reported::Written | Reported::Deleted => return true,
                 Reported::Exiting => return false,
@@ -63,9 +64,9 @@ impl Actor {
     ) {
         let mut message = outcome.message.clone();
         let mut conditions = std::mem::take(&mut self.ours.conditions);
-        conditions.retain(|c| c.type_ != "OutputStored");
+        conditions.retain(|c| c.type_ != ConditionType::OutputStored.as_str());
         if let Some(l) = landed {
-            if l.reason != "Stored" || l.message.contains("binaryData") {
+            if l.reason != Reason::Stored.as_str() || l.message.contains("binaryData") {
                 message = format!("{message}; {}", l.message);
             }
             conditions.push(status::output_stored(
@@ -115,7 +116,7 @@ impl Actor {
         self.report(reason);
         self.ctx
             .writer
-            .event(&self.seen.job, true, "Failed", message);
+            .event(&self.seen.job, true, Reason::Failed.as_str(), message);
         self.ctx.metrics.failed(reason);
         if let Reported::Rejected(error) = self.reported().await {
             warn!(%error, "the API server refused the status");

@@ -18,6 +18,7 @@ use crate::host::{progress, shim};
 use crate::resource::{Phase, TraceJobStatus};
 
 use super::{ended, exit_of, Actor, Run};
+use crate::resource::vocabulary::Reason;
 
 impl Actor {
     /// Follows the run until bpftrace has ended, then reports its outcome.
@@ -211,11 +212,11 @@ impl Actor {
             message: Some(format!("tracing with {probes} probes")),
             ..self.ours.clone()
         };
-        self.report("ProbesAttached");
+        self.report(Reason::ProbesAttached.as_str());
         self.ctx.writer.event(
             &self.seen.job,
             false,
-            "Started",
+            Reason::Started.as_str(),
             format!("bpftrace attached {probes} probes (pid {})", p.pid),
         );
     }

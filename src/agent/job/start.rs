@@ -19,7 +19,8 @@ use crate::host::rundir::{Record, RunFiles};
 use crate::host::shim;
 use crate::resource::Phase;
 
-use super::{ended, exit_of, instant_of, Actor, Live, Resolved, Run, WAITING};
+use super::{ended, exit_of, instant_of, Actor, Live, Resolved, Run};
+use crate::resource::vocabulary::{ConditionType, Reason};
 
 impl Actor {
     /// Starts a claimed run: its directory and record, then the shim and bpftrace.
@@ -42,7 +43,7 @@ impl Actor {
                         match filled_in(&program, &container) {
                             Ok(p) => program = p,
                             Err(why) => {
-                                self.fail_started("TargetInvalid", why).await;
+                                self.fail_started(Reason::TargetInvalid.as_str(), why).await;
                                 return None;
                             }
                         }
@@ -69,7 +70,8 @@ impl Actor {
             Err(e) => {
                 warn!(error = %e, "the run's directory could not be made");
                 let message = format!("the agent could not store the run on the node: {e}");
-                self.fail_unstarted("RunDirFailed", message).await;
+                self.fail_unstarted(Reason::RunDirFailed.as_str(), message)
+                    .await;
                 return None;
             }
         };
@@ -156,15 +158,17 @@ impl Actor {
             "waiting: node {} runs {max} traces, its --max-running-traces; this one starts when one of them ends",
             self.ctx.writer.node()
         ));
-        self.ours.conditions.retain(|c| c.type_ != WAITING);
+        self.ours
+            .conditions
+            .retain(|c| c.type_ != ConditionType::Waiting.as_str());
         let message = self.ours.message.clone().unwrap_or_default();
         self.ours.conditions.push(status::waiting(
-            "MaxRunningTraces",
+            Reason::MaxRunningTraces.as_str(),
             &message,
             &self.seen.job,
             writer::now(),
         ));
-        self.report("Starting");
+        self.report(Reason::Starting.as_str());
         let permit = loop {
             if self.seen.job.spec.stop {
                 break None;
@@ -178,10 +182,10 @@ impl Actor {
             .ours
             .conditions
             .iter_mut()
-            .filter(|c| c.type_ == WAITING)
+            .filter(|c| c.type_ == ConditionType::Waiting.as_str())
         {
             c.status = "False".into();
-            c.reason = "Started".into();
+            c.reason = Reason::Started.into();
             c.message = "a slot freed".into();
             c.last_transition_time = writer::now();
         }

@@ -15,6 +15,7 @@ use crate::output::collect::Collected;
 use crate::output::fit::CONFIGMAP_BUDGET;
 
 use super::{ended, Actor, Run, Stored};
+use crate::resource::vocabulary::Reason;
 
 impl Actor {
     /// Decides and records the outcome, has the output collected and stored, reports the end
@@ -95,7 +96,7 @@ impl Actor {
         match &self.unsaved {
             Some(error)
                 if run.record.stopped != Some(StopReason::RecordNotSaved)
-                    && outcome.reason != "RecordNotSaved" =>
+                    && outcome.reason != Reason::RecordNotSaved.as_str() =>
             {
                 decide::not_recorded(outcome, error)
             }

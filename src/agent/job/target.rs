@@ -15,6 +15,7 @@ use crate::host::rundir::Record;
 use crate::resource::{Target, TraceJob};
 
 use super::{Actor, Place, Resolved, Run, TargetWatch};
+use crate::resource::vocabulary::Reason;
 
 /// What a running trace's target is watched for, if it has one.
 pub(super) fn target_watch(job: &TraceJob, record: &Record, pods: Changes) -> Option<TargetWatch> {
@@ -150,7 +151,7 @@ impl Actor {
             // It was on this node when placed: gone from the store, it was deleted.
             let Some(pod) = self.ctx.stores.pod(&namespace, &target.pod) else {
                 return Resolved::Fail(
-                    "TargetNotFound",
+                    Reason::TargetNotFound.as_str(),
                     placing::not_found(&target.pod, &namespace),
                 );
             };
@@ -175,11 +176,13 @@ impl Actor {
                     }
                 }
                 placing::Found::NotRunning(why) => why,
-                placing::Found::Wrong(why) => return Resolved::Fail("TargetInvalid", why),
+                placing::Found::Wrong(why) => {
+                    return Resolved::Fail(Reason::TargetInvalid.as_str(), why)
+                }
             };
             if since.elapsed() >= timeout {
                 return Resolved::Fail(
-                    "TargetNotRunning",
+                    Reason::TargetNotRunning.as_str(),
                     format!(
                         "{waiting} (waited {}s, --target-timeout)",
                         timeout.as_secs()
@@ -189,7 +192,7 @@ impl Actor {
             if waiting != said {
                 // Tell the user what it waits for.
                 self.ours.message = Some(format!("waiting for the target: {waiting}"));
-                self.report("Starting");
+                self.report(Reason::Starting.as_str());
                 said = waiting;
             }
             let nap = Duration::from_secs(2).min(timeout.saturating_sub(since.elapsed()));

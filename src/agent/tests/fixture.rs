@@ -22,8 +22,8 @@ use crate::agent::Config;
 use crate::agent::Metrics;
 use crate::agent::{job, Ctx, Facts};
 use crate::cluster::stores::Stores;
-use crate::decide::scope::ANNOTATION;
 use crate::host::rundir::StateDir;
+use crate::resource::vocabulary::Annotation;
 use crate::resource::{Phase, Target, TraceJob, TraceJobSpec};
 
 /// The agent's side of one test: its `Ctx`, the API server its client talks to, and its files.
@@ -229,7 +229,7 @@ fn namespace() -> kube::core::PartialObjectMeta<Namespace> {
     ObjectMeta {
         name: Some(NAMESPACE.into()),
         annotations: Some(BTreeMap::from([(
-            ANNOTATION.to_string(),
+            Annotation::NodeSelector.as_str().to_string(),
             "!observe.tracejob.dev/untraceable".to_string(),
         )])),
         ..Default::default()

@@ -378,7 +378,13 @@ pub(crate) fn made(k: &Kubectl, ns: &str, trigger: &str) -> Vec<String> {
     .collect()
 }
 
-pub(crate) fn trigger_yaml(name: &str, matchers: &[&str], on: &str, deadline: i64, limits: &str) -> String {
+pub(crate) fn trigger_yaml(
+    name: &str,
+    matchers: &[&str],
+    on: &str,
+    deadline: i64,
+    limits: &str,
+) -> String {
     let matchers = serde_json::to_string(matchers).expect("json");
     format!(
         "apiVersion: observe.tracejob.dev/v1alpha1\nkind: TraceTrigger\nmetadata:\n  name: {name}\nspec:\n  matchers: {matchers}\n  target: {{kind: {on}}}\n  trace:\n    program: '{PROGRAM}'\n    deadline: {deadline}\n    deadlineGracePeriod: 300\n  limits: {limits}\n"
