@@ -261,3 +261,25 @@ fn every_relative_link_resolves() {
     }
     assert!(errors.is_empty(), "{}", errors.join("\n"));
 }
+
+/// The API's words (`src/resource/vocabulary.rs`: every label, annotation, condition type and
+/// reason) are the contract other tools select on: each is documented in docs/.
+#[test]
+fn every_word_of_the_api_is_documented() {
+    let vocabulary = read(&root().join("src/resource/vocabulary.rs"));
+    let docs: String = std::fs::read_dir(root().join("docs"))
+        .expect("docs/")
+        .map(|e| read(&e.expect("an entry").path()))
+        .collect();
+    let words: Vec<&str> = vocabulary
+        .lines()
+        .filter_map(|l| l.trim().split_once(" = \""))
+        .filter_map(|(_, rest)| rest.strip_suffix("\","))
+        .collect();
+    assert!(words.len() > 40, "read {} words only", words.len());
+    let missing: Vec<&&str> = words
+        .iter()
+        .filter(|w| !docs.contains(&format!("`{w}")))
+        .collect();
+    assert!(missing.is_empty(), "not in docs/: {missing:?}");
+}
