@@ -187,7 +187,7 @@ pub async fn serve(
         ready,
         parts,
         jobs: HashMap::new(),
-        finished: HashSet::new(),
+        finished: HashMap::new(),
         synced: HashMap::new(),
     };
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<String>();
@@ -258,8 +258,9 @@ struct Dispatcher {
     jobs: HashMap<String, (Source, watch::Sender<Option<TraceJob>>)>,
     /// This node's parts of TraceJobs on several nodes (`TraceJobNode`), as the watch has them.
     parts: Store<TraceJobNode>,
-    /// Jobs whose actor ended, so a stale event never starts or fails them again.
-    finished: HashSet<String>,
+    /// Jobs whose actor ended, with the watch they came from, so a stale event never starts or
+    /// fails them again.
+    finished: HashMap<String, Source>,
     /// The watches that have listed TraceJobs at least once, and every UID they listed then.
     synced: HashMap<Source, HashSet<String>>,
 }
@@ -277,18 +278,18 @@ impl Dispatcher {
                     let _ = tx.send(Some(job));
                     return;
                 }
-                if self.finished.contains(&uid) {
-                    return;
-                }
-                if late {
-                    // Stopped or over before this node joined: it does not.
-                    self.finished.insert(uid);
+                if self.finished.contains_key(&uid) {
                     return;
                 }
                 let source = match job.spec.node_name {
                     Some(_) => Source::Node,
                     None => Source::Unassigned,
                 };
+                if late {
+                    // Stopped or over before this node joined: it does not.
+                    self.finished.insert(uid, source);
+                    return;
+                }
                 let (tx, rx) = watch::channel(Some(job.clone()));
                 self.jobs.insert(uid.clone(), (source, tx));
                 let span = tracing::info_span!("job", namespace = %job.namespace().unwrap_or_default(), name = %job.name_any(), id = tracing::field::Empty);
@@ -318,9 +319,12 @@ impl Dispatcher {
                         let _ = tx.send(None);
                     }
                 }
+                // An ended job is forgotten once its own watch lists without it (deleted); the
+                // other watch's list says nothing of it.
+                self.finished
+                    .retain(|uid, from| *from != source || existing.contains(uid));
                 let first = self.synced.insert(source, existing).is_none();
                 let all: HashSet<String> = self.synced.values().flatten().cloned().collect();
-                self.finished.retain(|uid| all.contains(uid));
                 // Ready, and runs without a TraceJob ended, once both watches have listed.
                 if first && self.synced.len() == 2 {
                     self.ready.store(true, Ordering::Relaxed);
@@ -339,8 +343,9 @@ impl Dispatcher {
     }
 
     fn done(&mut self, uid: String) {
-        self.jobs.remove(&uid);
-        self.finished.insert(uid);
+        if let Some((source, _)) = self.jobs.remove(&uid) {
+            self.finished.insert(uid, source);
+        }
     }
 
     /// Runs left by an earlier agent whose TraceJob was deleted while no agent ran: end them
