@@ -5,6 +5,7 @@
 mod api;
 mod core;
 mod fanout;
+mod faults;
 mod hostile;
 mod lifecycle;
 mod native;
@@ -52,6 +53,7 @@ fn main() -> std::process::ExitCode {
     tests.extend(native::tests());
     tests.extend(plugin::tests());
     tests.extend(fanout::tests());
+    tests.extend(faults::tests());
     tests.extend(security::tests());
     tests.extend(target::tests());
     tests.extend(releases::tests());

@@ -4,6 +4,7 @@
 pub mod agent;
 pub mod control_plane;
 pub mod double;
+pub mod faults;
 pub mod kubectl;
 pub mod summarizer;
 
