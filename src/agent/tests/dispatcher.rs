@@ -11,7 +11,6 @@ use tokio::sync::mpsc;
 use super::fixture::{tracejob, unassigned, Agent, PATIENCE};
 use crate::agent::Dispatcher;
 use crate::cluster::watch::{Source, Update};
-use crate::resource::TraceJobNode;
 
 /// A TraceJob deleted while the watch was disconnected brings no deletion event: the watch's
 /// relist that follows does not list it (`Update::Synced` without its UID), and that is how its
@@ -23,7 +22,7 @@ async fn a_relist_that_misses_a_tracejob_tells_its_actor_it_was_deleted() {
     let mut dispatcher = Dispatcher {
         ctx: agent.ctx.clone(),
         ready: Arc::new(AtomicBool::new(false)),
-        parts: kube::runtime::reflector::store::<TraceJobNode>().0,
+        parts: Default::default(),
         jobs: HashMap::new(),
         finished: HashMap::new(),
         synced: HashMap::new(),
@@ -91,7 +90,7 @@ async fn a_relist_of_one_watch_keeps_the_other_watchs_ended_jobs() {
     let mut dispatcher = Dispatcher {
         ctx: agent.ctx.clone(),
         ready: Arc::new(AtomicBool::new(false)),
-        parts: kube::runtime::reflector::store::<TraceJobNode>().0,
+        parts: Default::default(),
         jobs: HashMap::new(),
         finished: Default::default(),
         synced: HashMap::new(),
