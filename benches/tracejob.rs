@@ -8,6 +8,8 @@
 //! the footprint windows, BENCH_SCALE (default "100,300,1000"; empty for none) the node counts of
 //! the scale table (hollow agents: `scale`); BENCH_ONLY=scale runs the scale table alone,
 //! BENCH_ONLY=latency the start, collect and API-cost rows alone;
+//! BENCH_ONLY=faults the fault scenarios during a fan-out (`scale::faults_table`: BENCH_FAULTS_N,
+//! BENCH_FAULTS); BENCH_HOLLOW_PROCESSES (default 10) the processes the hollow agents run in;
 //! BENCH_SCALE_TIMEOUT_SECS (default 300) bounds each of its waits (a wait that ran out says
 //! "> limit"); BENCH_SCALE_POD_TARGET=0 leaves out its pod-target rows.
 
@@ -344,6 +346,11 @@ fn main() {
         ),
     );
 
+    // BENCH_ONLY=faults: the fault scenarios during a fan-out (BENCH_FAULTS_N hollow agents).
+    if std::env::var("BENCH_ONLY").as_deref() == Ok("faults") {
+        scale::faults_table(&b);
+        return;
+    }
     // BENCH_ONLY=scale: the scale table alone (it takes most of the time).
     if std::env::var("BENCH_ONLY").as_deref() == Ok("scale") {
         scale::table(&b);

@@ -43,7 +43,7 @@ use super::{env_num, Bench};
 use crate::support::control_plane::free_port;
 use crate::support::double::build_double;
 use crate::support::pods::FakeContainer;
-use crate::support::{bpftrace_pids, must, repo_root, Proc};
+use crate::support::{bpftrace_pids, must, repo_root, Agent, Proc};
 use tracejob_agent::resource::vocabulary::Label;
 
 /// In the environment of this binary run as the hollow-agent process.
@@ -68,7 +68,8 @@ struct HollowAgent {
     ready: Arc<AtomicBool>,
 }
 
-/// The hollow-agent process: HOLLOW_NODES agents named HOLLOW_PREFIX-0, -1, ..., each in a state
+/// The hollow-agent process: HOLLOW_NODES agents named HOLLOW_PREFIX-F, -F+1, ... (F:
+/// HOLLOW_FIRST, default 0), each in a state
 /// directory of its own under HOLLOW_STATE, running HOLLOW_BPFTRACE under the shim HOLLOW_SHIM
 /// (the real `tracejob-agent`), with KUBECONFIG's credentials, until SIGTERM. It serves, on
 /// HOLLOW_LISTEN, /ready ("READY TOTAL FAILED") and /usage (each agent's API counters: "NODE
@@ -77,6 +78,10 @@ pub fn hollow_main() {
     let var = |k: &str| std::env::var(k).unwrap_or_else(|_| panic!("{k} is not set"));
     let prefix = var("HOLLOW_PREFIX");
     let count: usize = must(var("HOLLOW_NODES").parse(), "HOLLOW_NODES");
+    let first: usize = std::env::var("HOLLOW_FIRST")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
     let state = PathBuf::from(var("HOLLOW_STATE"));
     let bpftrace = var("HOLLOW_BPFTRACE");
     let shim = PathBuf::from(var("HOLLOW_SHIM"));
@@ -96,7 +101,7 @@ pub fn hollow_main() {
     );
     rt.block_on(async move {
         let agents: Arc<Vec<HollowAgent>> = Arc::new(
-            (0..count)
+            (first..first + count)
                 .map(|i| HollowAgent {
                     node: format!("{prefix}-{i}"),
                     metrics: Metrics::new(),
@@ -201,6 +206,26 @@ fn usage_text(agents: &[HollowAgent]) -> String {
         }
     }
     out
+}
+
+/// Each agent's counters, the hollow ones' and the real agent's (from its /metrics).
+fn usage_all(hollow: &Hollows, real: Option<&Agent>) -> Usage {
+    let mut u = hollow.usage();
+    if let Some(a) = real {
+        let text: String = a
+            .get("/metrics")
+            .1
+            .lines()
+            .filter(|l| {
+                ["tracejob_api_", "tracejob_watch_events", "tracejob_traces_"]
+                    .iter()
+                    .any(|p| l.starts_with(p))
+            })
+            .map(|l| format!("{} {l}\n", a.node))
+            .collect();
+        u.0.extend(Usage::parse(&text).0);
+    }
+    u
 }
 
 /// Open files up to what the kernel allows (a thousand agents hold several thousand
@@ -322,24 +347,30 @@ impl Usage {
     }
 }
 
-/// The hollow-agent process (this binary again), ended when dropped; it leaves no double behind.
+/// One hollow-agent process (this binary again), ended when dropped: agents `{prefix}-{first}`
+/// .. `{prefix}-{first + count - 1}`.
 struct Hollow {
     proc: Option<Proc>,
     port: u16,
     name: String,
-    dir: tempfile::TempDir,
+    first: usize,
+    count: usize,
 }
 
 impl Hollow {
-    fn start(kubeconfig: &Path, prefix: &str, n: usize, name: &str) -> Hollow {
-        let dir = must(
-            tempfile::Builder::new()
-                .prefix("tracejob-hollow-")
-                .tempdir(),
-            "tempdir",
-        );
+    fn start(
+        kubeconfig: &Path,
+        prefix: &str,
+        first: usize,
+        count: usize,
+        state: &Path,
+        name: &str,
+    ) -> Hollow {
         let log = must(
-            std::fs::File::create(log_dir().join(format!("{name}.log"))),
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(log_dir().join(format!("{name}.log"))),
             "hollow log",
         );
         let err = must(log.try_clone(), "clone log");
@@ -347,8 +378,9 @@ impl Hollow {
         let mut cmd = Command::new(must(std::env::current_exe(), "the benchmark's own binary"));
         cmd.env(HOLLOW, "1")
             .env("HOLLOW_PREFIX", prefix)
-            .env("HOLLOW_NODES", n.to_string())
-            .env("HOLLOW_STATE", dir.path())
+            .env("HOLLOW_FIRST", first.to_string())
+            .env("HOLLOW_NODES", count.to_string())
+            .env("HOLLOW_STATE", state)
             .env("HOLLOW_BPFTRACE", double())
             .env("HOLLOW_SHIM", env!("CARGO_BIN_EXE_tracejob-agent"))
             .env("HOLLOW_LISTEN", format!("127.0.0.1:{port}"))
@@ -361,7 +393,8 @@ impl Hollow {
             proc: Some(Proc::spawn(name, &mut cmd)),
             port,
             name: name.to_string(),
-            dir,
+            first,
+            count,
         }
     }
 
@@ -375,6 +408,80 @@ impl Hollow {
         (v.len() == 3).then(|| (v[0], v[1], v[2]))
     }
 
+    fn pid(&self) -> i32 {
+        self.proc.as_ref().map_or(0, |p| p.pid())
+    }
+
+    fn log(&self) -> PathBuf {
+        log_dir().join(format!("{}.log", self.name))
+    }
+}
+
+/// N hollow agents in BENCH_HOLLOW_PROCESSES processes (default 10, at most one per agent),
+/// with their state directories; what they leave running (shims, doubles) ends when dropped.
+/// Several processes, so a fault can kill a tenth of the agents as whole processes die, and so
+/// no single process holds thousands of agents' connections.
+struct Hollows {
+    procs: Vec<Hollow>,
+    killed: Vec<usize>,
+    prefix: String,
+    kubeconfig: PathBuf,
+    dir: tempfile::TempDir,
+}
+
+impl Hollows {
+    fn start(kubeconfig: &Path, prefix: &str, n: usize, name: &str) -> Hollows {
+        let processes = (env_num("BENCH_HOLLOW_PROCESSES", 10) as usize).clamp(1, n.max(1));
+        Hollows::start_in(kubeconfig, prefix, n, name, processes)
+    }
+
+    fn start_in(
+        kubeconfig: &Path,
+        prefix: &str,
+        n: usize,
+        name: &str,
+        processes: usize,
+    ) -> Hollows {
+        let dir = must(
+            tempfile::Builder::new()
+                .prefix("tracejob-hollow-")
+                .tempdir(),
+            "tempdir",
+        );
+        let per = n.div_ceil(processes.max(1)).max(1);
+        let procs = (0..n)
+            .step_by(per)
+            .enumerate()
+            .map(|(i, first)| {
+                Hollow::start(
+                    kubeconfig,
+                    prefix,
+                    first,
+                    per.min(n - first),
+                    dir.path(),
+                    &format!("{name}-p{i}"),
+                )
+            })
+            .collect();
+        Hollows {
+            procs,
+            killed: Vec::new(),
+            prefix: prefix.to_string(),
+            kubeconfig: kubeconfig.to_path_buf(),
+            dir,
+        }
+    }
+
+    /// (ready, total, failed) over the processes; None if one does not answer.
+    fn ready(&self) -> Option<(usize, usize, usize)> {
+        let mut sum = (0, 0, 0);
+        for h in &self.procs {
+            let (r, t, f) = h.ready()?;
+            sum = (sum.0 + r, sum.1 + t, sum.2 + f);
+        }
+        Some(sum)
+    }
+
     /// Waits until every agent has listed its TraceJobs; how long it took, or why not.
     fn wait_ready(&self, limit: Duration) -> Result<Duration, String> {
         let t0 = Instant::now();
@@ -383,7 +490,7 @@ impl Hollow {
             if let Some((ready, total, failed)) = self.ready() {
                 if failed > 0 {
                     return Err(format!(
-                        "{failed} hollow agents failed (log {})",
+                        "{failed} hollow agents failed (logs {})",
                         self.log()
                     ));
                 }
@@ -398,26 +505,118 @@ impl Hollow {
     }
 
     fn usage(&self) -> Usage {
-        Usage::parse(&http_get(self.port, "/usage").unwrap_or_default())
+        let mut u = Usage::default();
+        for h in &self.procs {
+            u.0.extend(Usage::parse(&http_get(h.port, "/usage").unwrap_or_default()).0);
+        }
+        u
     }
 
-    fn pid(&self) -> i32 {
-        self.proc.as_ref().map_or(0, |p| p.pid())
+    fn pids(&self) -> Vec<i32> {
+        self.procs.iter().map(Hollow::pid).collect()
+    }
+
+    /// CPU seconds of the processes, and of their ended and waited-for children.
+    fn cpu(&self) -> (f64, f64) {
+        self.pids().iter().fold((0.0, 0.0), |(a, c), &p| {
+            (a + cpu_seconds(p), c + children_cpu_seconds(p))
+        })
+    }
+
+    /// Resident memory of the processes (KiB): now and at their peak, summed.
+    fn rss_kib(&self) -> (u64, u64) {
+        self.pids().iter().fold((0, 0), |(now, peak), &p| {
+            let status = std::fs::read_to_string(format!("/proc/{p}/status")).unwrap_or_default();
+            let field = |k: &str| -> u64 {
+                status
+                    .lines()
+                    .find_map(|l| l.strip_prefix(k))
+                    .and_then(|v| v.split_whitespace().next())
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(0)
+            };
+            (now + field("VmRSS:"), peak + field("VmHWM:"))
+        })
     }
 
     fn log(&self) -> String {
-        log_dir()
-            .join(format!("{}.log", self.name))
-            .display()
-            .to_string()
+        log_dir().join("hollow-*.log").display().to_string()
     }
 }
 
-impl Drop for Hollow {
+impl crate::support::faults::Fleet for Hollows {
+    fn nodes(&self) -> Vec<(String, PathBuf)> {
+        self.procs
+            .iter()
+            .flat_map(|h| h.first..h.first + h.count)
+            .map(|i| {
+                let node = format!("{}-{i}", self.prefix);
+                let dir = self.dir.path().join(&node);
+                (node, dir)
+            })
+            .collect()
+    }
+
+    fn wait_ready(&self, limit: Duration) -> Result<(), String> {
+        Hollows::wait_ready(self, limit).map(|_| ())
+    }
+
+    /// Whole processes, a tenth of the agents or more.
+    fn kill_tenth(&mut self) -> Vec<String> {
+        let total: usize = self.procs.iter().map(|h| h.count).sum();
+        let mut killed_agents = 0;
+        let mut nodes = Vec::new();
+        for (i, h) in self.procs.iter_mut().enumerate() {
+            if killed_agents * 10 >= total {
+                break;
+            }
+            if let Some(p) = h.proc.as_mut() {
+                p.signal(nix::sys::signal::Signal::SIGKILL);
+                p.wait_exit(Duration::from_secs(10));
+            }
+            killed_agents += h.count;
+            nodes.extend((h.first..h.first + h.count).map(|k| format!("{}-{k}", self.prefix)));
+            self.killed.push(i);
+        }
+        nodes
+    }
+
+    fn restart_killed(&mut self) {
+        for i in std::mem::take(&mut self.killed) {
+            let (first, count, name) = {
+                let h = &self.procs[i];
+                (h.first, h.count, h.name.clone())
+            };
+            self.procs[i] = Hollow::start(
+                &self.kubeconfig,
+                &self.prefix,
+                first,
+                count,
+                self.dir.path(),
+                &name,
+            );
+        }
+    }
+
+    fn log_lines(&self, needle: &str) -> usize {
+        self.procs
+            .iter()
+            .map(|h| {
+                std::fs::read_to_string(h.log())
+                    .unwrap_or_default()
+                    .lines()
+                    .filter(|l| l.contains(needle))
+                    .count()
+            })
+            .sum()
+    }
+}
+
+impl Drop for Hollows {
     fn drop(&mut self) {
         // SIGTERM: each agent leaves its traces for a successor (it has no pod to say
         // otherwise), so end what is left.
-        self.proc = None;
+        self.procs.clear();
         for pid in bpftrace_pids(self.dir.path()) {
             let _ = nix::sys::signal::kill(
                 nix::unistd::Pid::from_raw(pid),
@@ -621,6 +820,77 @@ fn apiserver_counters(b: &Bench) -> BTreeMap<String, f64> {
     m
 }
 
+/// The API server's histogram of its mutating requests' latency (POST, PUT, PATCH, DELETE; all
+/// resources): cumulative count by upper bound (`le`, seconds).
+fn mutating_latency(b: &Bench) -> BTreeMap<String, f64> {
+    let req = must(
+        axum::http::Request::get("/metrics").body(Vec::new()),
+        "request",
+    );
+    let text =
+        b.rt.block_on(b.client.request_text(req))
+            .unwrap_or_default();
+    let mut m: BTreeMap<String, f64> = BTreeMap::new();
+    for line in text.lines() {
+        let Some(rest) = line.strip_prefix("apiserver_request_duration_seconds_bucket{") else {
+            continue;
+        };
+        let Some((labels, value)) = rest.rsplit_once(' ') else {
+            continue;
+        };
+        let label = |k: &str| {
+            labels
+                .split(',')
+                .find_map(|kv| kv.strip_prefix(&format!("{k}=\"")))
+                .map(|v| v.trim_end_matches(['"', '}']).to_string())
+                .unwrap_or_default()
+        };
+        if !["POST", "PUT", "PATCH", "DELETE"].contains(&label("verb").as_str()) {
+            continue;
+        }
+        *m.entry(label("le")).or_default() += value.parse::<f64>().unwrap_or(0.0);
+    }
+    m
+}
+
+/// The `q` quantile of what a cumulative histogram gained between `before` and `after`, as
+/// Prometheus's histogram_quantile has it (linear within the bucket); NaN if it gained nothing.
+fn quantile(after: &BTreeMap<String, f64>, before: &BTreeMap<String, f64>, q: f64) -> f64 {
+    let mut buckets: Vec<(f64, f64)> = after
+        .iter()
+        .map(|(le, v)| {
+            let bound = if le == "+Inf" {
+                f64::INFINITY
+            } else {
+                le.parse().unwrap_or(f64::INFINITY)
+            };
+            (bound, v - before.get(le).copied().unwrap_or(0.0))
+        })
+        .collect();
+    buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let total = buckets.last().map_or(0.0, |b| b.1);
+    if total <= 0.0 {
+        return f64::NAN;
+    }
+    let rank = q * total;
+    let (mut low, mut below) = (0.0, 0.0);
+    for (bound, count) in buckets {
+        if count >= rank {
+            if bound.is_infinite() {
+                return low;
+            }
+            let within = count - below;
+            return if within > 0.0 {
+                low + (bound - low) * (rank - below) / within
+            } else {
+                bound
+            };
+        }
+        (low, below) = (bound, count);
+    }
+    low
+}
+
 /// `after - before`, the largest first, those of at least `min`.
 fn biggest(after: &BTreeMap<String, f64>, before: &BTreeMap<String, f64>, min: f64) -> String {
     let mut d: Vec<(String, f64)> = after
@@ -728,6 +998,17 @@ async fn until(limit: Duration, mut done: impl FnMut() -> bool) -> Option<Durati
 
 /// One fan-out run's measures.
 struct FanRun {
+    /// Create until the first node Running (s).
+    first: Option<f64>,
+    /// The p99 of the API server's mutating requests over the run (s), from its own histogram.
+    p99: f64,
+    /// Watches the API server closed over the run (apiserver_terminated_watchers_total).
+    closed: f64,
+    /// Peak resident memory per hollow agent (KiB): the hollow processes' peaks summed, over
+    /// their agents.
+    hollow_kib: f64,
+    /// Peak resident memory of the one real agent process (KiB).
+    real_kib: f64,
     running: Option<f64>,
     stored: Option<f64>,
     merged: Option<f64>,
@@ -756,16 +1037,38 @@ fn fanout_run(b: &Bench, n: usize, run: usize, limit: Duration) -> Option<FanRun
     );
     let ns = b.env.namespace(&format!("fan{n}-r{run}"));
     let summ = summarizer(b, &ns, &format!("summarizer-{ns}"));
-    let hollow = Hollow::start(&b.env.cp.kubeconfig, &pool, n, &format!("hollow-{ns}"));
+    // The last node is a real agent process (`tracejob-agent run`): its memory at this N.
+    let hollows = n.saturating_sub(1).max(1);
+    let hollow = Hollows::start(
+        &b.env.cp.kubeconfig,
+        &pool,
+        hollows,
+        &format!("hollow-{ns}"),
+    );
+    let real = (n > hollows).then(|| {
+        let node = format!("{pool}-{hollows}");
+        let double = double();
+        Agent::start_registered(
+            &node,
+            &b.env.cp.kubeconfig,
+            &["--bpftrace", &double.to_string_lossy()],
+            &[],
+        )
+    });
+    let real_ready = || real.as_ref().is_none_or(|a| a.get("/readyz").0 == 200);
     match hollow.wait_ready(limit) {
-        Ok(d) => eprintln!(
-            "bench: scale {n} run {run}: {n} hollow agents ready in {:.1} s (log {})",
+        Ok(d) if b.rt.block_on(until(limit, real_ready)).is_some() => eprintln!(
+            "bench: scale {n} run {run}: {hollows} hollow agents ready in {:.1} s (logs {})",
             d.as_secs_f64(),
             hollow.log()
         ),
-        Err(why) => {
-            eprintln!("bench: scale {n} run {run}: the hollow agents are not ready: {why}");
+        outcome => {
+            eprintln!(
+                "bench: scale {n} run {run}: the agents are not ready: {:?}",
+                outcome.err().unwrap_or_else(|| "the real agent".into())
+            );
             drop(hollow);
+            drop(real);
             drop(summ);
             delete_namespace(b, &ns, limit);
             return None;
@@ -774,21 +1077,18 @@ fn fanout_run(b: &Bench, n: usize, run: usize, limit: Duration) -> Option<FanRun
     // Quiet first: the agents' start-up (every list, every watch) is not the trace's cost.
     std::thread::sleep(Duration::from_secs(3));
     let apiserver = b.env.cp.apiserver_pid().expect("the API server runs");
-    let before = hollow.usage();
+    let before = usage_all(&hollow, real.as_ref());
     let counters0 = apiserver_counters(b);
+    let latency0 = mutating_latency(b);
     let etcd0 = etcd_db(b);
     let (busy0, etcd_pid) = (machine_busy(), etcd_pid());
     let etcd_cpu0 = cpu_seconds(etcd_pid);
-    let children0 = children_cpu_seconds(hollow.pid());
-    let (cpu0, hollow_cpu0, summ_cpu0) = (
-        cpu_seconds(apiserver),
-        cpu_seconds(hollow.pid()),
-        cpu_seconds(summ.pid()),
-    );
+    let (hollow_cpu0, children0) = hollow.cpu();
+    let (cpu0, summ_cpu0) = (cpu_seconds(apiserver), cpu_seconds(summ.pid()));
     let tjs: Api<TraceJob> = Api::namespaced(b.client.clone(), &ns);
     let parts: Api<TraceJobNode> = Api::namespaced(b.client.clone(), &ns);
     let cms: Api<ConfigMap> = Api::namespaced(b.client.clone(), &ns);
-    let (running, stored, merged, phases) = b.rt.block_on(async {
+    let (first, running, stored, merged, phases) = b.rt.block_on(async {
         // The benchmark's view of the nodes: one watch of the TraceJob's TraceJobNodes, as
         // `kubectl get tjn -l observe.tracejob.dev/tracejob=wide -w` has it.
         let (store, writer) = reflector::store::<TraceJobNode>();
@@ -828,7 +1128,12 @@ fn fanout_run(b: &Bench, n: usize, run: usize, limit: Duration) -> Option<FanRun
         let t0 = Instant::now();
         must(tjs.create(&PostParams::default(), &job).await, "create");
         let failed = || count(Phase::Failed, false);
-        let running = until(limit, || count(Phase::Running, false) + failed() >= n).await;
+        let first = until(limit, || count(Phase::Running, false) + failed() >= 1).await;
+        let running = until(limit.saturating_sub(t0.elapsed()), || {
+            count(Phase::Running, false) + failed() >= n
+        })
+        .await
+        .map(|_| t0.elapsed());
         let t1 = Instant::now();
         let stop = Patch::Merge(serde_json::json!({"spec": {"stop": true}}));
         must(
@@ -865,21 +1170,33 @@ fn fanout_run(b: &Bench, n: usize, run: usize, limit: Duration) -> Option<FanRun
             *phases.entry(phase).or_default() += 1;
         }
         watch.abort();
-        let _ = t0;
-        (running, stored, merged, phases)
+        (first, running, stored, merged, phases)
     });
     // The agents' last Events are sent after their last status write.
     std::thread::sleep(Duration::from_secs(2));
     let cpu = cpu_seconds(apiserver) - cpu0;
     let (busy, etcd_cpu) = (machine_busy() - busy0, cpu_seconds(etcd_pid) - etcd_cpu0);
     // The shims and doubles that ended (each shim waits for its double, the agent for its shim).
-    let children = children_cpu_seconds(hollow.pid()) - children0;
-    let (hollow_cpu, summ_cpu) = (
-        cpu_seconds(hollow.pid()) - hollow_cpu0,
-        cpu_seconds(summ.pid()) - summ_cpu0,
-    );
-    let used = hollow.usage().since(&before);
+    let (hollow_cpu1, children1) = hollow.cpu();
+    let (hollow_cpu, children) = (hollow_cpu1 - hollow_cpu0, children1 - children0);
+    let summ_cpu = cpu_seconds(summ.pid()) - summ_cpu0;
+    let used = usage_all(&hollow, real.as_ref()).since(&before);
     let counters1 = apiserver_counters(b);
+    let p99 = quantile(&mutating_latency(b), &latency0, 0.99);
+    let closed: f64 = counters1
+        .iter()
+        .filter(|(k, _)| k.starts_with("terminated watchers"))
+        .map(|(k, v)| v - counters0.get(k).copied().unwrap_or(0.0))
+        .sum::<f64>()
+        .max(0.0);
+    let (_, hollow_peak) = hollow.rss_kib();
+    let hollow_kib = hollow_peak as f64 / hollows as f64;
+    let real_kib = real
+        .as_ref()
+        .and_then(|a| a.proc.as_ref())
+        .map_or(f64::NAN, |p| {
+            (crate::support::host::peak_rss(p.pid()) / 1024) as f64
+        });
     let raw = must(
         axum::http::Request::get(format!(
             "/apis/observe.tracejob.dev/v1alpha1/namespaces/{ns}/tracejobs/wide"
@@ -897,6 +1214,11 @@ fn fanout_run(b: &Bench, n: usize, run: usize, limit: Duration) -> Option<FanRun
     let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
     let max = |v: &[f64]| v.iter().copied().fold(0.0, f64::max);
     let r = FanRun {
+        first: first.map(|d| d.as_secs_f64()),
+        p99,
+        closed,
+        hollow_kib,
+        real_kib,
         running: running.map(|d| d.as_secs_f64()),
         stored: stored.map(|d| d.as_secs_f64()),
         merged: merged.map(|d| d.as_secs_f64()),
@@ -913,7 +1235,8 @@ fn fanout_run(b: &Bench, n: usize, run: usize, limit: Duration) -> Option<FanRun
     };
     let secs = |d: Option<f64>| d.map_or(format!("> {}", limit.as_secs()), |d| format!("{d:.1}"));
     eprintln!(
-        "bench: scale {n} run {run}: all Running {} s, all stored {} s, merged {} s; TraceJobNodes by phase {phases:?}; requests per agent {:.1} (max {:.0}), watch KiB per agent {:.1} (max {:.1}); CPU s: API server {cpu:.1}, etcd {etcd_cpu:.1}, hollow agents {hollow_cpu:.1} (their shims and doubles {children:.1}), summarizer {summ_cpu:.1}, the whole machine {busy:.1}; TraceJob {} B; etcd database {:.1} MiB in use (+{:.1} over the run), its file {:.1} MiB",
+        "bench: scale {n} run {run}: first Running {} s, all Running {} s, all stored {} s, merged {} s; TraceJobNodes by phase {phases:?}; requests per agent {:.1} (max {:.0}), watch KiB per agent {:.1} (max {:.1}); CPU s: API server {cpu:.1}, etcd {etcd_cpu:.1}, hollow agents {hollow_cpu:.1} (their shims and doubles {children:.1}), summarizer {summ_cpu:.1}, the whole machine {busy:.1}; TraceJob {} B; etcd database {:.1} MiB in use (+{:.1} over the run), its file {:.1} MiB; mutating requests p99 {:.0} ms; watches the API server closed {closed}; peak memory per hollow agent {:.0} KiB, of the real agent {:.1} MiB",
+        secs(r.first),
         secs(r.running),
         secs(r.stored),
         secs(r.merged),
@@ -925,6 +1248,9 @@ fn fanout_run(b: &Bench, n: usize, run: usize, limit: Duration) -> Option<FanRun
         r.etcd_in_use / 1048576.0,
         r.etcd_growth / 1048576.0,
         etcd_file / 1048576.0,
+        r.p99 * 1000.0,
+        r.hollow_kib,
+        r.real_kib / 1024.0,
     );
     let per_agent: Vec<String> = used
         .mean_by_series(n as f64)
@@ -940,6 +1266,7 @@ fn fanout_run(b: &Bench, n: usize, run: usize, limit: Duration) -> Option<FanRun
         biggest(&counters1, &counters0, 1.0)
     );
     drop(hollow);
+    drop(real);
     drop(summ);
     delete_namespace(b, &ns, limit);
     Some(r)
@@ -959,7 +1286,7 @@ fn pod_target(b: &Bench, runs: usize, limit: Duration) -> Vec<(String, String)> 
     let host = format!("{pool}-37");
     let ns = b.env.namespace("podtarget");
     let summ = summarizer(b, &ns, &format!("summarizer-{ns}"));
-    let hollow = Hollow::start(&b.env.cp.kubeconfig, pool, n, &format!("hollow-{ns}"));
+    let hollow = Hollows::start_in(&b.env.cp.kubeconfig, pool, n, &format!("hollow-{ns}"), 1);
     if let Err(why) = hollow.wait_ready(limit) {
         eprintln!("bench: pod target: the hollow agents are not ready: {why}");
         return vec![];
@@ -1216,7 +1543,7 @@ pub fn table(b: &Bench) {
     println!(
         "\nFan-out: {runs} runs per N, min / median / max (API requests and watch bytes: the mean over the agents, and the largest of any agent in any run).\n"
     );
-    println!("| agents (N) | create until all Running (s) | stop until all outputs stored (s) | stop until merged output stored (s) | API requests per agent, not watches (mean; max) | watch KiB per agent (mean; max) | API server CPU (s) | TraceJob at the end (KiB) | etcd DB growth over the run (MiB) | machine busy over the run (CPU s, all processes) |\n|---|---|---|---|---|---|---|---|---|---|");
+    println!("| agents (N) | create until the first / all Running (s) | stop until all outputs stored (s) | stop until merged output stored (s) | API requests per agent, not watches (mean; max) | watch KiB per agent (mean; max) | API server CPU (s) | mutating requests p99 (ms) | watches the API server closed | memory per hollow agent (KiB, peak) | the real agent's memory (MiB, peak) | TraceJob at the end (KiB) | etcd DB growth over the run (MiB) | machine busy over the run (CPU s, all processes) |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     for (n, rows) in &by_n {
         let col = |f: &dyn Fn(&FanRun) -> Option<f64>, decimals: usize| {
             spread(&rows.iter().map(f).collect::<Vec<_>>(), l, decimals)
@@ -1230,7 +1557,8 @@ pub fn table(b: &Bench) {
             lost.push_str(&format!(" ({failed} node(s) Failed, over all runs)"));
         }
         println!(
-            "| {n}{lost} | {} | {} | {} | {}; max {:.0} | {}; max {:.0} | {} | {} | {} | {} |",
+            "| {n}{lost} | {} / {} | {} | {} | {}; max {:.0} | {}; max {:.0} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            col(&|r| r.first, 1),
             col(&|r| r.running, 1),
             col(&|r| r.stored, 1),
             col(&|r| r.merged, 1),
@@ -1239,6 +1567,10 @@ pub fn table(b: &Bench) {
             col(&|r| Some(r.watch_mean / 1024.0), 1),
             most(&|r| r.watch_max / 1024.0),
             col(&|r| Some(r.cpu), 1),
+            col(&|r| Some(r.p99 * 1000.0), 0),
+            col(&|r| Some(r.closed), 0),
+            col(&|r| Some(r.hollow_kib), 0),
+            col(&|r| Some(r.real_kib / 1024.0), 1),
             col(&|r| Some(r.tracejob_bytes as f64 / 1024.0), 1),
             col(&|r| Some(r.etcd_growth / 1048576.0), 1),
             col(&|r| Some(r.busy), 0),
@@ -1262,7 +1594,13 @@ pub fn table(b: &Bench) {
             .map(|rows| median(&rows.iter().map(f).collect::<Vec<_>>()))
     };
     let inf = |x: Option<f64>| x.unwrap_or(f64::INFINITY);
-    let (lo, hi) = (sizes.iter().min().copied(), sizes.iter().max().copied());
+    // Against N=1,000 when a larger N ran (issue 33's goals for 5,000), else the smallest N.
+    let hi = sizes.iter().max().copied();
+    let lo = if hi.is_some_and(|h| h > 1000) && sizes.contains(&1000) {
+        Some(1000)
+    } else {
+        sizes.iter().min().copied()
+    };
     if let (Some(lo), Some(hi)) = (lo, hi) {
         let mut goals = Vec::new();
         if let Some(r) = med(hi, &|r| inf(r.running)) {
@@ -1286,9 +1624,13 @@ pub fn table(b: &Bench) {
                 ratio(&|r| r.watch_mean)
             ));
             goals.push(format!(
-                "API server CPU N={hi} / N={lo}: x{:.1} (goal <= 15, N grew x{:.0})",
+                "API server CPU N={hi} / N={lo}: x{:.1} for x{:.0} the nodes (goals: <= 15 for 1,000 / 100, <= 6 for 5,000 / 1,000)",
                 ratio(&|r| r.cpu),
                 hi as f64 / lo as f64
+            ));
+            goals.push(format!(
+                "mutating requests p99 at N={hi}: {:.0} ms (Kubernetes' SLO: <= 1000)",
+                med(hi, &|r| r.p99).unwrap_or(f64::NAN) * 1000.0
             ));
         }
         if let Some(s) = med(hi, &|r| r.tracejob_bytes as f64) {
@@ -1299,4 +1641,122 @@ pub fn table(b: &Bench) {
         }
         println!("\nGoals (medians): {}.", goals.join("; "));
     }
+}
+
+/// The faults table (`BENCH_ONLY=faults`): each fault scenario of support/faults.rs during a
+/// fan-out to BENCH_FAULTS_N hollow agents (default 1000; in 10 processes, so killing a tenth is
+/// killing one), BENCH_RUNS runs each (default 3), the scenarios interleaved run by run; each run
+/// in a namespace of its own with its own summarizers. BENCH_FAULTS names some of them
+/// (`start,store,agents,expire,summarizer`; default all).
+pub fn faults_table(b: &Bench) {
+    use crate::support::faults::{self, Fault};
+    let n = env_num("BENCH_FAULTS_N", 1000).max(10) as usize;
+    let runs = env_num("BENCH_RUNS", 3).max(1) as usize;
+    let limit = Duration::from_secs(env_num("BENCH_SCALE_TIMEOUT_SECS", 300));
+    let wanted = std::env::var("BENCH_FAULTS").unwrap_or_default();
+    let key = |f: Fault| match f {
+        Fault::ApiDownWhileStarting => "start",
+        Fault::ApiDownWhileStoring => "store",
+        Fault::AgentsKilled => "agents",
+        Fault::WatchesExpired => "expire",
+        Fault::SummarizerKilled => "summarizer",
+    };
+    let chosen: Vec<Fault> = Fault::ALL
+        .into_iter()
+        .filter(|f| wanted.is_empty() || wanted.split(',').any(|w| w.trim() == key(*f)))
+        .collect();
+    b.env.kubectl.ok(&[
+        "wait",
+        "--for=condition=Established",
+        "--timeout=60s",
+        "crd/tracejobnodes.observe.tracejob.dev",
+    ]);
+    warm_up(b);
+    let pool = format!("f{n}");
+    ensure_nodes(b, &pool, n);
+    let mut outcomes: BTreeMap<Fault, Vec<faults::Outcome>> = BTreeMap::new();
+    for run in 0..runs {
+        for &fault in &chosen {
+            let ns = b.env.namespace(&format!("fault-{}-r{run}", key(fault)));
+            let mut active = crate::support::Summarizer::start(
+                &b.env,
+                &ns,
+                "summarizer",
+                &format!("{ns}-active"),
+            );
+            lease_held(b, &ns, &active.identity, limit);
+            let standby = (fault == Fault::SummarizerKilled).then(|| {
+                crate::support::Summarizer::start(
+                    &b.env,
+                    &ns,
+                    "summarizer",
+                    &format!("{ns}-standby"),
+                )
+            });
+            let mut hollow =
+                Hollows::start(&b.env.cp.kubeconfig, &pool, n, &format!("hollow-{ns}"));
+            if let Err(why) = hollow.wait_ready(limit) {
+                eprintln!("bench: faults {ns}: the hollow agents are not ready: {why}");
+                continue;
+            }
+            std::thread::sleep(Duration::from_secs(3));
+            let outcome = faults::run(&b.env, &ns, &pool, &mut hollow, &mut active, fault, limit);
+            eprintln!("bench: faults run {run}: {}", outcome.summary());
+            outcomes.entry(fault).or_default().push(outcome);
+            drop(hollow);
+            drop(standby);
+            drop(active);
+            delete_namespace(b, &ns, limit);
+        }
+    }
+    let l = limit.as_secs();
+    println!(
+        "\nFaults during a fan-out to {n} hollow agents: {runs} runs each; recovery min / median / max.\n"
+    );
+    println!("| fault | recovery: from | recovery (s) | parts Completed with output (min of runs) | merged output holds (nodes, min of runs) | traces started twice (all runs) | verdict |\n|---|---|---|---|---|---|---|");
+    for (fault, v) in &outcomes {
+        let rec: Vec<Option<f64>> = v
+            .iter()
+            .map(|o| o.recovery.map(|d| d.as_secs_f64()))
+            .collect();
+        let stored = v.iter().map(|o| o.stored).min().unwrap_or(0);
+        let merged = v.iter().map(|o| o.merged_nodes).min().unwrap_or(0);
+        let twice: usize = v.iter().map(|o| o.twice.len()).sum();
+        let failed: Vec<String> = v.iter().filter_map(|o| o.verdict().err()).collect();
+        println!(
+            "| {} | {} | {} | {stored} / {n} | {merged} | {twice} | {} |",
+            fault.describe(),
+            fault.recovery_from(),
+            spread(&rec, l, 1),
+            if failed.is_empty() {
+                format!("pass ({} of {})", v.len(), v.len())
+            } else {
+                format!(
+                    "FAIL {} of {}: {}",
+                    failed.len(),
+                    v.len(),
+                    failed.join("; ")
+                )
+            }
+        );
+    }
+}
+
+/// Waits (bounded) until `identity` holds the Lease "summarizer" in `ns`.
+fn lease_held(b: &Bench, ns: &str, identity: &str, limit: Duration) {
+    let leases: Api<Lease> = Api::namespaced(b.client.clone(), ns);
+    let t0 = Instant::now();
+    while t0.elapsed() < limit {
+        let holder =
+            b.rt.block_on(leases.get_opt("summarizer"))
+                .ok()
+                .flatten()
+                .and_then(|l| l.spec)
+                .and_then(|s| s.holder_identity);
+        if holder.as_deref() == Some(identity) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    eprintln!("bench: {identity} took no Lease in {limit:?}");
 }

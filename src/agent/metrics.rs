@@ -15,7 +15,7 @@ use crate::cluster::traffic::Traffic;
 
 /// The agent's watches, whose event counts exist from the start.
 const WATCHES: &[&str] = &["node", "unassigned", "nodes", "namespaces", "pods"];
-const WATCHES_DESCRIBED: &str = "TraceJobs of this node (node) or of none (unassigned); this node's parts of fan-outs (parts); its own Node (nodes), Namespaces (namespaces), pods on this node (pods)";
+const WATCHES_DESCRIBED: &str = "TraceJobs of this node (node) or of none (unassigned); its own Node (nodes), Namespaces (namespaces), pods on this node (pods)";
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct Reason {

@@ -38,7 +38,6 @@ use crate::host::rundir::{self, StateDir};
 use crate::host::shim::Started;
 use crate::resource::{TraceJob, TraceJobNode};
 use crate::serve;
-use kube::runtime::reflector::Store;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -56,8 +55,6 @@ pub enum Error {
     Join(#[from] tokio::task::JoinError),
     #[error("cannot limit the traces' cgroup: {0}")]
     Cgroup(#[from] crate::host::cgroup::Error),
-    #[error("the watch of this node's TraceJobNodes ended before it listed them")]
-    PartsWatch,
     #[error(transparent)]
     Stores(#[from] crate::cluster::stores::Error),
 }
@@ -140,13 +137,21 @@ pub async fn serve(
         },
     ));
     // This node's parts of TraceJobs on several nodes, listed before any TraceJob is looked at:
-    // a part is how a restarted agent knows it already runs one.
-    let parts =
-        crate::cluster::watch::parts(Api::all(client.clone()), &node, metrics.traffic.clone());
-    parts
-        .wait_until_ready()
-        .await
-        .map_err(|_| Error::PartsWatch)?;
+    // a part is how a restarted agent knows it already runs one. Listed once; from then on the
+    // agent's own writes keep them (see cluster::parts).
+    let parts = ctx.writer.parts().clone();
+    let parts_api: Api<TraceJobNode> = Api::all(client.clone());
+    let mut delays = crate::cluster::writer::backoff();
+    loop {
+        match parts.load(&parts_api, &node).await {
+            Ok(_) => break,
+            Err(e) => {
+                let delay = delays.next().unwrap_or(Duration::from_secs(30));
+                warn!(error = %e, retry_in = ?delay, "listing this node's TraceJobNodes failed");
+                tokio::time::sleep(delay).await;
+            }
+        }
+    }
     // Awaited a while, not forever: a watch the agent may not make (its RBAC) must not hide
     // every TraceJob. Those that need the missing facts wait, saying so in their status
     // (NodeUnknown, NamespaceUnknown), and fail after --wait-timeout.
@@ -166,7 +171,7 @@ pub async fn serve(
         ready,
         parts,
         jobs: HashMap::new(),
-        finished: HashSet::new(),
+        finished: HashMap::new(),
         synced: HashMap::new(),
     };
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<String>();
@@ -235,10 +240,12 @@ struct Dispatcher {
     /// Live job actors by TraceJob UID, with the watch they came from; `None` sent to one means
     /// the TraceJob was deleted, and a closed channel that the agent is exiting.
     jobs: HashMap<String, (Source, watch::Sender<Option<TraceJob>>)>,
-    /// This node's parts of TraceJobs on several nodes (`TraceJobNode`), as the watch has them.
-    parts: Store<TraceJobNode>,
-    /// Jobs whose actor ended, so a stale event never starts or fails them again.
-    finished: HashSet<String>,
+    /// This node's parts of TraceJobs on several nodes (`TraceJobNode`), as listed at the
+    /// start and written since.
+    parts: Arc<crate::cluster::parts::Parts>,
+    /// Jobs whose actor ended, with the watch they came from, so a stale event never starts or
+    /// fails them again.
+    finished: HashMap<String, Source>,
     /// The watches that have listed TraceJobs at least once, and every UID they listed then.
     synced: HashMap<Source, HashSet<String>>,
 }
@@ -256,18 +263,18 @@ impl Dispatcher {
                     let _ = tx.send(Some(job));
                     return;
                 }
-                if self.finished.contains(&uid) {
-                    return;
-                }
-                if late {
-                    // Stopped or over before this node joined: it does not.
-                    self.finished.insert(uid);
+                if self.finished.contains_key(&uid) {
                     return;
                 }
                 let source = match job.spec.node_name {
                     Some(_) => Source::Node,
                     None => Source::Unassigned,
                 };
+                if late {
+                    // Stopped or over before this node joined: it does not.
+                    self.finished.insert(uid, source);
+                    return;
+                }
                 let (tx, rx) = watch::channel(Some(job.clone()));
                 self.jobs.insert(uid.clone(), (source, tx));
                 let span = tracing::info_span!("job", namespace = %job.namespace().unwrap_or_default(), name = %job.name_any(), id = tracing::field::Empty);
@@ -290,6 +297,7 @@ impl Dispatcher {
                     let _ = tx.send(None);
                 }
                 self.finished.remove(&uid);
+                self.parts.forget(&uid);
             }
             Update::Synced(source, existing) => {
                 for (uid, (from, tx)) in &self.jobs {
@@ -297,9 +305,17 @@ impl Dispatcher {
                         let _ = tx.send(None);
                     }
                 }
+                // An ended job is forgotten once its own watch lists without it (deleted); the
+                // other watch's list says nothing of it.
+                self.finished.retain(|uid, from| {
+                    let keep = *from != source || existing.contains(uid);
+                    if !keep {
+                        self.parts.forget(uid);
+                    }
+                    keep
+                });
                 let first = self.synced.insert(source, existing).is_none();
                 let all: HashSet<String> = self.synced.values().flatten().cloned().collect();
-                self.finished.retain(|uid| all.contains(uid));
                 // Ready, and runs without a TraceJob ended, once both watches have listed.
                 if first && self.synced.len() == 2 {
                     self.ready.store(true, Ordering::Relaxed);
@@ -311,15 +327,13 @@ impl Dispatcher {
 
     /// This node's part of the TraceJob with this UID, if it has one.
     fn part_of(&self, uid: &str) -> Option<Arc<TraceJobNode>> {
-        self.parts
-            .state()
-            .into_iter()
-            .find(|p| p.owner_uid() == Some(uid))
+        self.parts.get(uid)
     }
 
     fn done(&mut self, uid: String) {
-        self.jobs.remove(&uid);
-        self.finished.insert(uid);
+        if let Some((source, _)) = self.jobs.remove(&uid) {
+            self.finished.insert(uid, source);
+        }
     }
 
     /// Runs left by an earlier agent whose TraceJob was deleted while no agent ran: end them

@@ -6,6 +6,7 @@
 pub mod client;
 pub mod handover;
 pub mod lookup;
+pub mod parts;
 pub mod stores;
 pub mod traffic;
 pub mod watch;

@@ -8,14 +8,13 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use futures::{Stream, StreamExt};
-use kube::runtime::reflector::{self, Store};
 use kube::runtime::watcher::{self, Event};
 use kube::runtime::WatchStreamExt;
 use kube::{Api, ResourceExt};
 
 use super::traffic::Traffic;
 use crate::resource::crd::NODE_FIELD;
-use crate::resource::{TraceJob, TraceJobNode};
+use crate::resource::TraceJob;
 
 /// Which watch an update came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -86,24 +85,4 @@ fn watch(
             };
             std::future::ready(update)
         })
-}
-
-/// This node's parts of TraceJobs on several nodes (`TraceJobNode`s whose spec.nodeName is this
-/// node, filtered by the API server), kept in a store by a task of its own.
-pub fn parts(api: Api<TraceJobNode>, node: &str, metrics: Arc<Traffic>) -> Store<TraceJobNode> {
-    let config = watcher::Config::default().fields(&format!("{NODE_FIELD}={node}"));
-    let (store, writer) = reflector::store();
-    let stream = reflector::reflector(writer, watcher::watcher(api, config).default_backoff())
-        .applied_objects()
-        .for_each(move |event| {
-            match event {
-                Ok(_) => {
-                    metrics.watch_event("parts");
-                }
-                Err(e) => tracing::warn!(error = %e, "watching TraceJobNodes failed; retrying"),
-            }
-            std::future::ready(())
-        });
-    tokio::spawn(stream);
-    store
 }

@@ -11,6 +11,7 @@
 //! number of nodes. The TraceJob's own status (a summary) is the summarizer's (`summarize`).
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use backon::BackoffBuilder;
@@ -25,6 +26,7 @@ use serde_json::json;
 use tokio::sync::{mpsc, watch};
 use tracing::{warn, Instrument};
 
+use crate::cluster::parts::Parts;
 use crate::output::fit::Contents;
 use crate::resource::node::controller;
 use crate::resource::vocabulary::{Annotation, ConditionType, Label};
@@ -48,6 +50,8 @@ struct Part {
     part: TraceJobNode,
     job: TraceJob,
     created: bool,
+    /// This node's parts as the agent knows them: each write's result is recorded there.
+    known: Arc<Parts>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -120,6 +124,7 @@ pub struct Writer {
     node: String,
     /// `bpftrace --version`, recorded in each TraceJobNode.
     bpftrace: String,
+    parts: Arc<Parts>,
 }
 
 /// A status for the writer to write: the whole status as the agent knows it.
@@ -178,6 +183,7 @@ impl Writer {
             instance: Some(node.to_string()),
         };
         Writer {
+            parts: Arc::new(Parts::default()),
             recorder: Recorder::new(client.clone(), reporter),
             client,
             node: node.to_string(),
@@ -187,6 +193,11 @@ impl Writer {
 
     pub fn node(&self) -> &str {
         &self.node
+    }
+
+    /// This node's parts of TraceJobs on several nodes, as this agent wrote them.
+    pub fn parts(&self) -> &Arc<Parts> {
+        &self.parts
     }
 
     fn api(&self, job: &TraceJob) -> Api<TraceJob> {
@@ -205,6 +216,7 @@ impl Writer {
                 part: TraceJobNode::part_of(job, &self.node),
                 job: job.clone(),
                 created: false,
+                known: self.parts.clone(),
             })),
             None => Shape::Whole,
         };
@@ -416,6 +428,7 @@ async fn apply_status(
         part,
         job,
         created,
+        known,
     } = p.as_mut();
     let part_name = part.name_any();
     let params = PatchParams::apply(MANAGER).force();
@@ -436,7 +449,11 @@ async fn apply_status(
         .patch_status(&part_name, &params, &Patch::Apply(object))
         .await
     {
-        Ok(written) => Ok(job.view_with(Some(&written))),
+        Ok(written) => {
+            let view = job.view_with(Some(&written));
+            known.record(written);
+            Ok(view)
+        }
         Err(e) => {
             if matches!(&e, kube::Error::Api(s) if s.code == 404) {
                 // Deleted by hand: made again on the next write, unless its TraceJob is gone.

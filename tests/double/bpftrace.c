@@ -17,8 +17,12 @@
  *                    wait at once): many idle doubles on one machine cost little
  *   flood-after-stop=BYTES   on SIGINT, print BYTES more of printf lines before the maps
  *   exit-after-ms=N  end on its own N ms after attaching, printing its maps
+ *   exit-delay-ms=N  once stopped, wait N ms before printing its maps (as bpftrace 0.17 can
+ *                    take seconds to detach its probes)
  *   exit-code=N      the exit status when it ends (default 0)
  *   maps=TEXT        the maps printed on the way out (default "@x: 1"; \n for a newline)
+ *   record=PATH      once started, append a line naming its program file to PATH (one line per
+ *                    run, so a test can tell a trace that ran twice)
  * Attached, it waits for events in poll(), as bpftrace does, so it looks attached from /proc.
  */
 #define _GNU_SOURCE
@@ -78,8 +82,9 @@ int main(int argc, char **argv) {
 		return 1;
 	}
 	int attach = 1, never = 0, ignore = 0, binary = 0, flood = 0, flood_err = 0, code = 0;
-	long long exit_after = -1, flood_after_stop = 0, every = 0, idle = 20;
+	long long exit_after = -1, exit_delay = 0, flood_after_stop = 0, every = 0, idle = 20;
 	char maps[4096] = "@x: 1";
+	char record[4096] = "";
 	char line[8192];
 	while (fgets(line, sizeof line, f)) {
 		char *d = strstr(line, "// double: ");
@@ -109,8 +114,12 @@ int main(int argc, char **argv) {
 			idle = atoll(d + 8);
 		else if (strncmp(d, "exit-after-ms=", 14) == 0)
 			exit_after = atoll(d + 14);
+		else if (strncmp(d, "exit-delay-ms=", 14) == 0)
+			exit_delay = atoll(d + 14);
 		else if (strncmp(d, "exit-code=", 10) == 0)
 			code = atoi(d + 10);
+		else if (strncmp(d, "record=", 7) == 0)
+			snprintf(record, sizeof record, "%s", d + 7);
 		else if (strncmp(d, "maps=", 5) == 0) {
 			/* \n in the directive stands for a newline. */
 			char *out = maps;
@@ -127,6 +136,16 @@ int main(int argc, char **argv) {
 	}
 	fclose(f);
 	signal(SIGINT, ignore ? SIG_IGN : on_sigint);
+	if (record[0]) {
+		/* One write with O_APPEND: lines of doubles started at once never interleave. */
+		FILE *r = fopen(record, "a");
+		if (r) {
+			char entry[4200];
+			snprintf(entry, sizeof entry, "%s\n", program);
+			fputs(entry, r);
+			fclose(r);
+		}
+	}
 
 	if (never) {
 		say(2, "double: still compiling the program\n");
@@ -160,6 +179,11 @@ int main(int argc, char **argv) {
 		}
 		if (!flood && !flood_err)
 			poll(NULL, 0, every > 0 ? 1 : (int)idle);
+	}
+	if (exit_delay > 0) {
+		struct timespec t = {exit_delay / 1000, (exit_delay % 1000) * 1000000};
+		while (nanosleep(&t, &t) != 0)
+			;
 	}
 	for (long long n = 0; n < flood_after_stop; n += (long long)sizeof flood_line - 1)
 		write_all(1, flood_line, sizeof flood_line - 1);

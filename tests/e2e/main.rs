@@ -5,6 +5,7 @@
 mod api;
 mod docs;
 mod fanout;
+mod faults;
 mod hostile;
 mod lifecycle;
 mod metrics;
@@ -57,6 +58,7 @@ fn main() -> std::process::ExitCode {
     tests.extend(hostile::tests());
     tests.extend(plugin::tests());
     tests.extend(fanout::tests());
+    tests.extend(faults::tests());
     tests.extend(security::tests());
     tests.extend(target::tests());
     tests.extend(releases::tests());

@@ -11,7 +11,6 @@ use tokio::sync::mpsc;
 use super::fixture::{tracejob, unassigned, Agent, PATIENCE};
 use crate::agent::Dispatcher;
 use crate::cluster::watch::{Source, Update};
-use crate::resource::TraceJobNode;
 
 /// A TraceJob deleted while the watch was disconnected brings no deletion event: the watch's
 /// relist that follows does not list it (`Update::Synced` without its UID), and that is how its
@@ -23,9 +22,9 @@ async fn a_relist_that_misses_a_tracejob_tells_its_actor_it_was_deleted() {
     let mut dispatcher = Dispatcher {
         ctx: agent.ctx.clone(),
         ready: Arc::new(AtomicBool::new(false)),
-        parts: kube::runtime::reflector::store::<TraceJobNode>().0,
+        parts: Default::default(),
         jobs: HashMap::new(),
-        finished: HashSet::new(),
+        finished: HashMap::new(),
         synced: HashMap::new(),
     };
     let (done, mut ended) = mpsc::unbounded_channel();
@@ -78,4 +77,52 @@ async fn a_relist_that_misses_a_tracejob_tells_its_actor_it_was_deleted() {
     dispatcher.done(uid);
     assert!(ended.try_recv().is_err(), "the other actor goes on");
     agent.api.assert_quiet(Duration::from_millis(100)).await;
+}
+
+/// A job that ended is remembered until the watch it came from lists without it. After an API
+/// server restart both watches relist, one after the other; the relist of this node's
+/// TraceJobs must not make the agent forget an unassigned (or fanned-out) job that ended, or
+/// the next version of it seen starts an actor again (which, with no record of the run left on
+/// disk, reported a node that had completed as Failed: RunLost).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relist_of_one_watch_keeps_the_other_watchs_ended_jobs() {
+    let agent = Agent::new(vec![]);
+    let mut dispatcher = Dispatcher {
+        ctx: agent.ctx.clone(),
+        ready: Arc::new(AtomicBool::new(false)),
+        parts: Default::default(),
+        jobs: HashMap::new(),
+        finished: Default::default(),
+        synced: HashMap::new(),
+    };
+    let (done, _ended) = mpsc::unbounded_channel();
+    let mut job = unassigned("ended", "elsewhere");
+    job.metadata.namespace = Some("unknown".into());
+    job.metadata.creation_timestamp = None;
+    let uid = job.uid().expect("a uid");
+
+    // The first lists, then the TraceJob created; its actor ends.
+    dispatcher.handle(Update::Synced(Source::Node, HashSet::new()), &done);
+    dispatcher.handle(Update::Synced(Source::Unassigned, HashSet::new()), &done);
+    dispatcher.handle(Update::Seen(job.clone()), &done);
+    assert!(dispatcher.jobs.contains_key(&uid), "an actor for it");
+    dispatcher.done(uid.clone());
+
+    // The API server restarts: this node's watch relists first, then the other one.
+    dispatcher.handle(Update::Synced(Source::Node, HashSet::new()), &done);
+    dispatcher.handle(Update::Seen(job.clone()), &done);
+    assert!(
+        !dispatcher.jobs.contains_key(&uid),
+        "the ended job was started again after the other watch's relist"
+    );
+    dispatcher.handle(
+        Update::Synced(Source::Unassigned, HashSet::from([uid.clone()])),
+        &done,
+    );
+    dispatcher.handle(Update::Seen(job.clone()), &done);
+    assert!(!dispatcher.jobs.contains_key(&uid), "nor after its own");
+
+    // Deleted while the watch was down: its own watch's relist forgets it.
+    dispatcher.handle(Update::Synced(Source::Unassigned, HashSet::new()), &done);
+    assert!(dispatcher.finished.is_empty(), "{:?}", dispatcher.finished);
 }

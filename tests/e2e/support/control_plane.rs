@@ -232,6 +232,11 @@ impl ControlPlane {
         }
     }
 
+    /// etcd's client URL (the fault tests compact it through its JSON gateway).
+    pub fn etcd_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.etcd_port)
+    }
+
     pub fn ca_file(&self) -> PathBuf {
         self.dir.join("certs/apiserver.crt")
     }

@@ -5,6 +5,7 @@ pub mod agent;
 pub mod control_plane;
 pub mod docs;
 pub mod double;
+pub mod faults;
 pub mod host;
 pub mod kubectl;
 pub mod outputs;

@@ -66,6 +66,22 @@ impl Summarizer {
         )
     }
 
+    /// Pauses it (SIGSTOP): it holds its Lease without renewing it, and does nothing.
+    pub fn pause(&self) {
+        if let Some(p) = &self.proc {
+            p.signal(nix::sys::signal::Signal::SIGSTOP);
+        }
+    }
+
+    /// Kills it (SIGKILL) and waits for its end.
+    pub fn kill(&mut self) {
+        if let Some(p) = self.proc.as_mut() {
+            p.signal(nix::sys::signal::Signal::SIGKILL);
+            p.wait_exit(std::time::Duration::from_secs(10));
+        }
+        self.proc = None;
+    }
+
     pub fn logs(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
