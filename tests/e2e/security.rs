@@ -76,10 +76,10 @@ pub fn tests() -> Vec<Test> {
 
 const AGENT_SA: &str = "system:serviceaccount:tracejob-system:tracejob-agent";
 const SUMMARIZER_SA: &str = "system:serviceaccount:tracejob-system:tracejob-summarizer";
-const ANNOTATION: &str = "observe.tracejob.dev/node-selector";
+pub(crate) const ANNOTATION: &str = "observe.tracejob.dev/node-selector";
 
 /// `kubectl apply -k daemonset/`, once per control plane, as a user installs it.
-fn install(env: &Env) {
+pub(crate) fn install(env: &Env) {
     static DONE: OnceLock<()> = OnceLock::new();
     DONE.get_or_init(|| install_kustomization(env, &repo_root().join("daemonset")));
 }
@@ -361,7 +361,7 @@ fn can_i_lists_match_the_readme(env: &Env) {
 
 /// A token of the agent's ServiceAccount bound to a pod on `node` (as the kubelet gets one for
 /// the DaemonSet's pod), and a kubeconfig using it.
-fn bound_token(env: &Env, node: &str, dir: &Path) -> (String, std::path::PathBuf) {
+pub(crate) fn bound_token(env: &Env, node: &str, dir: &Path) -> (String, std::path::PathBuf) {
     bound_token_of(env, "tracejob-agent", node, dir)
 }
 
@@ -436,7 +436,7 @@ fn configmap(name: &str, ns: &str, node: &str, owner: &str, uid: &str) -> String
     .to_string()
 }
 
-fn denied(r: &crate::support::kubectl::Run, what: &str) {
+pub(crate) fn denied(r: &crate::support::kubectl::Run, what: &str) {
     assert!(!r.ok, "{what} was allowed");
     assert!(
         r.stderr.contains("denied") || r.stderr.contains("forbidden"),
@@ -831,7 +831,7 @@ fn agent_token_writes_only_its_outputs(env: &Env) {
 }
 
 /// A TraceJob on every node labelled pool=nowhere (there are none: nothing runs it).
-fn fan_out_yaml(name: &str) -> String {
+pub(crate) fn fan_out_yaml(name: &str) -> String {
     serde_json::json!({
         "apiVersion": "observe.tracejob.dev/v1alpha1", "kind": "TraceJob",
         "metadata": {"name": name},
@@ -843,7 +843,7 @@ fn fan_out_yaml(name: &str) -> String {
 /// `kubectl apply --server-side --subresource=status --force-conflicts` of `status` onto
 /// `resource`/`name`, as `who` with field manager `manager` (as the agent and the summarizer
 /// write status).
-fn apply_status(
+pub(crate) fn apply_status(
     who: &Kubectl,
     ns: &str,
     resource: &str,
@@ -877,7 +877,7 @@ fn apply_status(
 
 /// A TraceJobNode: spec.nodeName `node`, labelled for `label_node`, the part of TraceJob
 /// `tracejob` (uid `uid`) and owned by `owner` (a TraceJob's name; None: no owner).
-fn part_yaml(
+pub(crate) fn part_yaml(
     name: &str,
     ns: &str,
     node: &str,
@@ -1773,7 +1773,7 @@ fn allow_unannotated(_env: &Env) {
 
 /// Cluster roles, by YAML: `kubectl create clusterrole` refuses a resource the server does not
 /// serve, and namespacescopes is a virtual one.
-fn cluster_role(k: &Kubectl, name: &str, rules: serde_json::Value) {
+pub(crate) fn cluster_role(k: &Kubectl, name: &str, rules: serde_json::Value) {
     let role = serde_json::json!({
         "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
         "metadata": {"name": name}, "rules": rules
