@@ -69,6 +69,8 @@ pub struct Metrics {
     /// TraceJobs on several nodes whose selector matches this node but which this node may not
     /// run (its namespace's scope), by reason: nothing is written for them.
     pub fanout_refused: Family<Reason, Counter>,
+    /// The summarizer: fan-out parts and node outputs it did not count or merge, by reason.
+    pub summarizer_rejected: Family<Reason, Counter>,
 }
 
 impl Metrics {
@@ -92,6 +94,7 @@ impl Metrics {
             collections: Counter::default(),
             bpftrace: Family::default(),
             fanout_refused: Family::default(),
+            summarizer_rejected: Family::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -113,6 +116,11 @@ impl Metrics {
             "fanout_refused",
             "TraceJobs on several nodes that select this node but may not run here, by reason",
             m.fanout_refused.clone(),
+        );
+        registry.register(
+            "summarizer_rejected",
+            "Parts of TraceJobs on several nodes (InvalidParts) and node outputs (InvalidOutputs) the summarizer did not count or merge",
+            m.summarizer_rejected.clone(),
         );
         registry.register(
             "traces_failed",

@@ -270,7 +270,7 @@ impl Dispatcher {
             Update::Seen(job) => {
                 let uid = job.uid().unwrap_or_default();
                 // A TraceJob on several nodes: this node's part is its status here.
-                let part = self.part_of(&uid);
+                let part = self.part_of(&job);
                 let late = !crate::decide::job::joins(&job, part.is_some());
                 let job = job.view_with(part.as_deref());
                 if let Some((_, tx)) = self.jobs.get(&uid) {
@@ -330,12 +330,21 @@ impl Dispatcher {
         }
     }
 
-    /// This node's part of the TraceJob with this UID, if it has one.
-    fn part_of(&self, uid: &str) -> Option<Arc<TraceJobNode>> {
-        self.parts
+    /// This node's part of `job`, if it has one: the one named TRACEJOB.NODE, or one its agent
+    /// named before that (an upgrade while it ran: its run goes on, reported under the new name).
+    fn part_of(&self, job: &TraceJob) -> Option<Arc<TraceJobNode>> {
+        let uid = job.uid();
+        let mine: Vec<Arc<TraceJobNode>> = self
+            .parts
             .state()
             .into_iter()
-            .find(|p| p.owner_uid() == Some(uid))
+            .filter(|p| p.owner_uid().is_some() && p.owner_uid() == uid.as_deref())
+            .collect();
+        let name = crate::resource::node::part_name(&job.name_any(), self.ctx.writer.node());
+        mine.iter()
+            .find(|p| p.name_any() == name)
+            .or(mine.first())
+            .cloned()
     }
 
     fn done(&mut self, uid: String) {

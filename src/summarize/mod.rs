@@ -10,6 +10,7 @@
 //! write (`write`), each TraceJob's writes one at a time and never holding up the watch.
 
 pub mod lease;
+pub mod valid;
 pub mod write;
 
 use std::collections::{HashMap, HashSet};
@@ -20,10 +21,11 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use k8s_openapi::api::coordination::v1::Lease;
+use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::watcher::{self, Event};
 use kube::runtime::WatchStreamExt;
-use kube::{Api, Client, ResourceExt};
+use kube::{Api, Client, Resource, ResourceExt};
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
@@ -129,7 +131,7 @@ pub async fn run(config: Config) -> Result<(), Error> {
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(|e| Error::Kube(kube::Error::Service(Box::new(e))))?;
     tokio::select! {
-        () = elect_and_lead(&elector, &client, &config, &ready) => {}
+        () = elect_and_lead(&elector, &client, &config, &ready, &metrics) => {}
         _ = term.recv() => {}
         _ = tokio::signal::ctrl_c() => {}
     }
@@ -141,6 +143,7 @@ async fn elect_and_lead(
     client: &Client,
     config: &Config,
     ready: &AtomicBool,
+    metrics: &Arc<Metrics>,
 ) {
     loop {
         // A candidate: ready (it serves), waiting for the Lease.
@@ -158,7 +161,7 @@ async fn elect_and_lead(
             "holding the Lease: summarizing"
         );
         let mut last_renewed = Instant::now();
-        let leading = lead(client.clone(), config.clone());
+        let leading = lead(client.clone(), config.clone(), metrics.clone());
         tokio::pin!(leading);
         loop {
             tokio::select! {
@@ -199,8 +202,25 @@ struct Book {
     look_after: HashMap<Key, Instant>,
 }
 
+/// What the summarizer's writes share: the client, its counters, and its Events.
+#[derive(Clone)]
+pub struct Ctx {
+    pub client: Client,
+    pub metrics: Arc<Metrics>,
+    pub recorder: Recorder,
+}
+
 /// Summarizes until dropped (the Lease was lost).
-async fn lead(client: Client, config: Config) {
+async fn lead(client: Client, config: Config, metrics: Arc<Metrics>) {
+    let reporter = Reporter {
+        controller: write::MANAGER.into(),
+        instance: config.identity.clone(),
+    };
+    let ctx = Ctx {
+        recorder: Recorder::new(client.clone(), reporter),
+        client: client.clone(),
+        metrics,
+    };
     let (jobs_api, parts_api): (Api<TraceJob>, Api<TraceJobNode>) = match &config.namespace {
         Some(ns) => (
             Api::namespaced(client.clone(), ns),
@@ -250,7 +270,7 @@ async fn lead(client: Client, config: Config) {
             }
             _ = tick.tick() => {
                 if listed == (true, true) {
-                    step(&client, &config, &jobs, &parts, &mut book, &done_tx);
+                    step(&ctx, &config, &jobs, &parts, &mut book, &done_tx);
                 }
             }
         }
@@ -267,7 +287,7 @@ fn owner_key(part: &TraceJobNode) -> Key {
 
 /// Looks at every dirty TraceJob that may be written now, and starts the writes it needs.
 fn step(
-    client: &Client,
+    ctx: &Ctx,
     config: &Config,
     jobs: &Store<TraceJob>,
     parts: &Store<TraceJobNode>,
@@ -286,13 +306,12 @@ fn step(
     if due.is_empty() {
         return;
     }
-    // Each node's part, by the UID of its TraceJob: one pass over the store per step.
+    // The parts, by the TraceJob they name: one pass over the store per step. Which of them
+    // count is decided per TraceJob (`status::sort_parts`).
     let all_parts = parts.state();
-    let mut by_owner: HashMap<&str, Vec<&TraceJobNode>> = HashMap::new();
+    let mut by_owner: HashMap<Key, Vec<&TraceJobNode>> = HashMap::new();
     for p in &all_parts {
-        if let Some(uid) = p.owner_uid() {
-            by_owner.entry(uid).or_default().push(p);
-        }
+        by_owner.entry(owner_key(p)).or_default().push(p);
     }
     for key in due {
         book.dirty.remove(&key);
@@ -301,10 +320,12 @@ fn step(
             book.look_after.remove(&key);
             continue;
         };
-        let uid = job.uid().unwrap_or_default();
         let work = if job.spec.node_selector.is_some() {
-            let mine = by_owner.get(uid.as_str()).cloned().unwrap_or_default();
-            let want = status::summary(&job, &mine, crate::cluster::writer::now());
+            let named = by_owner.get(&key).cloned().unwrap_or_default();
+            let (mine, rejected) = status::sort_parts(&job, &named);
+            let now_t = crate::cluster::writer::now();
+            let want = status::summary(&job, &mine, now_t.clone());
+            let want = status::parts_rejected(want, &rejected, &job, now_t);
             let merge = status::merge_due(&job, &mine);
             if !merge && status::summary_is_current(&job, &want) {
                 continue;
@@ -318,9 +339,12 @@ fn step(
                 continue;
             }
             let mine: Vec<TraceJobNode> = mine.into_iter().cloned().collect();
-            let (client, job) = (client.clone(), (*job).clone());
+            if !rejected.is_empty() {
+                report_rejected(ctx, &job, "InvalidParts", &rejected);
+            }
+            let (ctx, job) = (ctx.clone(), (*job).clone());
             futures::future::Either::Left(async move {
-                write::fan_out(&client, &job, &mine, want, merge).await
+                write::fan_out(&ctx, &job, &mine, want, merge).await
             })
         } else if status::unclaimed_target(&job) {
             // The pod's node usually claims it at once: look at its pod only when it did not.
@@ -332,7 +356,7 @@ fn step(
             }
             book.look_after.insert(key.clone(), now + UNCLAIMED_LOOK);
             let timeout = Duration::from_secs(config.target_timeout);
-            let (client, job) = (client.clone(), (*job).clone());
+            let (client, job) = (ctx.client.clone(), (*job).clone());
             futures::future::Either::Right(
                 async move { write::unclaimed(&client, &job, timeout).await },
             )
@@ -356,4 +380,36 @@ fn step(
             let _ = done.send((key, ok));
         });
     }
+}
+
+/// Says that a fan-out's parts or node outputs were not counted or merged (`why` each): a
+/// warning in the log, the count on /metrics (tracejob_summarizer_rejected, by reason), and a
+/// Warning Event on the TraceJob (best effort, in the background).
+pub fn report_rejected(ctx: &Ctx, job: &TraceJob, reason: &str, why: &[String]) {
+    let said = status::named(why);
+    warn!(namespace = job.namespace().unwrap_or_default(), name = %job.name_any(), reason, rejected = %said, "not counted or merged");
+    let n = u64::try_from(why.len()).unwrap_or(u64::MAX);
+    ctx.metrics
+        .summarizer_rejected
+        .get_or_create(&crate::metrics::Reason {
+            reason: reason.to_string(),
+        })
+        .inc_by(n);
+    let event = KubeEvent {
+        type_: EventType::Warning,
+        reason: reason.to_string(),
+        note: Some(said.chars().take(1000).collect()),
+        action: "Summarize".into(),
+        secondary: None,
+    };
+    let recorder = ctx.recorder.clone();
+    let object = job.object_ref(&());
+    tokio::spawn(async move {
+        match tokio::time::timeout(Duration::from_secs(10), recorder.publish(&event, &object)).await
+        {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => warn!(error = %e, "could not publish event"),
+            Err(_) => warn!("could not publish event in 10 s"),
+        }
+    });
 }

@@ -7,12 +7,13 @@ use std::io::Write;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{ConfigMap, Pod};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, ObjectMeta};
 use k8s_openapi::ByteString;
 use kube::api::{ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde_json::json;
 
+use super::Ctx;
 use crate::cluster::writer::now;
 use crate::decide::status;
 use crate::output::fit::CONFIGMAP_BUDGET;
@@ -48,24 +49,41 @@ pub fn merged_name(tracejob: &str) -> String {
     format!("{}{suffix}", base.trim_end_matches(['-', '.']))
 }
 
-/// Writes a fan-out TraceJob's summary `want`; first, when `merge`, its merged output.
+/// Writes a fan-out TraceJob's summary `want` (`parts`: its valid parts); first, when `merge`,
+/// its merged output.
 pub async fn fan_out(
-    client: &Client,
+    ctx: &Ctx,
     job: &TraceJob,
     parts: &[TraceJobNode],
     mut want: TraceJobStatus,
     merge: bool,
 ) -> Result<Outcome, Error> {
     if merge {
-        let (name, merged, how) = merged_output(client, job, parts).await?;
+        let (name, merged, how, left_out) = merged_output(&ctx.client, job, parts).await?;
         want.output_ref = Some(OutputRef { name });
         want.merged_nodes = Some(i64::try_from(parts.len()).unwrap_or(i64::MAX));
         let message = format!("the maps of {merged} nodes merged ({how})");
-        want.conditions.retain(|c| c.type_ != "OutputStored");
+        want.conditions
+            .retain(|c| c.type_ != "OutputStored" && c.type_ != status::OUTPUT_REJECTED);
         want.conditions
             .push(status::output_stored("Merged", &message, job, now()));
+        if !left_out.is_empty() {
+            super::report_rejected(ctx, job, "InvalidOutputs", &left_out);
+            want.conditions.push(Condition {
+                type_: status::OUTPUT_REJECTED.into(),
+                status: "True".into(),
+                reason: "InvalidOutputs".into(),
+                message: format!(
+                    "{merged} of {} nodes merged; left out: {}",
+                    parts.len(),
+                    status::named(&left_out)
+                ),
+                last_transition_time: now(),
+                observed_generation: job.metadata.generation,
+            });
+        }
     }
-    apply_status(client, job, want, None).await
+    apply_status(&ctx.client, job, want, None).await
 }
 
 /// Applies `status` to the TraceJob (onto `version` only, when given). A TraceJob gone, or
@@ -101,30 +119,35 @@ async fn apply_status(
 }
 
 /// Reads every node's output (one paged LIST by the TraceJob's label, not a GET per node),
-/// merges the maps and stores them in the merged ConfigMap. Returns its name, how many nodes'
-/// outputs it holds, and how it was stored.
+/// merges the maps and stores them in the merged ConfigMap. Only the output each part names
+/// and its node's agent wrote (`node::invalid_output`) is merged. Returns its name, how many
+/// nodes' outputs it holds, how it was stored, and why each other output was left out.
 async fn merged_output(
     client: &Client,
     job: &TraceJob,
     parts: &[TraceJobNode],
-) -> Result<(String, usize, &'static str), Error> {
+) -> Result<(String, usize, &'static str, Vec<String>), Error> {
     let ns = job.namespace().unwrap_or_default();
     let api: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
-    let wanted: HashMap<String, String> = parts
+    let wanted: HashMap<String, &TraceJobNode> = parts
         .iter()
         .filter_map(|p| {
             let r = p.status.as_ref()?.output_ref.as_ref()?;
-            Some((r.name.clone(), p.spec.node_name.clone()))
+            Some((r.name.clone(), p))
         })
         .collect();
+    let mut left_out = Vec::new();
     let selector = format!("{LABEL_TRACEJOB}={},!{LABEL_MERGED}", job.name_any());
     let mut params = ListParams::default().labels(&selector).limit(100);
     let mut nodes: Vec<(String, ConfigMap)> = Vec::new();
     loop {
         let page = api.list(&params).await?;
         for cm in page.items {
-            if let Some(node) = wanted.get(&cm.name_any()) {
-                nodes.push((node.clone(), cm));
+            if let Some(part) = wanted.get(&cm.name_any()) {
+                match super::valid::invalid_output(job, part, &cm) {
+                    None => nodes.push((part.spec.node_name.clone(), cm)),
+                    Some(why) => left_out.push(why),
+                }
             }
         }
         match page.metadata.continue_.filter(|c| !c.is_empty()) {
@@ -173,7 +196,7 @@ async fn merged_output(
         }
         Err(e) => return Err(e.into()),
     }
-    Ok((name, count, how))
+    Ok((name, count, how, left_out))
 }
 
 /// The merged output in a ConfigMap's budget: as text when it fits, else gzip; maps.json kept

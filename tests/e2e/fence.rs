@@ -4,14 +4,376 @@
 
 use std::time::Duration;
 
-use crate::security::{cluster_role, install, ANNOTATION};
-use crate::support::{wait_for, Env, Kubectl, Test, EVERY_NODE_BUT_PROTECTED};
+use crate::security::{
+    apply_status, bound_token, cluster_role, denied, fan_out_yaml, install, part_yaml, ANNOTATION,
+};
+use crate::support::{must, wait_for, Env, Kubectl, Summarizer, Test, EVERY_NODE_BUT_PROTECTED};
 
 pub fn tests() -> Vec<Test> {
-    vec![Test {
-        name: "security_namespace_scope_is_guarded_on_status_and_finalize",
-        run: scope_guarded_on_subresources,
-    }]
+    vec![
+        Test {
+            name: "security_namespace_scope_is_guarded_on_status_and_finalize",
+            run: scope_guarded_on_subresources,
+        },
+        Test {
+            name: "security_agent_token_cannot_take_another_nodes_part",
+            run: parts_named_for_their_node,
+        },
+        Test {
+            name: "security_summarizer_counts_and_merges_only_valid_parts",
+            run: summarizer_counts_valid_parts,
+        },
+    ]
+}
+
+/// Refused at admission: by a fence (denied, forbidden) or by the CRD's own rules (invalid).
+fn refused(r: &crate::support::kubectl::Run, what: &str) {
+    assert!(!r.ok, "{what} was allowed");
+    assert!(
+        r.stderr.contains("denied")
+            || r.stderr.contains("forbidden")
+            || r.stderr.contains("is named TRACEJOB.NODE"),
+        "{what}: {}",
+        r.stderr
+    );
+}
+
+/// As the agent writes a part: server-side apply, a create when absent.
+fn apply_part(who: &Kubectl, yaml: &str) -> crate::support::kubectl::Run {
+    who.run_with_stdin(
+        &[
+            "apply",
+            "--server-side",
+            "--field-manager=tracejob-agent",
+            "-f",
+            "-",
+        ],
+        yaml,
+    )
+}
+
+/// Node A's bound token, as a compromised node would use it: it cannot create node B's part
+/// (TRACEJOB.B) before B does, nor a second part of its own under another name, nor a part with
+/// a second owner; its own part, TRACEJOB.A, goes through, and so does B's own. Two fan-outs
+/// whose old part names were the same (`p` on node `q-N`, `p-q` on node `N`) both run. A
+/// fan-out whose name cannot name its parts is refused at `kubectl apply`.
+fn parts_named_for_their_node(env: &Env) {
+    install(env);
+    let k = &env.kubectl;
+    let ns = env.namespace("fence-parts");
+    let dir = must(tempfile::tempdir(), "tempdir");
+    let node_a = format!("{ns}-a");
+    let node_b = format!("{ns}-b");
+    let (_, a_config) = bound_token(env, &node_a, dir.path());
+    let (_, b_config) = bound_token(env, &node_b, dir.path());
+    let (as_a, as_b) = (k.with_kubeconfig(&a_config), k.with_kubeconfig(&b_config));
+    k.apply(&ns, &fan_out_yaml("wide"));
+    let uid = k.jsonpath(&ns, "tj/wide", ".metadata.uid");
+    let owner = Some(("wide", uid.as_str()));
+    let b_name = format!("wide.{node_b}");
+    for (name, what) in [
+        (b_name.clone(), "taking node B's part name"),
+        (
+            "wide-extra-1".to_string(),
+            "a second part under another name",
+        ),
+        (format!("wide-{node_a}"), "a part named the old way"),
+    ] {
+        refused(
+            &apply_part(
+                &as_a,
+                &part_yaml(&name, &ns, &node_a, &node_a, "wide", owner),
+            ),
+            &format!("node A {what}"),
+        );
+    }
+    let own = format!("wide.{node_a}");
+    let mut two_owners: serde_json::Value = must(
+        serde_json::from_str(&part_yaml(&own, &ns, &node_a, &node_a, "wide", owner)),
+        "part",
+    );
+    two_owners["metadata"]["ownerReferences"]
+        .as_array_mut()
+        .expect("owners")
+        .push(serde_json::json!({
+            "apiVersion": "v1", "kind": "ConfigMap", "name": "x",
+            "uid": "00000000-0000-4000-8000-000000000000"
+        }));
+    denied(
+        &apply_part(&as_a, &two_owners.to_string()),
+        "node A's part with a second owner",
+    );
+    let r = apply_part(
+        &as_a,
+        &part_yaml(&own, &ns, &node_a, &node_a, "wide", owner),
+    );
+    assert!(r.ok, "node A's own part was refused: {}", r.stderr);
+    let r = apply_status(
+        &as_a,
+        &ns,
+        "tracejobnodes",
+        &own,
+        "tracejob-agent",
+        &serde_json::json!({"phase": "Running", "id": "run-a"}),
+    );
+    assert!(r.ok, "node A's own status was refused: {}", r.stderr);
+    let r = apply_part(
+        &as_b,
+        &part_yaml(&b_name, &ns, &node_b, &node_b, "wide", owner),
+    );
+    assert!(r.ok, "node B's own part was refused: {}", r.stderr);
+
+    // `p` on node `q-N` and `p-q` on node `N` were both `p-q-N`: now each has its own.
+    let (node_q, node_n) = (format!("q-{ns}"), ns.clone());
+    let (_, q_config) = bound_token(env, &node_q, dir.path());
+    let (_, n_config) = bound_token(env, &node_n, dir.path());
+    for (job, node, config) in [("p", &node_q, &q_config), ("p-q", &node_n, &n_config)] {
+        k.apply(&ns, &fan_out_yaml(job));
+        let uid = k.jsonpath(&ns, &format!("tj/{job}"), ".metadata.uid");
+        let name = format!("{job}.{node}");
+        let r = apply_part(
+            &k.with_kubeconfig(config),
+            &part_yaml(&name, &ns, node, node, job, Some((job, &uid))),
+        );
+        assert!(r.ok, "the part {name} was refused: {}", r.stderr);
+        assert_eq!(
+            k.jsonpath(&ns, &format!("tjn/{name}"), ".spec.traceJob"),
+            job
+        );
+    }
+
+    // A fan-out's name is a label value without a dot, refused as the user applies it.
+    for name in ["a.b".to_string(), "l".repeat(64)] {
+        let r = k.run_with_stdin(&["apply", "-n", &ns, "-f", "-"], &fan_out_yaml(&name));
+        assert!(!r.ok, "a fan-out named {name} was accepted");
+        assert!(r.stderr.contains("no dot"), "{}", r.stderr);
+    }
+    // The same names on one node are fine.
+    let r = k.run_with_stdin(
+        &["apply", "-n", &ns, "-f", "-"],
+        &crate::api::tracejob_yaml("a.b", &node_a, "BEGIN {}", ""),
+    );
+    assert!(r.ok, "{}", r.stderr);
+
+    let parts = k.ok(&[
+        "get",
+        "tjn",
+        "-n",
+        &ns,
+        "-o",
+        "jsonpath={.items[*].metadata.name}",
+    ]);
+    let mut parts: Vec<&str> = parts.split_whitespace().collect();
+    parts.sort();
+    let q_part = format!("p.{node_q}");
+    let n_part = format!("p-q.{node_n}");
+    let mut expected = vec![
+        own.as_str(),
+        b_name.as_str(),
+        q_part.as_str(),
+        n_part.as_str(),
+    ];
+    expected.sort();
+    assert_eq!(parts, expected);
+}
+
+/// An output ConfigMap as the agent of `node` writes it for TraceJob `owner` (uid `uid`).
+fn node_output(name: &str, ns: &str, node: &str, owner: &str, uid: &str, text: &str) -> String {
+    serde_json::json!({
+        "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {
+            "name": name, "namespace": ns,
+            "labels": {"observe.tracejob.dev/node": node, "observe.tracejob.dev/tracejob": owner},
+            "ownerReferences": [{
+                "apiVersion": "observe.tracejob.dev/v1alpha1", "kind": "TraceJob",
+                "name": owner, "uid": uid, "controller": true
+            }]
+        },
+        "data": {"output": text}
+    })
+    .to_string()
+}
+
+/// Parts that no agent writes today (a second part of a node, a part with two owners, named
+/// the old way, as from before an upgrade or written past the fence) are not counted: the
+/// summary counts one valid part per node, says which it left out (message, condition
+/// Rejected, a Warning Event, tracejob_summarizer_rejected on /metrics), and the merged output
+/// holds only the outputs the valid parts' own agents wrote, saying which it left out.
+fn summarizer_counts_valid_parts(env: &Env) {
+    install(env);
+    let k = &env.kubectl;
+    let ns = env.namespace("fence-summary");
+    let dir = must(tempfile::tempdir(), "tempdir");
+    let (node_a, node_d) = (format!("{ns}-a"), format!("{ns}-d"));
+    let (_, a_config) = bound_token(env, &node_a, dir.path());
+    let (_, d_config) = bound_token(env, &node_d, dir.path());
+    let (as_a, as_d) = (k.with_kubeconfig(&a_config), k.with_kubeconfig(&d_config));
+    k.apply(&ns, &fan_out_yaml("wide"));
+    let uid = k.jsonpath(&ns, "tj/wide", ".metadata.uid");
+    let owner = Some(("wide", uid.as_str()));
+    let run_a = "0b6c1f1e-0000-4000-8000-00000000000a";
+    let run_d = "1c7d2a2f-0000-4000-8000-00000000000d";
+    let completed = |run: &str, output: &str| serde_json::json!({"phase": "Completed", "id": run, "outputRef": {"name": output}});
+    // Node A: its part and its output, as its agent writes them.
+    let a_part = format!("wide.{node_a}");
+    let r = apply_part(
+        &as_a,
+        &part_yaml(&a_part, &ns, &node_a, &node_a, "wide", owner),
+    );
+    assert!(r.ok, "{}", r.stderr);
+    let r = as_a.run_with_stdin(
+        &["create", "-f", "-"],
+        &node_output(
+            "wide-output-0b6c1f1e",
+            &ns,
+            &node_a,
+            "wide",
+            &uid,
+            "@from_a: 1\n",
+        ),
+    );
+    assert!(r.ok, "{}", r.stderr);
+    let r = apply_status(
+        &as_a,
+        &ns,
+        "tracejobnodes",
+        &a_part,
+        "tracejob-agent",
+        &completed(run_a, "wide-output-0b6c1f1e"),
+    );
+    assert!(r.ok, "{}", r.stderr);
+    // Node D: its own part, pointing (by a write past the fence) at an output node A wrote.
+    let d_part = format!("wide.{node_d}");
+    let r = apply_part(
+        &as_d,
+        &part_yaml(&d_part, &ns, &node_d, &node_d, "wide", owner),
+    );
+    assert!(r.ok, "{}", r.stderr);
+    let r = as_a.run_with_stdin(
+        &["create", "-f", "-"],
+        &node_output(
+            "wide-output-1c7d2a2f",
+            &ns,
+            &node_a,
+            "wide",
+            &uid,
+            "@forged: 1000\n",
+        ),
+    );
+    assert!(r.ok, "{}", r.stderr);
+    let r = apply_status(
+        k,
+        &ns,
+        "tracejobnodes",
+        &d_part,
+        "tracejob-agent",
+        &completed(run_d, "wide-output-1c7d2a2f"),
+    );
+    assert!(r.ok, "{}", r.stderr);
+    // Forged parts, as an admin could write them past the fence: a part of node F labelled for
+    // node A, and a part of node E with a second owner.
+    let (node_e, node_f) = (format!("{ns}-e"), format!("{ns}-f"));
+    for (name, node, label, extra_owner) in [
+        (format!("wide.{node_f}"), &node_f, &node_a, false),
+        (format!("wide.{node_e}"), &node_e, &node_e, true),
+    ] {
+        let mut part: serde_json::Value = must(
+            serde_json::from_str(&part_yaml(&name, &ns, node, label, "wide", owner)),
+            "part",
+        );
+        if extra_owner {
+            part["metadata"]["ownerReferences"]
+                .as_array_mut()
+                .expect("owners")
+                .push(serde_json::json!({
+                    "apiVersion": "v1", "kind": "ConfigMap", "name": "x",
+                    "uid": "00000000-0000-4000-8000-000000000000"
+                }));
+        }
+        k.apply(&ns, &part.to_string());
+        let r = apply_status(
+            k,
+            &ns,
+            "tracejobnodes",
+            &name,
+            "tracejob-agent",
+            &completed(run_a, "wide-output-0b6c1f1e"),
+        );
+        assert!(r.ok, "{}", r.stderr);
+    }
+    let summarizer = Summarizer::of(env, &ns);
+    let status = wait_for(Duration::from_secs(60), "the merged output", || {
+        let json = k.ok(&["get", "tj/wide", "-n", &ns, "-o", "jsonpath={.status}"]);
+        let status: serde_json::Value = serde_json::from_str(&json).ok()?;
+        status.get("outputRef").is_some().then_some(status)
+    });
+    assert_eq!(status["progress"], "2/2", "{status:#}");
+    assert_eq!(status["nodeCounts"]["completed"], 2, "{status:#}");
+    let condition = |type_: &str| {
+        status["conditions"]
+            .as_array()
+            .and_then(|cs| cs.iter().find(|c| c["type"] == type_).cloned())
+            .unwrap_or_else(|| panic!("no condition {type_}: {status:#}"))
+    };
+    let rejected = condition("Rejected");
+    assert_eq!(rejected["reason"], "InvalidParts");
+    for name in [format!("wide.{node_f}"), format!("wide.{node_e}")] {
+        assert!(
+            rejected["message"]
+                .as_str()
+                .unwrap_or_default()
+                .contains(&name),
+            "{rejected:#}"
+        );
+    }
+    let incomplete = condition("OutputIncomplete");
+    assert!(
+        incomplete["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("wide-output-1c7d2a2f"),
+        "{incomplete:#}"
+    );
+    let merged = status["outputRef"]["name"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let text = k.ok(&[
+        "get",
+        "cm",
+        &merged,
+        "-n",
+        &ns,
+        "-o",
+        "jsonpath={.data.output}",
+    ]);
+    assert!(text.contains("@from_a: 1"), "{text}");
+    assert!(
+        !text.contains("forged"),
+        "a forged output was merged: {text}"
+    );
+    let events = k.ok(&[
+        "get",
+        "events.events.k8s.io",
+        "-n",
+        &ns,
+        "-o",
+        "jsonpath={range .items[*]}{.reason} {.regarding.name}{\"\\n\"}{end}",
+    ]);
+    for reason in ["InvalidParts wide", "InvalidOutputs wide"] {
+        assert!(
+            events.lines().any(|l| l == reason),
+            "no Event {reason}: {events}"
+        );
+    }
+    for reason in ["InvalidParts", "InvalidOutputs"] {
+        let n = summarizer
+            .metric(&format!(
+                "tracejob_summarizer_rejected_total{{reason=\"{reason}\"}}"
+            ))
+            .unwrap_or(0.0);
+        assert!(n >= 1.0, "{reason}: {n}");
+    }
 }
 
 /// Refused by the namespace-scope policy itself (not by RBAC: the users hold the verb).
