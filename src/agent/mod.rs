@@ -81,6 +81,8 @@ pub struct Ctx {
     pub stores: Stores,
     /// A permit per trace running (`--max-running-traces`).
     pub slots: Arc<Semaphore>,
+    /// Each namespace's permits (`--max-running-traces-per-namespace`), while it runs or waits.
+    pub namespace_slots: Mutex<HashMap<String, Arc<Semaphore>>>,
 }
 
 /// Runs until SIGTERM or SIGINT: the process around `serve` (the health and metrics endpoint,
@@ -148,6 +150,7 @@ pub async fn serve(
         slots: Arc::new(Semaphore::new(
             usize::try_from(config.max_running_traces).unwrap_or(usize::MAX),
         )),
+        namespace_slots: Mutex::default(),
         client: client.clone(),
         metrics: metrics.clone(),
         bpftrace_version: version.clone(),

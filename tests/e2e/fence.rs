@@ -4,10 +4,13 @@
 
 use std::time::Duration;
 
+use crate::lifecycle::{stop, wait_phase};
 use crate::security::{
     apply_status, bound_token, cluster_role, denied, fan_out_yaml, install, part_yaml, ANNOTATION,
 };
-use crate::support::{must, wait_for, Env, Kubectl, Summarizer, Test, EVERY_NODE_BUT_PROTECTED};
+use crate::support::{
+    must, wait_for, Agent, Env, Kubectl, Summarizer, Test, EVERY_NODE_BUT_PROTECTED,
+};
 
 pub fn tests() -> Vec<Test> {
     vec![
@@ -22,6 +25,10 @@ pub fn tests() -> Vec<Test> {
         Test {
             name: "security_summarizer_counts_and_merges_only_valid_parts",
             run: summarizer_counts_valid_parts,
+        },
+        Test {
+            name: "security_one_namespace_cannot_take_all_of_a_nodes_traces",
+            run: fair_shares_of_a_node,
         },
     ]
 }
@@ -576,4 +583,58 @@ fn scope_guarded_on_subresources(env: &Env) {
         "removing the scope by an update of namespaces/finalize",
     );
     assert_eq!(scope_of(k, &ns), EVERY_NODE_BUT_PROTECTED);
+}
+
+/// A node with two trace slots (`--max-running-traces 2`, so one per namespace by default):
+/// one namespace's second TraceJob waits (Waiting, MaxRunningTracesPerNamespace) while another
+/// namespace's runs, and starts when its namespace's first ends.
+fn fair_shares_of_a_node(env: &Env) {
+    let k = &env.kubectl;
+    let (greedy, other) = (env.namespace("fence-greedy"), env.namespace("fence-other"));
+    let agent = Agent::start_with(
+        env,
+        &format!("{greedy}-node"),
+        &env.cp.kubeconfig,
+        &["--max-running-traces", "2"],
+        &[],
+    );
+    let job = |name: &str| {
+        serde_json::json!({
+            "apiVersion": "observe.tracejob.dev/v1alpha1", "kind": "TraceJob",
+            "metadata": {"name": name},
+            "spec": {"nodeName": agent.node, "program": "tracepoint:raw_syscalls:sys_enter { @calls = count(); }"}
+        })
+        .to_string()
+    };
+    k.apply(&greedy, &job("first"));
+    wait_phase(k, &greedy, "first", "Running", Duration::from_secs(60));
+    k.apply(&greedy, &job("second"));
+    wait_for(
+        Duration::from_secs(60),
+        "the namespace's second to wait",
+        || {
+            let reason = k.jsonpath(
+                &greedy,
+                "tj/second",
+                ".status.conditions[?(@.type==\"Waiting\")].reason",
+            );
+            (reason == "MaxRunningTracesPerNamespace").then_some(())
+        },
+    );
+    let message = k.jsonpath(&greedy, "tj/second", ".status.message");
+    assert!(
+        message.contains("--max-running-traces-per-namespace"),
+        "{message}"
+    );
+    // The node's other slot is another namespace's to take.
+    k.apply(&other, &job("theirs"));
+    wait_phase(k, &other, "theirs", "Running", Duration::from_secs(60));
+    assert_eq!(k.jsonpath(&greedy, "tj/second", ".status.phase"), "Pending");
+    assert_eq!(agent.bpftraces().len(), 2);
+    stop(k, &greedy, "first");
+    wait_phase(k, &greedy, "second", "Running", Duration::from_secs(60));
+    for (ns, name) in [(&greedy, "second"), (&other, "theirs")] {
+        stop(k, ns, name);
+        wait_phase(k, ns, name, "Completed", Duration::from_secs(60));
+    }
 }
