@@ -95,6 +95,17 @@ pub struct Config {
     #[arg(long, default_value_t = 120)]
     pub target_timeout: u64,
 
+    /// Bytes a node's output may expand to (from gzip) when it is merged, at most; a node
+    /// beyond is left out of the merged output, which says so.
+    #[arg(long, default_value_t = 64 * 1024 * 1024, value_parser = clap::value_parser!(u64).range(1024..))]
+    pub max_output_bytes: u64,
+
+    /// Bytes the nodes' printed lines and merged maps may take, together, while a fan-out's
+    /// outputs are merged (one node at a time); a node that would take the merge past it is left
+    /// out of the merged output, which says which nodes it holds.
+    #[arg(long, default_value_t = 128 * 1024 * 1024, value_parser = clap::value_parser!(u64).range(1024..))]
+    pub merge_budget_bytes: u64,
+
     /// Address of /healthz, /readyz and /metrics.
     #[arg(long, env = "LISTEN_ADDRESS", default_value = "0.0.0.0:9470")]
     pub listen: SocketAddr,
@@ -208,6 +219,9 @@ pub struct Ctx {
     pub client: Client,
     pub metrics: Arc<Metrics>,
     pub recorder: Recorder,
+    /// `--max-output-bytes` and `--merge-budget-bytes`.
+    pub max_output_bytes: u64,
+    pub merge_budget_bytes: u64,
 }
 
 /// Summarizes until dropped (the Lease was lost).
@@ -220,6 +234,8 @@ async fn lead(client: Client, config: Config, metrics: Arc<Metrics>) {
         recorder: Recorder::new(client.clone(), reporter),
         client: client.clone(),
         metrics,
+        max_output_bytes: config.max_output_bytes,
+        merge_budget_bytes: config.merge_budget_bytes,
     };
     let (jobs_api, parts_api): (Api<TraceJob>, Api<TraceJobNode>) = match &config.namespace {
         Some(ns) => (

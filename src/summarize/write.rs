@@ -17,6 +17,7 @@ use super::Ctx;
 use crate::cluster::writer::now;
 use crate::decide::status;
 use crate::output::fit::CONFIGMAP_BUDGET;
+use crate::output::read::Merger;
 use crate::resource::node::controller;
 use crate::resource::{OutputRef, Phase, TraceJob, TraceJobNode, TraceJobStatus, LABEL_TRACEJOB};
 
@@ -59,10 +60,14 @@ pub async fn fan_out(
     merge: bool,
 ) -> Result<Outcome, Error> {
     if merge {
-        let (name, merged, how, left_out) = merged_output(&ctx.client, job, parts).await?;
+        let (name, merged, how, left_out) = merged_output(ctx, job, parts).await?;
         want.output_ref = Some(OutputRef { name });
         want.merged_nodes = Some(i64::try_from(parts.len()).unwrap_or(i64::MAX));
-        let message = format!("the maps of {merged} nodes merged ({how})");
+        let message = format!(
+            "the maps of {} nodes merged ({how}): {}",
+            merged.len(),
+            status::named(&merged)
+        );
         want.conditions
             .retain(|c| c.type_ != "OutputStored" && c.type_ != status::OUTPUT_REJECTED);
         want.conditions
@@ -74,7 +79,8 @@ pub async fn fan_out(
                 status: "True".into(),
                 reason: "InvalidOutputs".into(),
                 message: format!(
-                    "{merged} of {} nodes merged; left out: {}",
+                    "{} of {} nodes merged; left out: {}",
+                    merged.len(),
                     parts.len(),
                     status::named(&left_out)
                 ),
@@ -123,12 +129,12 @@ async fn apply_status(
 /// and its node's agent wrote (`node::invalid_output`) is merged. Returns its name, how many
 /// nodes' outputs it holds, how it was stored, and why each other output was left out.
 async fn merged_output(
-    client: &Client,
+    ctx: &Ctx,
     job: &TraceJob,
     parts: &[TraceJobNode],
-) -> Result<(String, usize, &'static str, Vec<String>), Error> {
+) -> Result<(String, Vec<String>, &'static str, Vec<String>), Error> {
     let ns = job.namespace().unwrap_or_default();
-    let api: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
+    let api: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), &ns);
     let wanted: HashMap<String, &TraceJobNode> = parts
         .iter()
         .filter_map(|p| {
@@ -138,30 +144,56 @@ async fn merged_output(
         .collect();
     let mut left_out = Vec::new();
     let selector = format!("{LABEL_TRACEJOB}={},!{LABEL_MERGED}", job.name_any());
-    let mut params = ListParams::default().labels(&selector).limit(100);
-    let mut nodes: Vec<(String, ConfigMap)> = Vec::new();
+    // Small pages (each output up to a ConfigMap's 1 MiB), each merged and let go before the
+    // next is read: memory holds the running merge and one page, whatever the nodes.
+    let mut params = ListParams::default().labels(&selector).limit(2);
+    let mut merger = Some(Merger::new(
+        &job.spec.program,
+        ctx.max_output_bytes,
+        ctx.merge_budget_bytes,
+    ));
     loop {
         let page = api.list(&params).await?;
+        let mut ours = Vec::new();
         for cm in page.items {
             if let Some(part) = wanted.get(&cm.name_any()) {
                 match super::valid::invalid_output(job, part, &cm) {
-                    None => nodes.push((part.spec.node_name.clone(), cm)),
+                    None => ours.push((part.spec.node_name.clone(), cm)),
                     Some(why) => left_out.push(why),
                 }
             }
+        }
+        if !ours.is_empty() {
+            // Parsing and merging is CPU work: off the async threads.
+            let mut m = merger
+                .take()
+                .ok_or_else(|| Error::Merge("no merge".into()))?;
+            let m = tokio::task::spawn_blocking(move || {
+                for (node, cm) in &ours {
+                    m.add(node, cm);
+                }
+                m
+            })
+            .await
+            .map_err(|e| Error::Merge(e.to_string()))?;
+            merger = Some(m);
         }
         match page.metadata.continue_.filter(|c| !c.is_empty()) {
             Some(token) => params = params.continue_token(&token),
             None => break,
         }
     }
-    nodes.sort_by(|a, b| a.0.cmp(&b.0));
-    let count = nodes.len();
+    let merged = merger
+        .take()
+        .ok_or_else(|| Error::Merge("no merge".into()))?
+        .finish();
+    let included: Vec<String> = merged.printed.iter().map(|(n, _)| n.clone()).collect();
+    for (node, why) in &merged.left_out {
+        left_out.push(format!("node {node}'s output: {why}"));
+    }
     let program = job.spec.program.clone();
-    // Parsing and rendering many nodes' output is CPU work: off the async threads.
+    // Rendering and compressing is CPU work too.
     let (data, binary, how) = tokio::task::spawn_blocking(move || -> Result<_, Error> {
-        let merged = crate::plugin::show::merged(&nodes, &program)
-            .map_err(|e| Error::Merge(e.to_string()))?;
         let maps = crate::output::maps::Maps {
             bpftrace: merged.bpftrace.clone(),
             maps: merged.merged.maps.clone(),
@@ -196,7 +228,7 @@ async fn merged_output(
         }
         Err(e) => return Err(e.into()),
     }
-    Ok((name, count, how, left_out))
+    Ok((name, included, how, left_out))
 }
 
 /// The merged output in a ConfigMap's budget: as text when it fits, else gzip; maps.json kept

@@ -27,6 +27,10 @@ pub fn tests() -> Vec<Test> {
             run: summarizer_counts_valid_parts,
         },
         Test {
+            name: "security_summarizer_merges_eight_32mib_outputs_in_its_memory_limit",
+            run: summarizer_merges_in_bounded_memory,
+        },
+        Test {
             name: "security_one_namespace_cannot_take_all_of_a_nodes_traces",
             run: fair_shares_of_a_node,
         },
@@ -637,4 +641,154 @@ fn fair_shares_of_a_node(env: &Env) {
         stop(k, ns, name);
         wait_phase(k, ns, name, "Completed", Duration::from_secs(60));
     }
+}
+
+/// The summarizer's memory limit in its manifest (daemonset/summarizer.yaml).
+const SUMMARIZER_MEMORY: u64 = 512 * 1024 * 1024;
+
+/// A cgroup v1 memory cgroup holding one process at `limit` bytes (no swap here), removed when
+/// dropped (after its process has gone).
+struct MemoryCgroup(std::path::PathBuf);
+
+impl MemoryCgroup {
+    fn new(name: &str, limit: u64) -> MemoryCgroup {
+        let dir = std::path::PathBuf::from("/sys/fs/cgroup/memory").join(name);
+        must(std::fs::create_dir_all(&dir), "memory cgroup");
+        must(
+            std::fs::write(dir.join("memory.limit_in_bytes"), limit.to_string()),
+            "memory.limit_in_bytes",
+        );
+        MemoryCgroup(dir)
+    }
+
+    fn hold(&self, pid: i32) {
+        must(
+            std::fs::write(self.0.join("cgroup.procs"), pid.to_string()),
+            "cgroup.procs",
+        );
+    }
+
+    fn read(&self, file: &str) -> u64 {
+        std::fs::read_to_string(self.0.join(file))
+            .ok()
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{file} of {}", self.0.display()))
+    }
+}
+
+impl Drop for MemoryCgroup {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir(&self.0);
+    }
+}
+
+/// Eight nodes' outputs of a fan-out, each 32 MiB of printed lines (gzip in the ConfigMap, as the
+/// agent stores a large output), merged by a summarizer held to its manifest's memory limit: it
+/// is never killed, and the merged output says which nodes it holds and which it left out (over
+/// `--merge-budget-bytes`).
+fn summarizer_merges_in_bounded_memory(env: &Env) {
+    use std::io::Write;
+    let k = &env.kubectl;
+    let ns = env.namespace("fence-merge");
+    k.apply(&ns, &fan_out_yaml("wide"));
+    let uid = k.jsonpath(&ns, "tj/wide", ".metadata.uid");
+    let owner = Some(("wide", uid.as_str()));
+    for i in 0..8 {
+        let node = format!("{ns}-n{i}");
+        let run = format!("{i:08x}-0000-4000-8000-000000000000");
+        let output = format!("wide-output-{i:08x}");
+        let line = format!("node {i}: a line the program printed, as long as many are\n");
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+        let mut written = 0;
+        while written < 32 * 1024 * 1024 {
+            must(gz.write_all(line.as_bytes()), "gzip");
+            written += line.len();
+        }
+        let gz = must(gz.finish(), "gzip");
+        let cm = serde_json::json!({
+            "apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {
+                "name": output, "namespace": ns,
+                "labels": {"observe.tracejob.dev/node": node, "observe.tracejob.dev/tracejob": "wide"},
+                "ownerReferences": [{
+                    "apiVersion": "observe.tracejob.dev/v1alpha1", "kind": "TraceJob",
+                    "name": "wide", "uid": uid, "controller": true
+                }]
+            },
+            "binaryData": {"output.gz": base64(&gz)}
+        });
+        let r = k.run_with_stdin(&["create", "-f", "-"], &cm.to_string());
+        assert!(r.ok, "{}", r.stderr);
+        let part = format!("wide.{node}");
+        k.apply(&ns, &part_yaml(&part, &ns, &node, &node, "wide", owner));
+        let r = apply_status(
+            k,
+            &ns,
+            "tracejobnodes",
+            &part,
+            "tracejob-agent",
+            &serde_json::json!({"phase": "Completed", "id": run, "outputRef": {"name": output}}),
+        );
+        assert!(r.ok, "{}", r.stderr);
+    }
+    let cgroup = MemoryCgroup::new(&format!("tracejob-e2e-{ns}"), SUMMARIZER_MEMORY);
+    let mut summarizer = Summarizer::of(env, &ns);
+    cgroup.hold(summarizer.proc.as_ref().expect("running").pid());
+    let status = wait_for(Duration::from_secs(300), "the merged output", || {
+        if let Some(exited) = summarizer
+            .proc
+            .as_mut()
+            .and_then(|p| p.child.try_wait().ok().flatten())
+        {
+            panic!(
+                "the summarizer exited ({exited}; memory.failcnt {}), during the merge",
+                cgroup.read("memory.failcnt")
+            );
+        }
+        let json = k.ok(&["get", "tj/wide", "-n", &ns, "-o", "jsonpath={.status}"]);
+        let status: serde_json::Value = serde_json::from_str(&json).ok()?;
+        status.get("outputRef").is_some().then_some(status)
+    });
+    let peak = cgroup.read("memory.max_usage_in_bytes");
+    eprintln!("summarizer peak memory: {} MiB", peak / (1024 * 1024));
+    assert!(peak < SUMMARIZER_MEMORY, "{peak}");
+    let condition = |type_: &str| {
+        status["conditions"]
+            .as_array()
+            .and_then(|cs| cs.iter().find(|c| c["type"] == type_).cloned())
+            .unwrap_or_else(|| panic!("no condition {type_}: {status:#}"))
+    };
+    let stored = condition("OutputStored")["message"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let incomplete = condition("OutputIncomplete")["message"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(incomplete.contains("merge budget"), "{incomplete}");
+    assert!(stored.contains(&format!("{ns}-n0")), "{stored}");
+    eprintln!("{stored}\n{incomplete}");
+    summarizer.proc = None;
+}
+
+fn base64(bytes: &[u8]) -> String {
+    const ABC: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(char::from(ABC[((n >> (18 - 6 * i)) & 63) as usize]));
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
 }
