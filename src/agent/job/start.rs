@@ -135,13 +135,19 @@ impl Actor {
         let message = format!(
             "waiting: node {node} runs {per} traces of namespace {namespace}, its --max-running-traces-per-namespace; this one starts when one of them ends"
         );
-        let Some(ns_permit) = self
-            .permit(mine, "MaxRunningTracesPerNamespace", message)
-            .await?
-        else {
-            return Some(None);
-        };
         let max = self.ctx.config.max_running_traces;
+        // A share as large as the node's is no share: the node's limit says why it waits.
+        let ns_permit = if per < max {
+            let Some(permit) = self
+                .permit(mine, "MaxRunningTracesPerNamespace", message)
+                .await?
+            else {
+                return Some(None);
+            };
+            Some(permit)
+        } else {
+            None
+        };
         let message = format!(
             "waiting: node {node} runs {max} traces, its --max-running-traces; this one starts when one of them ends"
         );
@@ -152,7 +158,7 @@ impl Actor {
             return Some(None);
         };
         Some(Some(Slot {
-            _namespace: Some(ns_permit),
+            _namespace: ns_permit,
             _node: Some(node_permit),
         }))
     }
