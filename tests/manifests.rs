@@ -912,7 +912,7 @@ fn namespaces_trace_nothing_until_annotated_by_someone_allowed_to() {
     }
     assert_eq!(
         policy_resources(&scope_policy("tracejob-namespace-scopes")),
-        ["namespaces"]
+        ["namespaces", "namespaces/*"]
     );
     // The permission, for people: that one virtual resource, not aggregated anywhere.
     let users = documents("daemonset/rbac-users.yaml");

@@ -72,6 +72,13 @@ pub struct Config {
     #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub max_running_traces: u32,
 
+    /// Traces of one namespace this node runs at once, at most (at most --max-running-traces);
+    /// a TraceJob beyond waits Pending (condition Waiting, reason
+    /// MaxRunningTracesPerNamespace) and starts when one of its namespace's traces ends. Default:
+    /// a quarter of --max-running-traces (8 of 32), so one namespace cannot take all of a node.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub max_running_traces_per_namespace: Option<u32>,
+
     /// Memory all traces together may use (their cgroup's memory.max, or the v1
     /// memory.limit_in_bytes), in bytes; needs --host-cgroup-root.
     #[arg(long, default_value_t = 4 * 1024 * 1024 * 1024, value_parser = clap::value_parser!(u64).range(64 * 1024 * 1024..))]
@@ -140,6 +147,14 @@ impl Config {
                 "--node-name (or NODE_NAME) is empty: the agent must know its node".into(),
             ));
         }
+        if let Some(per) = self.max_running_traces_per_namespace {
+            if per > self.max_running_traces {
+                return Err(Invalid(format!(
+                    "--max-running-traces-per-namespace {per} is more than --max-running-traces {}: a namespace cannot run more traces than the node",
+                    self.max_running_traces
+                )));
+            }
+        }
         if self.live_interval > 0 && self.live_window_bytes > self.max_output_bytes {
             return Err(Invalid(format!(
                 "--live-window-bytes {} is more than --max-output-bytes {}: a live copy cannot hold more than the node keeps of a trace's output",
@@ -147,6 +162,12 @@ impl Config {
             )));
         }
         Ok(())
+    }
+
+    /// Traces of one namespace a node runs at once (`--max-running-traces-per-namespace`).
+    pub fn per_namespace_traces(&self) -> u32 {
+        self.max_running_traces_per_namespace
+            .unwrap_or((self.max_running_traces / 4).max(1))
     }
 
     pub fn live_interval(&self) -> Option<Duration> {
@@ -292,6 +313,21 @@ mod tests {
         .expect("parsed")
         .validate()
         .expect("live output off");
+        let e = parse(&[
+            "--max-running-traces",
+            "4",
+            "--max-running-traces-per-namespace",
+            "5",
+        ])
+        .expect("each in range")
+        .validate()
+        .expect_err("a namespace's share over the node's")
+        .to_string();
+        assert!(e.contains("--max-running-traces-per-namespace 5"), "{e}");
+        let c = parse(&["--max-running-traces", "4"]).expect("parsed");
+        c.validate().expect("the default share follows the node's");
+        assert_eq!(c.per_namespace_traces(), 1);
+        assert_eq!(parse(&[]).expect("defaults").per_namespace_traces(), 8);
         let mut c = parse(&[]).expect("defaults");
         c.node_name = " ".into();
         let e = c.validate().expect_err("no node").to_string();

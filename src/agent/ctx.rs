@@ -1,5 +1,6 @@
 //! What every job actor shares, made in one place (`Ctx::new`) for the agent and its tests.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -34,6 +35,8 @@ pub struct Ctx {
     pub stores: Stores,
     /// A permit per trace running (`--max-running-traces`).
     pub slots: Arc<Semaphore>,
+    /// Each namespace's permits (`--max-running-traces-per-namespace`), while it runs or waits.
+    pub namespace_slots: Mutex<HashMap<String, Arc<Semaphore>>>,
 }
 
 /// What the agent learnt at start, beside its configuration, client and metrics: what `Ctx::new`
@@ -61,6 +64,7 @@ impl Ctx {
             slots: Arc::new(Semaphore::new(
                 usize::try_from(config.max_running_traces).unwrap_or(usize::MAX),
             )),
+            namespace_slots: Mutex::default(),
             writer: Writer::new(client.clone(), &node, &facts.bpftrace_version),
             collections: Semaphore::new(usize::from(config.max_concurrent_collections)),
             live_budget: Mutex::new(Budget::new(

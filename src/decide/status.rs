@@ -189,7 +189,11 @@ pub fn summary(job: &TraceJob, parts: &[&TraceJobNode], now: Time) -> TraceJobSt
             .map(|s| {
                 s.conditions
                     .iter()
-                    .filter(|c| c.type_ == ConditionType::OutputStored.as_str())
+                    // The merged output's, kept until it is merged again.
+                    .filter(|c| {
+                        c.type_ == ConditionType::OutputStored.as_str()
+                            || c.type_ == ConditionType::OutputIncomplete.as_str()
+                    })
                     .cloned()
                     .collect()
             })
@@ -197,6 +201,73 @@ pub fn summary(job: &TraceJob, parts: &[&TraceJobNode], now: Time) -> TraceJobSt
         ..Default::default()
     };
     complete(status, reason, job, now)
+}
+
+/// A fan-out's parts, split: those its nodes' agents wrote as they write them (`node::invalid_part`
+/// finds nothing wrong), which are counted, and why each other one is not. At most one part per
+/// node is valid (its name is TRACEJOB.NODE).
+pub fn sort_parts<'a>(
+    job: &TraceJob,
+    parts: &[&'a TraceJobNode],
+) -> (Vec<&'a TraceJobNode>, Vec<String>) {
+    let mut valid = Vec::new();
+    let mut rejected = Vec::new();
+    for p in parts {
+        match crate::resource::node::invalid_part(job, p) {
+            None => valid.push(*p),
+            Some(why) => rejected.push(why),
+        }
+    }
+    rejected.sort();
+    (valid, rejected)
+}
+
+/// How many of the rejected objects a message names.
+const NAMED_REJECTED: usize = 5;
+
+/// `status` saying that these parts (`why` each) were not counted: in its message (so a change
+/// is written) and a condition Rejected, reason InvalidParts.
+pub fn parts_rejected(
+    mut status: TraceJobStatus,
+    why: &[String],
+    job: &TraceJob,
+    now: Time,
+) -> TraceJobStatus {
+    if why.is_empty() {
+        return status;
+    }
+    let said = named(why);
+    let message = format!("{} TraceJobNode(s) not counted: {said}", why.len());
+    status.message = Some(match status.message.take() {
+        Some(m) => format!("{m}; {message}"),
+        None => message.clone(),
+    });
+    status
+        .conditions
+        .retain(|c| c.type_ != ConditionType::Rejected.as_str());
+    status.conditions.push(Condition {
+        type_: ConditionType::Rejected.as_str().into(),
+        status: "True".into(),
+        reason: Reason::InvalidParts.as_str().into(),
+        message,
+        last_transition_time: now,
+        observed_generation: job.metadata.generation,
+    });
+    status
+}
+
+/// The first few of `why`, joined, and how many more there are.
+pub fn named(why: &[String]) -> String {
+    let mut said = why
+        .iter()
+        .take(NAMED_REJECTED)
+        .cloned()
+        .collect::<Vec<_>>()
+        .join("; ");
+    if why.len() > NAMED_REJECTED {
+        said += &format!("; and {} more", why.len() - NAMED_REJECTED);
+    }
+    said
 }
 
 fn count(n: usize) -> i64 {

@@ -1,7 +1,6 @@
 //! What the plugin prints: TraceJobs as a table or as JSON/YAML/names, and a trace's output and
 //! maps out of its ConfigMap (plain, byte for byte, or gzip-compressed).
 
-use std::io::Read;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use k8s_openapi::api::core::v1::ConfigMap;
@@ -10,8 +9,8 @@ use kube::ResourceExt;
 use super::cli::Format;
 use super::Error;
 use crate::output::maps::Maps;
-use crate::output::merge::{self, Merged};
-use crate::output::parse;
+pub use crate::output::read::NodesOutput;
+use crate::output::read::{self};
 use crate::resource::TraceJob;
 
 /// TraceJobs as `kubectl get` prints them (or in `format`).
@@ -93,118 +92,34 @@ fn table(jobs: &[TraceJob]) -> String {
     out
 }
 
-/// The output bytes a ConfigMap holds: `data.output`, `binaryData.output`, or the gzip in
-/// `binaryData.output.gz` expanded.
+/// The output bytes a ConfigMap holds (`output::read::output_bytes`), expanded at most to the
+/// limit in force.
 pub fn output_bytes(cm: &ConfigMap) -> Result<Vec<u8>, Error> {
-    if let Some(text) = cm.data.as_ref().and_then(|d| d.get("output")) {
-        return Ok(text.as_bytes().to_vec());
-    }
-    let binary = cm.binary_data.clone().unwrap_or_default();
-    if let Some(bytes) = binary.get("output") {
-        return Ok(bytes.0.clone());
-    }
-    match binary.get("output.gz") {
-        Some(gz) => gunzip(&gz.0),
-        None => Ok(Vec::new()),
-    }
+    read::output_bytes(cm, limit()).map_err(read_error)
 }
 
-/// The maps a ConfigMap holds (maps.json, plain or gzip), or, where maps.json was left out for
-/// size, read again from the output.
+/// The maps a ConfigMap holds (`output::read::maps_of`), expanded at most to the limit in force.
 pub fn maps_of(cm: &ConfigMap) -> Result<Maps, Error> {
-    let json = match cm.data.as_ref().and_then(|d| d.get("maps.json")) {
-        Some(text) => Some(text.as_bytes().to_vec()),
-        None => cm
-            .binary_data
-            .as_ref()
-            .and_then(|b| b.get("maps.json.gz"))
-            .map(|gz| gunzip(&gz.0))
-            .transpose()?,
-    };
-    match json {
-        Some(j) => {
-            serde_json::from_slice(&j).map_err(|e| Error::Cluster(format!("maps.json: {e}")))
-        }
-        None => Ok(parse::parse(&String::from_utf8_lossy(&output_bytes(cm)?))),
-    }
-}
-
-/// The outputs of a TraceJob's nodes, merged: each node's printf lines, and the maps.
-pub struct NodesOutput {
-    pub bpftrace: Option<String>,
-    /// Each node and its printf lines (what it printed before its maps).
-    pub printed: Vec<(String, String)>,
-    pub merged: Merged,
-}
-
-impl NodesOutput {
-    /// As bpftrace would print it: each node's printf lines under its name, then the merged
-    /// maps, then the maps that cannot be merged, under their node's name.
-    pub fn text(&self) -> String {
-        let mut text = String::new();
-        for (node, lines) in &self.printed {
-            if !lines.trim().is_empty() {
-                text += &format!("==> node {node} <==\n{}\n", lines.trim_end());
-            }
-        }
-        text += &merge::render(&self.merged.maps, self.bpftrace.as_deref());
-        for (node, map) in &self.merged.apart {
-            text += &format!(
-                "==> {} of node {node}, not merged <==\n{}",
-                map.name,
-                merge::render(std::slice::from_ref(map), self.bpftrace.as_deref())
-            );
-        }
-        text
-    }
-
-    pub fn json(&self) -> serde_json::Value {
-        let apart: Vec<serde_json::Value> = self
-            .merged
-            .apart
-            .iter()
-            .map(|(node, map)| serde_json::json!({"node": node, "map": map}))
-            .collect();
-        serde_json::json!({
-            "bpftrace": self.bpftrace,
-            "nodes": self.printed.iter().map(|(n, _)| n).collect::<Vec<_>>(),
-            "maps": self.merged.maps,
-            "apart": apart,
-        })
-    }
+    read::maps_of(cm, limit()).map_err(read_error)
 }
 
 /// Merges the output ConfigMaps of a TraceJob's nodes (`program`: its program, which says how
-/// each map merges).
+/// each map merges), each expanded at most to the limit in force.
 pub fn merged(nodes: &[(String, ConfigMap)], program: &str) -> Result<NodesOutput, Error> {
-    let mut per_node: Vec<(String, Maps)> = Vec::new();
-    let mut printed = Vec::new();
-    let mut bpftrace = None;
-    for (node, cm) in nodes {
-        let maps = maps_of(cm)?;
-        bpftrace = bpftrace.or(maps.bpftrace.clone());
-        let bytes = output_bytes(cm)?;
-        let parsed =
-            parse::parse_reader(&bytes[..], 0).map_err(|e| Error::Cluster(e.to_string()))?;
-        let head = &bytes[..usize::try_from(parsed.maps_start)
-            .unwrap_or(bytes.len())
-            .min(bytes.len())];
-        let text = String::from_utf8_lossy(head);
-        // bpftrace's attach line is not the program's output.
-        let lines: String = text
-            .lines()
-            .filter(|l| crate::host::bpftrace::attach_line(l).is_none())
-            .map(|l| format!("{l}\n"))
-            .collect();
-        printed.push((node.clone(), lines));
-        per_node.push((node.clone(), maps));
+    read::merged(nodes, program, limit()).map_err(read_error)
+}
+
+fn limit() -> u64 {
+    MAX_EXPANDED_BYTES.load(Ordering::Relaxed)
+}
+
+fn read_error(e: read::Error) -> Error {
+    match e {
+        read::Error::TooLarge(_) => {
+            Error::Cluster(format!("{e} (--max-output-bytes raises the limit)"))
+        }
+        e => Error::Cluster(e.to_string()),
     }
-    let merged = merge::merge(&per_node, &merge::kinds(program));
-    Ok(NodesOutput {
-        bpftrace,
-        printed,
-        merged,
-    })
 }
 
 /// What the plugin expands from gzip at most by default: twice the agent's default output limit.
@@ -241,26 +156,6 @@ pub fn write_output(out: &mut impl std::io::Write, bytes: &[u8]) -> std::io::Res
     } else {
         out.write_all(bytes)
     }
-}
-
-/// Expands gzip, reading at most the limit in force: a ConfigMap anyone with `edit` may write
-/// could hold a gzip bomb.
-fn gunzip(bytes: &[u8]) -> Result<Vec<u8>, Error> {
-    gunzip_at_most(bytes, MAX_EXPANDED_BYTES.load(Ordering::Relaxed))
-}
-
-fn gunzip_at_most(bytes: &[u8], limit: u64) -> Result<Vec<u8>, Error> {
-    let mut out = Vec::new();
-    flate2::read::GzDecoder::new(bytes)
-        .take(limit.saturating_add(1))
-        .read_to_end(&mut out)
-        .map_err(|e| Error::Cluster(format!("the stored output is not gzip: {e}")))?;
-    if out.len() as u64 > limit {
-        return Err(Error::Cluster(format!(
-            "the stored output expands to more than {limit} bytes; not expanding it (--max-output-bytes raises the limit)"
-        )));
-    }
-    Ok(out)
 }
 
 /// Bytes made safe for a terminal: control characters other than newline and tab, and bytes
@@ -345,52 +240,5 @@ mod tests {
             !owned_by(&cm, &job),
             "a TraceJob made again under the same name"
         );
-    }
-    use k8s_openapi::ByteString;
-    use std::collections::BTreeMap;
-    use std::io::Write;
-
-    fn gzip(bytes: &[u8]) -> Vec<u8> {
-        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
-        e.write_all(bytes).expect("gzip");
-        e.finish().expect("gzip")
-    }
-
-    #[test]
-    fn output_comes_from_data_binary_data_or_gzip() {
-        let plain = ConfigMap {
-            data: Some(BTreeMap::from([("output".into(), "@x: 1\n".into())])),
-            ..Default::default()
-        };
-        assert_eq!(output_bytes(&plain).expect("plain"), b"@x: 1\n");
-        let bytes = ConfigMap {
-            binary_data: Some(BTreeMap::from([(
-                "output".into(),
-                ByteString(b"\xff\n@x: 1\n".to_vec()),
-            )])),
-            ..Default::default()
-        };
-        assert_eq!(output_bytes(&bytes).expect("bytes"), b"\xff\n@x: 1\n");
-        let gz = ConfigMap {
-            binary_data: Some(BTreeMap::from([(
-                "output.gz".into(),
-                ByteString(gzip(b"@x: 2\n")),
-            )])),
-            ..Default::default()
-        };
-        assert_eq!(output_bytes(&gz).expect("gz"), b"@x: 2\n");
-        // A gzip bomb: refused past the limit, with a clear error.
-        let bomb = gzip(&vec![0u8; 4 * 1024 * 1024]);
-        assert!(bomb.len() < 10 * 1024);
-        let err = gunzip_at_most(&bomb, 1024 * 1024).expect_err("over the limit");
-        assert!(err.to_string().contains("more than 1048576 bytes"), "{err}");
-        assert_eq!(
-            gunzip_at_most(&bomb, 4 * 1024 * 1024)
-                .expect("at the limit")
-                .len(),
-            4 * 1024 * 1024
-        );
-        // maps.json left out for size: read from the output.
-        assert_eq!(maps_of(&gz).expect("maps").maps[0].name, "@x");
     }
 }

@@ -47,7 +47,11 @@ pub const MAX_GRACE_SECONDS: i64 = 3600;
         json_path = ".metadata.creationTimestamp"
     ),
     // Each agent's watch asks the API server for its own node's TraceJobs only.
-    selectable = ".spec.nodeName"
+    selectable = ".spec.nodeName",
+    // A fan-out's name is a label value on its parts and outputs, and the first half of its parts'
+    // names (TRACEJOB.NODE, `node::part_name`): checked at creation (neither can change after),
+    // so a fan-out created before this rule is still written.
+    validation = Rule::new("oldSelf.hasValue() || !has(self.spec.nodeSelector) || (size(self.metadata.name) <= 63 && !self.metadata.name.contains('.'))").message("a TraceJob with spec.nodeSelector is named with at most 63 characters and no dot: its name labels its nodes' parts and outputs, and its parts are named NAME.NODE").optional_old_self(true)
 )]
 #[x_kube(validation = Rule::new("has(self.nodeName) || has(self.nodeSelector) || has(self.target)").message("spec.nodeName, spec.nodeSelector or spec.target must be given: where the trace runs"))]
 #[x_kube(validation = Rule::new("!has(self.nodeSelector) || (has(self.nodeSelector.matchLabels) && size(self.nodeSelector.matchLabels) > 0) || (has(self.nodeSelector.matchExpressions) && size(self.nodeSelector.matchExpressions) > 0)").message("spec.nodeSelector must select something: at least one label or expression (an empty selector would select every node)").field_path(".nodeSelector"))]

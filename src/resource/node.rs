@@ -38,7 +38,10 @@ use crate::resource::vocabulary::Label;
         json_path = ".metadata.creationTimestamp"
     ),
     // Each agent watches its own node's parts only.
-    selectable = ".spec.nodeName"
+    selectable = ".spec.nodeName",
+    // Checked when a part is created (its name and spec cannot change after): parts named
+    // before this rule keep being written.
+    validation = Rule::new("oldSelf.hasValue() || self.metadata.name == self.spec.traceJob + '.' + self.spec.nodeName").message("a TraceJobNode is named TRACEJOB.NODE: its spec.traceJob, a dot and its spec.nodeName").optional_old_self(true)
 )]
 #[x_kube(validation = Rule::new("self == oldSelf").message("a TraceJobNode's spec cannot change"))]
 #[serde(rename_all = "camelCase")]
@@ -133,17 +136,66 @@ pub fn controller(job: &TraceJob) -> OwnerReference {
     }
 }
 
-/// The name of a TraceJob's part on a node: `TRACEJOB-NODE`, or, when that is longer than a name
-/// may be, the TraceJob's name cut short and a digest of both (the same on every agent and
-/// every run, so creating it twice finds the first).
+/// The name of a TraceJob's part on a node: `TRACEJOB.NODE`. A fan-out TraceJob's name is a
+/// label value without a dot (the TraceJob CRD refuses others), and a node joins a fan-out only
+/// when its name is a label value (`joinable`), so the name is at most 127 characters and names
+/// one TraceJob and one node: admission (the TraceJobNode CRD and the agents' fence) requires it,
+/// so a node's token creates its own part and no other, and each TraceJob has at most one part
+/// per node.
 pub fn part_name(tracejob: &str, node: &str) -> String {
-    let name = format!("{tracejob}-{node}");
-    if name.len() <= 253 {
-        return name;
+    format!("{tracejob}.{node}")
+}
+
+/// Whether a node may join TraceJobs on several nodes: its name is a label value (at most 63
+/// characters, alphanumerics, '-', '_' and '.', beginning and ending with an alphanumeric), as
+/// its parts and outputs carry it in `observe.tracejob.dev/node`.
+pub fn joinable(node: &str) -> bool {
+    let alnum = |c: Option<char>| c.is_some_and(|c| c.is_ascii_alphanumeric());
+    !node.is_empty()
+        && node.len() <= 63
+        && alnum(node.chars().next())
+        && alnum(node.chars().last())
+        && node
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
+
+/// Why a part is not one its TraceJob counts: its name, labels and owner are not those its
+/// node's agent gives it (`TraceJobNode::part_of`). None: it is.
+pub fn invalid_part(job: &TraceJob, part: &TraceJobNode) -> Option<String> {
+    let job_name = job.name_any();
+    let node = &part.spec.node_name;
+    let name = part.name_any();
+    if part.spec.trace_job != job_name {
+        return Some(format!(
+            "{name} is the part of TraceJob {}",
+            part.spec.trace_job
+        ));
     }
-    let digest = uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, name.as_bytes()).simple();
-    let base: String = tracejob.chars().take(253 - 33).collect();
-    format!("{}-{digest}", base.trim_end_matches(['-', '.']))
+    if name != part_name(&job_name, node) {
+        return Some(format!(
+            "{name} is not named {}",
+            part_name(&job_name, node)
+        ));
+    }
+    let labels = part.labels();
+    if labels.get(Label::TraceJob.as_str()) != Some(&job_name)
+        || labels.get(Label::Node.as_str()) != Some(node)
+    {
+        return Some(format!("{name} is not labelled with its TraceJob and node"));
+    }
+    match part.owner_references() {
+        [o] if o.controller == Some(true)
+            && o.kind == TraceJob::kind(&())
+            && o.name == job_name
+            && job.uid().is_some_and(|uid| o.uid == uid) =>
+        {
+            None
+        }
+        _ => Some(format!(
+            "{name} does not have this TraceJob as its one (controller) owner"
+        )),
+    }
 }
 
 #[cfg(test)]
@@ -151,12 +203,59 @@ mod tests {
     use super::*;
 
     #[test]
-    fn part_names_are_valid_and_stable() {
-        assert_eq!(part_name("biolat", "node-1"), "biolat-node-1");
-        let long = part_name(&"t".repeat(200), &"n".repeat(200));
-        assert!(long.len() <= 253, "{}", long.len());
-        assert_eq!(long, part_name(&"t".repeat(200), &"n".repeat(200)));
-        assert_ne!(long, part_name(&"t".repeat(200), &"m".repeat(200)));
+    fn part_names_name_one_tracejob_and_one_node() {
+        assert_eq!(part_name("biolat", "node-1"), "biolat.node-1");
+        // Names of fan-outs have no dot: `a` on `b-c` and `a-b` on `c` differ.
+        assert_ne!(part_name("a", "b-c"), part_name("a-b", "c"));
+        assert_ne!(part_name("a", "b.c"), part_name("a", "b-c"));
+        assert!(part_name(&"t".repeat(63), &"n".repeat(63)).len() <= 253);
+    }
+
+    #[test]
+    fn only_label_values_join_fan_outs() {
+        for ok in ["n1", "node-1.example.com", "a_b", &"n".repeat(63)] {
+            assert!(joinable(ok), "{ok}");
+        }
+        for bad in ["", &"n".repeat(64), "-n", "n.", "n/1", "n:1"] {
+            assert!(!joinable(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn parts_other_than_their_agents_are_invalid() {
+        let mut job = crate::resource::example();
+        job.metadata.namespace = Some("ns".into());
+        job.metadata.uid = Some("u1".into());
+        let part = TraceJobNode::part_of(&job, "n1");
+        assert_eq!(invalid_part(&job, &part), None);
+        let mut renamed = part.clone();
+        renamed.metadata.name = Some("t-n2".into());
+        assert!(invalid_part(&job, &renamed).is_some());
+        let mut two_owners = part.clone();
+        let mut other = controller(&job);
+        other.controller = None;
+        other.uid = "u2".into();
+        two_owners
+            .metadata
+            .owner_references
+            .as_mut()
+            .expect("owners")
+            .push(other);
+        assert!(invalid_part(&job, &two_owners).is_some());
+        let mut stale = part.clone();
+        stale.metadata.owner_references.as_mut().expect("owners")[0].uid = "u0".into();
+        assert!(invalid_part(&job, &stale).is_some());
+        let mut relabelled = part.clone();
+        relabelled
+            .metadata
+            .labels
+            .as_mut()
+            .expect("labels")
+            .insert(Label::Node.as_str().into(), "n2".into());
+        assert!(invalid_part(&job, &relabelled).is_some());
+        let mut other_job = part;
+        other_job.spec.trace_job = "u".into();
+        assert!(invalid_part(&job, &other_job).is_some());
     }
 
     #[test]

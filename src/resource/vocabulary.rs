@@ -101,6 +101,11 @@ words! {
         OutputStored = "OutputStored",
         /// Pending for something named by its reason (a fact not yet known, a free slot).
         Waiting = "Waiting",
+        /// On a fan-out: parts that are not as the node's agent writes them were left out.
+        Rejected = "Rejected",
+        /// On a fan-out: the merged output leaves nodes out (their outputs invalid, or over a
+        /// limit); the message names them.
+        OutputIncomplete = "OutputIncomplete",
     }
 }
 
@@ -128,6 +133,8 @@ words! {
         NamespaceUnknown = "NamespaceUnknown",
         /// The node runs `--max-running-traces` traces already.
         MaxRunningTraces = "MaxRunningTraces",
+        /// The namespace runs `--max-running-traces-per-namespace` traces on the node already.
+        MaxRunningTracesPerNamespace = "MaxRunningTracesPerNamespace",
         // Refused before anything runs.
         /// The namespace's scope does not cover this node (or no longer does).
         NodeNotAllowed = "NodeNotAllowed",
@@ -187,6 +194,12 @@ words! {
         NodesDone = "NodesDone",
         /// Every node is done and none completed.
         NodesFailed = "NodesFailed",
+        /// Parts not named, labelled or owned as their node's agent writes them.
+        InvalidParts = "InvalidParts",
+        /// Outputs not labelled, owned or named as a part's node writes them, or over a limit.
+        InvalidOutputs = "InvalidOutputs",
+        /// This node's name cannot be a label value, so it joins no fan-out.
+        NodeNameNotALabelValue = "NodeNameNotALabelValue",
         // A TraceTrigger's suppressed alerts.
         /// The alert names no node or pod.
         NoTarget = "NoTarget",

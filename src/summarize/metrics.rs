@@ -1,8 +1,11 @@
 //! What the summarizer counts, in its own registry served on its /metrics: whether this replica
-//! leads, and its traffic with the API server.
+//! leads, the parts and outputs it did not count or merge, and its traffic with the API server.
 
 use std::sync::Arc;
 
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
@@ -14,6 +17,13 @@ pub struct Metrics {
     pub traffic: Arc<Traffic>,
     /// 1 while this replica holds the Lease and summarizes.
     pub leading: Gauge,
+    /// Parts and node outputs not counted or merged, by reason.
+    rejected: Family<Reason, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Reason {
+    reason: String,
 }
 
 impl Metrics {
@@ -26,11 +36,27 @@ impl Metrics {
             "1 while this replica holds the Lease and summarizes, else 0",
             leading.clone(),
         );
+        let rejected = Family::<Reason, Counter>::default();
+        registry.register(
+            "rejected",
+            "Parts of fan-outs and node outputs not counted or merged, by reason: InvalidParts (not named, labelled or owned as their node's agent writes them), InvalidOutputs (likewise, or over a limit)",
+            rejected.clone(),
+        );
         Arc::new(Metrics {
             registry: Arc::new(registry),
             traffic,
             leading,
+            rejected,
         })
+    }
+
+    /// `n` parts or outputs not counted or merged, for `reason`.
+    pub fn rejected(&self, reason: &str, n: u64) {
+        self.rejected
+            .get_or_create(&Reason {
+                reason: reason.to_string(),
+            })
+            .inc_by(n);
     }
 
     pub fn registry(&self) -> Arc<Registry> {

@@ -11,6 +11,7 @@
 
 pub mod lease;
 pub mod metrics;
+pub mod valid;
 pub mod write;
 
 use std::collections::{HashMap, HashSet};
@@ -21,15 +22,17 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use k8s_openapi::api::coordination::v1::Lease;
+use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::watcher::{self, Event};
 use kube::runtime::WatchStreamExt;
-use kube::{Api, Client, ResourceExt};
+use kube::{Api, Client, Resource, ResourceExt};
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
 use crate::cluster::client;
 use crate::decide::status;
+use crate::resource::vocabulary::Reason;
 use crate::resource::{TraceJob, TraceJobNode};
 use crate::serve;
 use metrics::Metrics;
@@ -94,6 +97,17 @@ pub struct Config {
     #[arg(long, default_value_t = 120)]
     pub target_timeout: u64,
 
+    /// Bytes a node's output may expand to (from gzip) when it is merged, at most; a node
+    /// beyond is left out of the merged output, which says so.
+    #[arg(long, default_value_t = 64 * 1024 * 1024, value_parser = clap::value_parser!(u64).range(1024..))]
+    pub max_output_bytes: u64,
+
+    /// Bytes the nodes' printed lines and merged maps may take, together, while a fan-out's
+    /// outputs are merged (one node at a time); a node that would take the merge past it is left
+    /// out of the merged output, which says which nodes it holds.
+    #[arg(long, default_value_t = 128 * 1024 * 1024, value_parser = clap::value_parser!(u64).range(1024..))]
+    pub merge_budget_bytes: u64,
+
     /// Address of /healthz, /readyz and /metrics.
     #[arg(long, env = "LISTEN_ADDRESS", default_value = "0.0.0.0:9470")]
     pub listen: SocketAddr,
@@ -150,7 +164,7 @@ async fn elect_and_lead(
     client: &Client,
     config: &Config,
     ready: &AtomicBool,
-    metrics: &Metrics,
+    metrics: &Arc<Metrics>,
 ) {
     loop {
         // A candidate: ready (it serves), waiting for the Lease.
@@ -169,7 +183,7 @@ async fn elect_and_lead(
         );
         metrics.leading.set(1);
         let mut last_renewed = Instant::now();
-        let leading = lead(client.clone(), config.clone());
+        let leading = lead(client.clone(), config.clone(), metrics.clone());
         tokio::pin!(leading);
         loop {
             tokio::select! {
@@ -211,8 +225,30 @@ struct Book {
     look_after: HashMap<Key, Instant>,
 }
 
+/// What the summarizer's writes share: the client, its counters, and its Events.
+#[derive(Clone)]
+pub struct Ctx {
+    pub client: Client,
+    pub metrics: Arc<Metrics>,
+    pub recorder: Recorder,
+    /// `--max-output-bytes` and `--merge-budget-bytes`.
+    pub max_output_bytes: u64,
+    pub merge_budget_bytes: u64,
+}
+
 /// Summarizes until dropped (the Lease was lost).
-async fn lead(client: Client, config: Config) {
+async fn lead(client: Client, config: Config, metrics: Arc<Metrics>) {
+    let reporter = Reporter {
+        controller: write::MANAGER.into(),
+        instance: config.identity.clone(),
+    };
+    let ctx = Ctx {
+        recorder: Recorder::new(client.clone(), reporter),
+        client: client.clone(),
+        metrics,
+        max_output_bytes: config.max_output_bytes,
+        merge_budget_bytes: config.merge_budget_bytes,
+    };
     let (jobs_api, parts_api): (Api<TraceJob>, Api<TraceJobNode>) = match &config.namespace {
         Some(ns) => (
             Api::namespaced(client.clone(), ns),
@@ -262,7 +298,7 @@ async fn lead(client: Client, config: Config) {
             }
             _ = tick.tick() => {
                 if listed == (true, true) {
-                    step(&client, &config, &jobs, &parts, &mut book, &done_tx);
+                    step(&ctx, &config, &jobs, &parts, &mut book, &done_tx);
                 }
             }
         }
@@ -279,7 +315,7 @@ fn owner_key(part: &TraceJobNode) -> Key {
 
 /// Looks at every dirty TraceJob that may be written now, and starts the writes it needs.
 fn step(
-    client: &Client,
+    ctx: &Ctx,
     config: &Config,
     jobs: &Store<TraceJob>,
     parts: &Store<TraceJobNode>,
@@ -298,13 +334,12 @@ fn step(
     if due.is_empty() {
         return;
     }
-    // Each node's part, by the UID of its TraceJob: one pass over the store per step.
+    // The parts, by the TraceJob they name: one pass over the store per step. Which of them
+    // count is decided per TraceJob (`status::sort_parts`).
     let all_parts = parts.state();
-    let mut by_owner: HashMap<&str, Vec<&TraceJobNode>> = HashMap::new();
+    let mut by_owner: HashMap<Key, Vec<&TraceJobNode>> = HashMap::new();
     for p in &all_parts {
-        if let Some(uid) = p.owner_uid() {
-            by_owner.entry(uid).or_default().push(p);
-        }
+        by_owner.entry(owner_key(p)).or_default().push(p);
     }
     for key in due {
         book.dirty.remove(&key);
@@ -313,10 +348,12 @@ fn step(
             book.look_after.remove(&key);
             continue;
         };
-        let uid = job.uid().unwrap_or_default();
         let work = if job.spec.node_selector.is_some() {
-            let mine = by_owner.get(uid.as_str()).cloned().unwrap_or_default();
-            let want = status::summary(&job, &mine, crate::cluster::writer::now());
+            let named = by_owner.get(&key).cloned().unwrap_or_default();
+            let (mine, rejected) = status::sort_parts(&job, &named);
+            let now_t = crate::cluster::writer::now();
+            let want = status::summary(&job, &mine, now_t.clone());
+            let want = status::parts_rejected(want, &rejected, &job, now_t);
             let merge = status::merge_due(&job, &mine);
             if !merge && status::summary_is_current(&job, &want) {
                 continue;
@@ -330,9 +367,12 @@ fn step(
                 continue;
             }
             let mine: Vec<TraceJobNode> = mine.into_iter().cloned().collect();
-            let (client, job) = (client.clone(), (*job).clone());
+            if !rejected.is_empty() {
+                report_rejected(ctx, &job, Reason::InvalidParts.as_str(), &rejected);
+            }
+            let (ctx, job) = (ctx.clone(), (*job).clone());
             futures::future::Either::Left(async move {
-                write::fan_out(&client, &job, &mine, want, merge).await
+                write::fan_out(&ctx, &job, &mine, want, merge).await
             })
         } else if status::unclaimed_target(&job) {
             // The pod's node usually claims it at once: look at its pod only when it did not.
@@ -344,7 +384,7 @@ fn step(
             }
             book.look_after.insert(key.clone(), now + UNCLAIMED_LOOK);
             let timeout = Duration::from_secs(config.target_timeout);
-            let (client, job) = (client.clone(), (*job).clone());
+            let (client, job) = (ctx.client.clone(), (*job).clone());
             futures::future::Either::Right(
                 async move { write::unclaimed(&client, &job, timeout).await },
             )
@@ -368,4 +408,31 @@ fn step(
             let _ = done.send((key, ok));
         });
     }
+}
+
+/// Says that a fan-out's parts or node outputs were not counted or merged (`why` each): a
+/// warning in the log, the count on /metrics (tracejob_summarizer_rejected, by reason), and a
+/// Warning Event on the TraceJob (best effort, in the background).
+pub fn report_rejected(ctx: &Ctx, job: &TraceJob, reason: &str, why: &[String]) {
+    let said = status::named(why);
+    warn!(namespace = job.namespace().unwrap_or_default(), name = %job.name_any(), reason, rejected = %said, "not counted or merged");
+    let n = u64::try_from(why.len()).unwrap_or(u64::MAX);
+    ctx.metrics.rejected(reason, n);
+    let event = KubeEvent {
+        type_: EventType::Warning,
+        reason: reason.to_string(),
+        note: Some(said.chars().take(1000).collect()),
+        action: "Summarize".into(),
+        secondary: None,
+    };
+    let recorder = ctx.recorder.clone();
+    let object = job.object_ref(&());
+    tokio::spawn(async move {
+        match tokio::time::timeout(Duration::from_secs(10), recorder.publish(&event, &object)).await
+        {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => warn!(error = %e, "could not publish event"),
+            Err(_) => warn!("could not publish event in 10 s"),
+        }
+    });
 }

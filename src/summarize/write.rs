@@ -7,15 +7,17 @@ use std::io::Write;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{ConfigMap, Pod};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, ObjectMeta};
 use k8s_openapi::ByteString;
 use kube::api::{ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde_json::json;
 
+use super::Ctx;
 use crate::cluster::writer::now;
 use crate::decide::status;
 use crate::output::fit::CONFIGMAP_BUDGET;
+use crate::output::read::Merger;
 use crate::resource::node::controller;
 use crate::resource::vocabulary::{ConditionType, Label, Reason};
 use crate::resource::{OutputRef, Phase, TraceJob, TraceJobNode, TraceJobStatus};
@@ -47,29 +49,52 @@ pub fn merged_name(tracejob: &str) -> String {
     format!("{}{suffix}", base.trim_end_matches(['-', '.']))
 }
 
-/// Writes a fan-out TraceJob's summary `want`; first, when `merge`, its merged output.
+/// Writes a fan-out TraceJob's summary `want` (`parts`: its valid parts); first, when `merge`,
+/// its merged output.
 pub async fn fan_out(
-    client: &Client,
+    ctx: &Ctx,
     job: &TraceJob,
     parts: &[TraceJobNode],
     mut want: TraceJobStatus,
     merge: bool,
 ) -> Result<Outcome, Error> {
     if merge {
-        let (name, merged, how) = merged_output(client, job, parts).await?;
+        let (name, merged, how, left_out) = merged_output(ctx, job, parts).await?;
         want.output_ref = Some(OutputRef { name });
         want.merged_nodes = Some(i64::try_from(parts.len()).unwrap_or(i64::MAX));
-        let message = format!("the maps of {merged} nodes merged ({how})");
-        want.conditions
-            .retain(|c| c.type_ != ConditionType::OutputStored.as_str());
+        let message = format!(
+            "the maps of {} nodes merged ({how}): {}",
+            merged.len(),
+            status::named(&merged)
+        );
+        want.conditions.retain(|c| {
+            c.type_ != ConditionType::OutputStored.as_str()
+                && c.type_ != ConditionType::OutputIncomplete.as_str()
+        });
         want.conditions.push(status::output_stored(
             Reason::Merged.as_str(),
             &message,
             job,
             now(),
         ));
+        if !left_out.is_empty() {
+            super::report_rejected(ctx, job, Reason::InvalidOutputs.as_str(), &left_out);
+            want.conditions.push(Condition {
+                type_: ConditionType::OutputIncomplete.as_str().into(),
+                status: "True".into(),
+                reason: Reason::InvalidOutputs.as_str().into(),
+                message: format!(
+                    "{} of {} nodes merged; left out: {}",
+                    merged.len(),
+                    parts.len(),
+                    status::named(&left_out)
+                ),
+                last_transition_time: now(),
+                observed_generation: job.metadata.generation,
+            });
+        }
     }
-    apply_status(client, job, want, None).await
+    apply_status(&ctx.client, job, want, None).await
 }
 
 /// Applies `status` to the TraceJob (onto `version` only, when given). A TraceJob gone, or
@@ -105,44 +130,75 @@ async fn apply_status(
 }
 
 /// Reads every node's output (one paged LIST by the TraceJob's label, not a GET per node),
-/// merges the maps and stores them in the merged ConfigMap. Returns its name, how many nodes'
-/// outputs it holds, and how it was stored.
+/// merges the maps and stores them in the merged ConfigMap. Only the output each part names
+/// and its node's agent wrote (`node::invalid_output`) is merged. Returns its name, how many
+/// nodes' outputs it holds, how it was stored, and why each other output was left out.
 async fn merged_output(
-    client: &Client,
+    ctx: &Ctx,
     job: &TraceJob,
     parts: &[TraceJobNode],
-) -> Result<(String, usize, &'static str), Error> {
+) -> Result<(String, Vec<String>, &'static str, Vec<String>), Error> {
     let ns = job.namespace().unwrap_or_default();
-    let api: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
-    let wanted: HashMap<String, String> = parts
+    let api: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), &ns);
+    let wanted: HashMap<String, &TraceJobNode> = parts
         .iter()
         .filter_map(|p| {
             let r = p.status.as_ref()?.output_ref.as_ref()?;
-            Some((r.name.clone(), p.spec.node_name.clone()))
+            Some((r.name.clone(), p))
         })
         .collect();
+    let mut left_out = Vec::new();
     let selector = format!("{}={},!{}", Label::TraceJob, job.name_any(), Label::Merged);
-    let mut params = ListParams::default().labels(&selector).limit(100);
-    let mut nodes: Vec<(String, ConfigMap)> = Vec::new();
+    // Small pages (each output up to a ConfigMap's 1 MiB), each merged and let go before the
+    // next is read: memory holds the running merge and one page, whatever the nodes.
+    let mut params = ListParams::default().labels(&selector).limit(2);
+    let mut merger = Some(Merger::new(
+        &job.spec.program,
+        ctx.max_output_bytes,
+        ctx.merge_budget_bytes,
+    ));
     loop {
         let page = api.list(&params).await?;
+        let mut ours = Vec::new();
         for cm in page.items {
-            if let Some(node) = wanted.get(&cm.name_any()) {
-                nodes.push((node.clone(), cm));
+            if let Some(part) = wanted.get(&cm.name_any()) {
+                match super::valid::invalid_output(job, part, &cm) {
+                    None => ours.push((part.spec.node_name.clone(), cm)),
+                    Some(why) => left_out.push(why),
+                }
             }
+        }
+        if !ours.is_empty() {
+            // Parsing and merging is CPU work: off the async threads.
+            let mut m = merger
+                .take()
+                .ok_or_else(|| Error::Merge("no merge".into()))?;
+            let m = tokio::task::spawn_blocking(move || {
+                for (node, cm) in &ours {
+                    m.add(node, cm);
+                }
+                m
+            })
+            .await
+            .map_err(|e| Error::Merge(e.to_string()))?;
+            merger = Some(m);
         }
         match page.metadata.continue_.filter(|c| !c.is_empty()) {
             Some(token) => params = params.continue_token(&token),
             None => break,
         }
     }
-    nodes.sort_by(|a, b| a.0.cmp(&b.0));
-    let count = nodes.len();
+    let merged = merger
+        .take()
+        .ok_or_else(|| Error::Merge("no merge".into()))?
+        .finish();
+    let included: Vec<String> = merged.printed.iter().map(|(n, _)| n.clone()).collect();
+    for (node, why) in &merged.left_out {
+        left_out.push(format!("node {node}'s output: {why}"));
+    }
     let program = job.spec.program.clone();
-    // Parsing and rendering many nodes' output is CPU work: off the async threads.
+    // Rendering and compressing is CPU work too.
     let (data, binary, how) = tokio::task::spawn_blocking(move || -> Result<_, Error> {
-        let merged = crate::plugin::show::merged(&nodes, &program)
-            .map_err(|e| Error::Merge(e.to_string()))?;
         let maps = crate::output::maps::Maps {
             bpftrace: merged.bpftrace.clone(),
             maps: merged.merged.maps.clone(),
@@ -177,7 +233,7 @@ async fn merged_output(
         }
         Err(e) => return Err(e.into()),
     }
-    Ok((name, count, how))
+    Ok((name, included, how, left_out))
 }
 
 /// The merged output in a ConfigMap's budget: as text when it fits, else gzip; maps.json kept

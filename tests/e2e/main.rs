@@ -27,7 +27,7 @@ use libtest_mimic::{Arguments, Trial};
 use support::{ControlPlane, Env, Test};
 
 /// The compatibility subset (TRACEJOB_E2E_COMPAT): what depends most on the server's release.
-const COMPAT: [&str; 15] = [
+const COMPAT: [&str; 16] = [
     "api_server_and_kubectl_are_the_pinned_release",
     "api_invalid_tracejobs_are_rejected_naming_the_field",
     "lifecycle_biolatency_apply_stop_configmap",
@@ -37,6 +37,7 @@ const COMPAT: [&str; 15] = [
     "security_agent_token_cannot_write_another_nodes_tracejobnode",
     "security_deny_by_default_traces_nothing_from_unannotated_namespaces",
     "security_namespace_scope_is_set_only_with_its_own_permission",
+    "security_namespace_scope_is_guarded_on_status_and_finalize",
     "security_summarizer_token_writes_only_summaries_and_merged_outputs",
     "security_can_i_lists_match_the_readme",
     "security_spec_cannot_change_after_creation",

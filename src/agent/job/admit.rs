@@ -61,6 +61,10 @@ impl Actor {
                             Some(true) => {}
                             Some(false) | None => return None,
                         }
+                        if !crate::resource::node::joinable(self.ctx.writer.node()) {
+                            self.cannot_join();
+                            return None;
+                        }
                     }
                     if let Some(target) = self.seen.job.spec.target.clone() {
                         match self.place(&target).await {
@@ -233,6 +237,21 @@ impl Actor {
             self.ctx.config.unannotated_namespaces,
             &self.ctx.config.protected_node_labels,
         )
+    }
+
+    /// A TraceJob on several nodes that selects this node, whose name is not a label value: its
+    /// part (TRACEJOB.NODE, labelled with the node) cannot be written, so it does not join; it
+    /// says so and counts it (reason NodeNameNotALabelValue).
+    fn cannot_join(&self) {
+        let node = self.ctx.writer.node();
+        warn!(node, "not joining this TraceJob on several nodes: this node's name is not a label value (at most 63 characters, alphanumerics, '-', '_' and '.'), so its part cannot be named or labelled");
+        self.ctx
+            .metrics
+            .fanout_refused
+            .get_or_create(&crate::agent::metrics::Reason {
+                reason: Reason::NodeNameNotALabelValue.as_str().into(),
+            })
+            .inc();
     }
 
     /// Ends a TraceJob this node may not run: Failed, NodeNotAllowed, and no bpftrace.

@@ -129,9 +129,16 @@ struct Run {
     live: Live,
     /// The target container, looked at whenever this node's pods change while the trace runs.
     target: Option<TargetWatch>,
-    /// This run's place among the node's `--max-running-traces` (none: taken over beyond it, or
-    /// never started).
-    _slot: Option<OwnedSemaphorePermit>,
+    /// This run's place among the node's `--max-running-traces` and its namespace's
+    /// `--max-running-traces-per-namespace` (none: taken over beyond them, or never started).
+    _slot: Slot,
+}
+
+/// A run's places: among its node's traces and among its namespace's on the node.
+#[derive(Default)]
+pub(super) struct Slot {
+    _namespace: Option<OwnedSemaphorePermit>,
+    _node: Option<OwnedSemaphorePermit>,
 }
 
 impl Run {

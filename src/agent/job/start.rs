@@ -19,7 +19,9 @@ use crate::host::rundir::{Record, RunFiles};
 use crate::host::shim;
 use crate::resource::Phase;
 
-use super::{ended, exit_of, instant_of, Actor, Live, Resolved, Run};
+use std::sync::Arc;
+
+use super::{ended, exit_of, instant_of, Actor, Live, Resolved, Run, Slot};
 use crate::resource::vocabulary::{ConditionType, Reason};
 
 impl Actor {
@@ -90,7 +92,7 @@ impl Actor {
             attach_known: false,
             live: Live::default(),
             target: None,
-            _slot: slot,
+            _slot: slot.unwrap_or_default(),
         };
         run.target = target_watch(&self.seen.job, &run.record, self.ctx.stores.pods.changes());
         if self.seen.job.spec.stop {
@@ -141,29 +143,70 @@ impl Actor {
         Some(run)
     }
 
-    /// A place among the traces this node runs (`--max-running-traces`), waited for while the
-    /// node runs as many, Pending with a Waiting condition that says so. None: deleted or the
-    /// agent exits meanwhile; Some(None): stopped while it waited (it will not run).
-    pub(super) async fn slot(&mut self) -> Option<Option<OwnedSemaphorePermit>> {
-        let slots = self.ctx.slots.clone();
+    /// A place among the traces of this TraceJob's namespace on this node
+    /// (`--max-running-traces-per-namespace`), then among all the traces this node runs
+    /// (`--max-running-traces`), each waited for while taken, Pending with a Waiting condition
+    /// that says so. None: deleted or the agent exits meanwhile; Some(None): stopped while it
+    /// waited (it will not run).
+    pub(super) async fn slot(&mut self) -> Option<Option<Slot>> {
+        let namespace = self.seen.job.namespace().unwrap_or_default();
+        let node = self.ctx.writer.node().to_string();
+        let per = self.ctx.config.per_namespace_traces();
+        let mine = self.ctx.namespace_slots(&namespace);
+        let message = format!(
+            "waiting: node {node} runs {per} traces of namespace {namespace}, its --max-running-traces-per-namespace; this one starts when one of them ends"
+        );
+        let max = self.ctx.config.max_running_traces;
+        // A share as large as the node's is no share: the node's limit says why it waits.
+        let ns_permit = if per < max {
+            let Some(permit) = self
+                .permit(mine, Reason::MaxRunningTracesPerNamespace.as_str(), message)
+                .await?
+            else {
+                return Some(None);
+            };
+            Some(permit)
+        } else {
+            None
+        };
+        let message = format!(
+            "waiting: node {node} runs {max} traces, its --max-running-traces; this one starts when one of them ends"
+        );
+        let Some(node_permit) = self
+            .permit(
+                self.ctx.slots.clone(),
+                Reason::MaxRunningTraces.as_str(),
+                message,
+            )
+            .await?
+        else {
+            return Some(None);
+        };
+        Some(Some(Slot {
+            _namespace: ns_permit,
+            _node: Some(node_permit),
+        }))
+    }
+
+    /// A permit of `slots`, waited for while none is free, Pending with a Waiting condition
+    /// (`reason`, `message`). None: deleted or the agent exits meanwhile; Some(None): stopped
+    /// while it waited.
+    async fn permit(
+        &mut self,
+        slots: Arc<tokio::sync::Semaphore>,
+        reason: &str,
+        message: String,
+    ) -> Option<Option<OwnedSemaphorePermit>> {
         if let Ok(permit) = slots.clone().try_acquire_owned() {
             return Some(Some(permit));
         }
-        let max = self.ctx.config.max_running_traces;
-        info!(
-            max,
-            "this node runs as many traces as it may; waiting for one to end"
-        );
-        self.ours.message = Some(format!(
-            "waiting: node {} runs {max} traces, its --max-running-traces; this one starts when one of them ends",
-            self.ctx.writer.node()
-        ));
+        info!(reason, "as many traces run as may; waiting for one to end");
+        self.ours.message = Some(message.clone());
         self.ours
             .conditions
             .retain(|c| c.type_ != ConditionType::Waiting.as_str());
-        let message = self.ours.message.clone().unwrap_or_default();
         self.ours.conditions.push(status::waiting(
-            Reason::MaxRunningTraces.as_str(),
+            reason,
             &message,
             &self.seen.job,
             writer::now(),
@@ -243,7 +286,14 @@ impl Actor {
             live: Live::default(),
             target: None,
             // A trace taken over runs already: it takes a place if one is free.
-            _slot: self.ctx.slots.clone().try_acquire_owned().ok(),
+            _slot: Slot {
+                _namespace: self
+                    .ctx
+                    .namespace_slots(&self.seen.job.namespace().unwrap_or_default())
+                    .try_acquire_owned()
+                    .ok(),
+                _node: self.ctx.slots.clone().try_acquire_owned().ok(),
+            },
         };
         run.target = target_watch(&self.seen.job, &run.record, self.ctx.stores.pods.changes());
         // The earlier agent recorded that it traces but may have died before Running was
@@ -257,5 +307,21 @@ impl Actor {
             }
         }
         run
+    }
+}
+
+impl crate::agent::Ctx {
+    /// The permits of `namespace`'s traces on this node. A namespace with none taken and none
+    /// waited for is forgotten (each permit and each waiter holds its semaphore).
+    pub fn namespace_slots(&self, namespace: &str) -> Arc<tokio::sync::Semaphore> {
+        let per = usize::try_from(self.config.per_namespace_traces()).unwrap_or(usize::MAX);
+        let mut all = self
+            .namespace_slots
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        all.retain(|_, s| Arc::strong_count(s) > 1);
+        all.entry(namespace.to_string())
+            .or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(per)))
+            .clone()
     }
 }

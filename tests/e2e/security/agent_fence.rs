@@ -440,7 +440,7 @@ fn agent_token_cannot_write_another_nodes_tracejobnode(env: &Env) {
             yaml,
         )
     };
-    let own = format!("wide-{node_a}");
+    let own = format!("wide.{node_a}");
     let r = apply(
         &as_a,
         &part_yaml(&own, &ns, &node_a, &node_a, "wide", owner),
@@ -468,7 +468,7 @@ fn agent_token_cannot_write_another_nodes_tracejobnode(env: &Env) {
     );
 
     // Node B's part, as B's agent would have written it.
-    let theirs = format!("wide-{node_b}");
+    let theirs = format!("wide.{node_b}");
     k.apply(
         &ns,
         &part_yaml(&theirs, &ns, &node_b, &node_b, "wide", owner),
@@ -516,7 +516,12 @@ fn agent_token_cannot_write_another_nodes_tracejobnode(env: &Env) {
             "changing node B's TraceJobNode",
         ),
     ] {
-        denied(&apply(&as_a, &yaml), what);
+        // Refused by the fence or, a name other than TRACEJOB.NODE, by the CRD itself.
+        let r = apply(&as_a, &yaml);
+        assert!(!r.ok, "{what} was allowed");
+        if !r.stderr.contains("is named TRACEJOB.NODE") {
+            denied(&r, what);
+        }
     }
     for status in [
         serde_json::json!({"phase": "Completed", "message": "forged"}),
@@ -565,7 +570,14 @@ fn agent_token_cannot_write_another_nodes_tracejobnode(env: &Env) {
     denied(
         &apply(
             &unbound,
-            &part_yaml(&format!("{own}-6"), &ns, &node_a, &node_a, "wide", owner),
+            &part_yaml(
+                &format!("wide2.{node_a}"),
+                &ns,
+                &node_a,
+                &node_a,
+                "wide2",
+                owner,
+            ),
         ),
         "creating a TraceJobNode with a token bound to no node",
     );

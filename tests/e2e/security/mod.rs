@@ -3,6 +3,7 @@
 //! tokens bound to pods on nodes; namespaces scoped to nodes; the spec fixed at creation.
 
 mod agent_fence;
+mod fence;
 mod install;
 mod scope;
 mod summarizer_fence;
@@ -19,6 +20,7 @@ pub fn tests() -> Vec<Test> {
     tests.extend(agent_fence::tests());
     tests.extend(summarizer_fence::tests());
     tests.extend(scope::tests());
+    tests.extend(fence::tests());
     tests
 }
 

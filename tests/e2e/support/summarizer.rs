@@ -12,6 +12,8 @@ pub struct Summarizer {
     pub lease: String,
     pub log: PathBuf,
     pub proc: Option<Proc>,
+    /// Where it serves /healthz, /readyz and /metrics.
+    pub port: u16,
     _tmp: tempfile::TempDir,
 }
 
@@ -52,6 +54,7 @@ impl Summarizer {
             lease: lease.to_string(),
             log,
             proc: Some(proc),
+            port,
             _tmp: tmp,
         }
     }
@@ -80,6 +83,21 @@ impl Summarizer {
             p.wait_exit(std::time::Duration::from_secs(10));
         }
         self.proc = None;
+    }
+
+    /// One sample of /metrics by its name and labels as printed; None if it is not exported.
+    pub fn metric(&self, series: &str) -> Option<f64> {
+        let out = std::process::Command::new("curl")
+            .args(["-s", &format!("http://127.0.0.1:{}/metrics", self.port)])
+            .output()
+            .ok()?;
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .find_map(|l| {
+                let (name, value) = l.rsplit_once(' ')?;
+                (name == series).then(|| value.parse().ok()).flatten()
+            })
     }
 
     pub fn logs(&self) -> String {
