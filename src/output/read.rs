@@ -11,6 +11,10 @@ use super::maps::{Map, Maps, Value};
 use super::merge::{self, Kind, Merged};
 use super::parse;
 
+/// What a reader expands from gzip at most by default (the plugin's and the summarizer's
+/// `--max-output-bytes`): twice the agent's default output limit.
+pub const DEFAULT_EXPANDED_LIMIT: u64 = 64 * 1024 * 1024;
+
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("the stored output is not gzip: {0}")]

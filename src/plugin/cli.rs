@@ -4,8 +4,6 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
-use super::show;
-
 #[derive(Parser, Debug)]
 #[command(
     name = "kubectl-tracejob",
@@ -34,7 +32,7 @@ pub struct Cli {
     pub raw: bool,
     /// Largest output the plugin expands from a compressed ConfigMap, in bytes (it refuses,
     /// with an error, rather than use more memory).
-    #[arg(long, global = true, default_value_t = show::DEFAULT_MAX_EXPANDED_BYTES)]
+    #[arg(long, global = true, default_value_t = crate::output::read::DEFAULT_EXPANDED_LIMIT)]
     pub max_output_bytes: u64,
     #[command(subcommand)]
     pub command: Command,

@@ -122,11 +122,8 @@ fn read_error(e: read::Error) -> Error {
     }
 }
 
-/// What the plugin expands from gzip at most by default: twice the agent's default output limit.
-pub const DEFAULT_MAX_EXPANDED_BYTES: u64 = 64 * 1024 * 1024;
-
 /// The limit in force (`--max-output-bytes`), set once at start.
-static MAX_EXPANDED_BYTES: AtomicU64 = AtomicU64::new(DEFAULT_MAX_EXPANDED_BYTES);
+static MAX_EXPANDED_BYTES: AtomicU64 = AtomicU64::new(crate::output::read::DEFAULT_EXPANDED_LIMIT);
 
 /// Whether text from a trace or the cluster is escaped when written (`escape_controls`): always,
 /// unless `--raw`. Not only for a terminal: a pipe often ends in one (`| less -R`, `| tee`), and

@@ -99,7 +99,7 @@ pub struct Config {
 
     /// Bytes a node's output may expand to (from gzip) when it is merged, at most; a node
     /// beyond is left out of the merged output, which says so.
-    #[arg(long, default_value_t = 64 * 1024 * 1024, value_parser = clap::value_parser!(u64).range(1024..))]
+    #[arg(long, default_value_t = crate::output::read::DEFAULT_EXPANDED_LIMIT, value_parser = clap::value_parser!(u64).range(1024..))]
     pub max_output_bytes: u64,
 
     /// Bytes the nodes' printed lines and merged maps may take, together, while a fan-out's
