@@ -18,7 +18,6 @@ use backon::BackoffBuilder;
 use k8s_openapi::api::core::v1::ConfigMap;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use k8s_openapi::jiff::Timestamp;
-use k8s_openapi::ByteString;
 use kube::api::{Patch, PatchParams, PostParams};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::{Api, Client, Resource, ResourceExt};
@@ -291,6 +290,7 @@ impl Writer {
                 ),
             ])
         });
+        let (data, binary) = contents.configmap_data();
         ConfigMap {
             metadata: ObjectMeta {
                 name: Some(name.to_string()),
@@ -304,14 +304,8 @@ impl Writer {
                 owner_references: Some(vec![controller(job)]),
                 ..Default::default()
             },
-            data: Some(contents.data.clone()),
-            binary_data: Some(
-                contents
-                    .binary
-                    .iter()
-                    .map(|(k, v)| (k.clone(), ByteString(v.clone())))
-                    .collect(),
-            ),
+            data: Some(data),
+            binary_data: Some(binary),
             ..Default::default()
         }
     }

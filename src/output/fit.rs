@@ -12,6 +12,9 @@ use std::path::Path;
 use crate::resource::vocabulary::Reason;
 use flate2::write::GzEncoder;
 use flate2::Compression;
+use k8s_openapi::ByteString;
+
+use super::key;
 
 /// Bytes of data for one ConfigMap: under the API server's 1 MiB limit on data plus binaryData,
 /// leaving room for metadata.
@@ -140,17 +143,18 @@ pub fn fit(out: &Output, budget: u64) -> io::Result<(Contents, Stored)> {
         let mut contents = Contents::default();
         match String::from_utf8(bytes) {
             Ok(text) => {
-                contents.data.insert("output".into(), text);
+                contents.data.insert(key::OUTPUT.into(), text);
             }
             Err(e) => {
                 stored.utf8 = false;
-                contents.binary.insert("output".into(), e.into_bytes());
+                contents.binary.insert(key::OUTPUT.into(), e.into_bytes());
             }
         }
         if let Some(m) = out.maps_json {
-            contents
-                .data
-                .insert("maps.json".into(), String::from_utf8_lossy(m).into_owned());
+            contents.data.insert(
+                key::MAPS_JSON.into(),
+                String::from_utf8_lossy(m).into_owned(),
+            );
         }
         return Ok((contents, stored));
     }
@@ -228,9 +232,9 @@ fn shrink(keep: u64, compressed: u64, budget: u64) -> u64 {
 }
 
 fn compressed(output_gz: Vec<u8>, maps_gz: Option<Vec<u8>>) -> Contents {
-    let mut binary = BTreeMap::from([("output.gz".to_string(), output_gz)]);
+    let mut binary = BTreeMap::from([(key::OUTPUT_GZ.to_string(), output_gz)]);
     if let Some(maps_gz) = maps_gz {
-        binary.insert("maps.json.gz".to_string(), maps_gz);
+        binary.insert(key::MAPS_JSON_GZ.to_string(), maps_gz);
     }
     Contents {
         data: BTreeMap::new(),
@@ -305,6 +309,77 @@ fn line_end_before(file: &mut File, pos: u64, floor: u64) -> io::Result<u64> {
         Some(i) => pos - back + i as u64 + 1,
         None => floor,
     })
+}
+
+impl Contents {
+    /// A live copy's contents: the output as text, or byte for byte when it is not UTF-8.
+    pub fn live(bytes: Vec<u8>) -> Contents {
+        let mut contents = Contents::default();
+        match String::from_utf8(bytes) {
+            Ok(text) => {
+                contents.data.insert(key::OUTPUT.into(), text);
+            }
+            Err(e) => {
+                contents.binary.insert(key::OUTPUT.into(), e.into_bytes());
+            }
+        }
+        contents
+    }
+
+    /// Keeps the program as it ran beside the output.
+    pub fn with_program(mut self, program: String) -> Contents {
+        self.data.insert(key::PROGRAM.into(), program);
+        self
+    }
+
+    /// The ConfigMap's `data` and `binaryData`.
+    pub fn configmap_data(&self) -> (BTreeMap<String, String>, BTreeMap<String, ByteString>) {
+        let binary = self
+            .binary
+            .iter()
+            .map(|(k, v)| (k.clone(), ByteString(v.clone())))
+            .collect();
+        (self.data.clone(), binary)
+    }
+}
+
+/// A fan-out's merged output (its text, its maps as JSON, and the program) in a ConfigMap's
+/// budget: as text when it fits, else gzip; maps.json kept while it fits. With how it was
+/// stored, for the status.
+pub fn merged(text: String, maps_json: String, program: &str) -> (Contents, &'static str) {
+    let budget = usize::try_from(CONFIGMAP_BUDGET).unwrap_or(usize::MAX);
+    let mut contents = Contents::default().with_program(program.to_string());
+    if text.len() + maps_json.len() + program.len() <= budget {
+        contents.data.insert(key::OUTPUT.into(), text);
+        contents.data.insert(key::MAPS_JSON.into(), maps_json);
+        return (contents, "as text");
+    }
+    let output = gzip_bytes(text.as_bytes());
+    let maps = gzip_bytes(maps_json.as_bytes());
+    let mut room = budget.saturating_sub(program.len());
+    if output.len() <= room {
+        room -= output.len();
+        contents.binary.insert(key::OUTPUT_GZ.into(), output);
+        if maps.len() <= room {
+            contents.binary.insert(key::MAPS_JSON_GZ.into(), maps);
+        }
+        return (contents, "compressed");
+    }
+    if maps.len() <= room {
+        contents.binary.insert(key::MAPS_JSON_GZ.into(), maps);
+    }
+    contents.data.insert(
+        key::OUTPUT.into(),
+        "the merged output is larger than a ConfigMap holds: see each node's output (kubectl tracejob output NAME --per-node)\n".into(),
+    );
+    (contents, "too large; maps.json only")
+}
+
+fn gzip_bytes(bytes: &[u8]) -> Vec<u8> {
+    let mut e = GzEncoder::new(Vec::new(), Compression::default());
+    // Writing to a Vec cannot fail.
+    let _ = e.write_all(bytes);
+    e.finish().unwrap_or_default()
 }
 
 #[cfg(test)]
@@ -441,5 +516,28 @@ mod tests {
         let (reason, message) = stored.describe("cm");
         assert_eq!(reason, "Truncated");
         assert!(message.contains("1234 bytes"), "{message}");
+    }
+
+    #[test]
+    fn merged_output_fits_a_configmap() {
+        let (c, how) = merged("@c: 1\n".into(), "{}".into(), "BEGIN {}");
+        assert_eq!((c.data[key::OUTPUT].as_str(), how), ("@c: 1\n", "as text"));
+        assert_eq!(c.data[key::PROGRAM], "BEGIN {}");
+        assert!(c.binary.is_empty());
+        // Large but compressible: gzip.
+        let big = "@c[x]: 1\n".repeat(200_000);
+        let (c, how) = merged(big.clone(), "{}".into(), "BEGIN {}");
+        assert_eq!(how, "compressed");
+        assert!(!c.data.contains_key(key::OUTPUT));
+        assert_eq!(gunzip(&c.binary[key::OUTPUT_GZ]), big.as_bytes());
+    }
+
+    #[test]
+    fn live_output_is_text_or_bytes() {
+        assert_eq!(Contents::live(b"hi\n".to_vec()).data[key::OUTPUT], "hi\n");
+        assert_eq!(
+            Contents::live(b"\xff".to_vec()).binary[key::OUTPUT],
+            b"\xff"
+        );
     }
 }

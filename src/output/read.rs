@@ -7,6 +7,7 @@ use std::io::Read;
 
 use k8s_openapi::api::core::v1::ConfigMap;
 
+use super::key;
 use super::maps::{Map, Maps, Value};
 use super::merge::{self, Kind, Merged};
 use super::parse;
@@ -44,14 +45,14 @@ pub fn gunzip(bytes: &[u8], limit: u64) -> Result<Vec<u8>, Error> {
 /// The output bytes a ConfigMap holds: `data.output`, `binaryData.output`, or the gzip in
 /// `binaryData.output.gz` expanded (at most `limit` bytes).
 pub fn output_bytes(cm: &ConfigMap, limit: u64) -> Result<Vec<u8>, Error> {
-    if let Some(text) = cm.data.as_ref().and_then(|d| d.get("output")) {
+    if let Some(text) = cm.data.as_ref().and_then(|d| d.get(key::OUTPUT)) {
         return Ok(text.as_bytes().to_vec());
     }
     let binary = cm.binary_data.as_ref();
-    if let Some(bytes) = binary.and_then(|b| b.get("output")) {
+    if let Some(bytes) = binary.and_then(|b| b.get(key::OUTPUT)) {
         return Ok(bytes.0.clone());
     }
-    match binary.and_then(|b| b.get("output.gz")) {
+    match binary.and_then(|b| b.get(key::OUTPUT_GZ)) {
         Some(gz) => gunzip(&gz.0, limit),
         None => Ok(Vec::new()),
     }
@@ -60,12 +61,12 @@ pub fn output_bytes(cm: &ConfigMap, limit: u64) -> Result<Vec<u8>, Error> {
 /// The maps a ConfigMap holds (maps.json, plain or gzip, at most `limit` bytes), or, where
 /// maps.json was left out for size, read again from the output.
 pub fn maps_of(cm: &ConfigMap, limit: u64) -> Result<Maps, Error> {
-    let json = match cm.data.as_ref().and_then(|d| d.get("maps.json")) {
+    let json = match cm.data.as_ref().and_then(|d| d.get(key::MAPS_JSON)) {
         Some(text) => Some(text.as_bytes().to_vec()),
         None => cm
             .binary_data
             .as_ref()
-            .and_then(|b| b.get("maps.json.gz"))
+            .and_then(|b| b.get(key::MAPS_JSON_GZ))
             .map(|gz| gunzip(&gz.0, limit))
             .transpose()?,
     };

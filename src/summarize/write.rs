@@ -3,12 +3,10 @@
 //! TraceJob whose pod no node can take. One attempt each; the caller looks again later.
 
 use std::collections::{BTreeMap, HashMap};
-use std::io::Write;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{ConfigMap, Pod};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, ObjectMeta};
-use k8s_openapi::ByteString;
 use kube::api::{ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client, Resource, ResourceExt};
 use serde_json::json;
@@ -16,7 +14,6 @@ use serde_json::json;
 use super::Ctx;
 use crate::cluster::writer::now;
 use crate::decide::status;
-use crate::output::fit::CONFIGMAP_BUDGET;
 use crate::output::read::Merger;
 use crate::resource::node::controller;
 use crate::resource::vocabulary::{ConditionType, Label, Reason};
@@ -198,17 +195,22 @@ async fn merged_output(
     }
     let program = job.spec.program.clone();
     // Rendering and compressing is CPU work too.
-    let (data, binary, how) = tokio::task::spawn_blocking(move || -> Result<_, Error> {
+    let (contents, how) = tokio::task::spawn_blocking(move || -> Result<_, Error> {
         let maps = crate::output::maps::Maps {
             bpftrace: merged.bpftrace.clone(),
             maps: merged.merged.maps.clone(),
         };
         let maps_json = serde_json::to_string(&maps).map_err(|e| Error::Merge(e.to_string()))?;
-        Ok(fit(merged.text(), maps_json, &program))
+        Ok(crate::output::fit::merged(
+            merged.text(),
+            maps_json,
+            &program,
+        ))
     })
     .await
     .map_err(|e| Error::Merge(e.to_string()))??;
     let name = merged_name(&job.name_any());
+    let (data, binary) = contents.configmap_data();
     let cm = ConfigMap {
         metadata: ObjectMeta {
             name: Some(name.clone()),
@@ -234,53 +236,6 @@ async fn merged_output(
         Err(e) => return Err(e.into()),
     }
     Ok((name, included, how, left_out))
-}
-
-/// The merged output in a ConfigMap's budget: as text when it fits, else gzip; maps.json kept
-/// while it fits.
-fn fit(
-    text: String,
-    maps_json: String,
-    program: &str,
-) -> (
-    BTreeMap<String, String>,
-    BTreeMap<String, ByteString>,
-    &'static str,
-) {
-    let budget = usize::try_from(CONFIGMAP_BUDGET).unwrap_or(usize::MAX);
-    let mut data = BTreeMap::from([("program".to_string(), program.to_string())]);
-    let mut binary = BTreeMap::new();
-    if text.len() + maps_json.len() + program.len() <= budget {
-        data.insert("output".into(), text);
-        data.insert("maps.json".into(), maps_json);
-        return (data, binary, "as text");
-    }
-    let output = gzip(text.as_bytes());
-    let maps = gzip(maps_json.as_bytes());
-    let mut room = budget.saturating_sub(program.len());
-    if output.len() <= room {
-        room -= output.len();
-        binary.insert("output.gz".into(), ByteString(output));
-        if maps.len() <= room {
-            binary.insert("maps.json.gz".into(), ByteString(maps));
-        }
-        return (data, binary, "compressed");
-    }
-    if maps.len() <= room {
-        binary.insert("maps.json.gz".into(), ByteString(maps));
-    }
-    data.insert(
-        "output".into(),
-        "the merged output is larger than a ConfigMap holds: see each node's output (kubectl tracejob output NAME --per-node)\n".into(),
-    );
-    (data, binary, "too large; maps.json only")
-}
-
-fn gzip(bytes: &[u8]) -> Vec<u8> {
-    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
-    // Writing to a Vec cannot fail.
-    let _ = e.write_all(bytes);
-    e.finish().unwrap_or_default()
 }
 
 /// An unassigned pod-target TraceJob that no node claimed: Failed if its pod does not exist, or
@@ -342,17 +297,5 @@ mod tests {
     fn merged_names_are_valid() {
         assert_eq!(merged_name("bio"), "bio-output-merged");
         assert!(merged_name(&"x".repeat(253)).len() <= 253);
-    }
-
-    #[test]
-    fn merged_output_fits_a_configmap() {
-        let (data, binary, how) = fit("@c: 1\n".into(), "{}".into(), "BEGIN {}");
-        assert_eq!((data["output"].as_str(), how), ("@c: 1\n", "as text"));
-        assert!(binary.is_empty());
-        // Large but compressible: gzip.
-        let big = "@c[x]: 1\n".repeat(200_000);
-        let (data, binary, how) = fit(big, "{}".into(), "BEGIN {}");
-        assert_eq!(how, "compressed");
-        assert!(binary.contains_key("output.gz") && !data.contains_key("output"));
     }
 }

@@ -11,20 +11,6 @@ use crate::resource::OutputRef;
 
 use super::{Actor, Run};
 
-/// A live copy's contents: the output as text, or byte for byte when it is not UTF-8.
-pub(super) fn contents_of(bytes: Vec<u8>) -> Contents {
-    let mut contents = Contents::default();
-    match String::from_utf8(bytes) {
-        Ok(text) => {
-            contents.data.insert("output".into(), text);
-        }
-        Err(e) => {
-            contents.binary.insert("output".into(), e.into_bytes());
-        }
-    }
-    contents
-}
-
 impl Actor {
     /// Copies the newest output into the ConfigMap while the trace runs: at most every
     /// `--live-interval`, only when it grew, past the attach line, within the node's budget.
@@ -66,7 +52,7 @@ impl Actor {
             async move {
                 let read = tokio::task::spawn_blocking(move || {
                     collect::live_window(&path, from, window)
-                        .map(|(offset, bytes)| (offset, contents_of(bytes), printed))
+                        .map(|(offset, bytes)| (offset, Contents::live(bytes), printed))
                 })
                 .await;
                 let (offset, contents, printed) = match read {

@@ -140,7 +140,7 @@ impl Actor {
                     let read = tokio::task::spawn_blocking(move || {
                         collect::collect(&stdout, dropped, &version, budget).map(|mut c| {
                             if let Some(p) = program {
-                                c.contents.data.insert("program".into(), p);
+                                c.contents = c.contents.with_program(p);
                             }
                             c
                         })
