@@ -216,10 +216,48 @@ pub fn lost(pod: Option<&Pod>, target: &Target, started: &Running) -> Option<Los
                 now.restarts
             ),
         }),
+        // The kubelet shows the exit before the new container: one that will run again is
+        // restarting.
+        Found::NotRunning(_) if restarts(pod, &started.name) => Some(Lost {
+            restarted: true,
+            why: format!(
+                "container {} of pod {} exited and restarts (restartPolicy {}); the maps end at the restart",
+                started.name,
+                target.pod,
+                restart_policy(pod)
+            ),
+        }),
         Found::NotRunning(_) | Found::Wrong(_) => gone(format!(
             "container {} of pod {} stopped",
             started.name, target.pod
         )),
+    }
+}
+
+fn restart_policy(pod: &Pod) -> &str {
+    pod.spec
+        .as_ref()
+        .and_then(|s| s.restart_policy.as_deref())
+        .unwrap_or("Always")
+}
+
+/// Whether the kubelet starts container `name` again after it exited: always, or on a failure
+/// when it failed (its exit code, from its state or, once waiting, its last state).
+fn restarts(pod: &Pod, name: &str) -> bool {
+    match restart_policy(pod) {
+        "Always" => true,
+        "OnFailure" => pod
+            .status
+            .as_ref()
+            .and_then(|s| s.container_statuses.as_ref())
+            .and_then(|cs| cs.iter().find(|c| c.name == name))
+            .and_then(|c| {
+                let state = c.state.as_ref().and_then(|s| s.terminated.as_ref());
+                let last = c.last_state.as_ref().and_then(|s| s.terminated.as_ref());
+                state.or(last).map(|t| t.exit_code != 0)
+            })
+            .unwrap_or(false),
+        _ => false,
     }
 }
 
@@ -278,8 +316,8 @@ fn string_end(text: &str) -> usize {
 mod tests {
     use super::*;
     use k8s_openapi::api::core::v1::{
-        Container, ContainerState, ContainerStateRunning, ContainerStateWaiting, ContainerStatus,
-        PodSpec, PodStatus,
+        Container, ContainerState, ContainerStateRunning, ContainerStateTerminated,
+        ContainerStateWaiting, ContainerStatus, PodSpec, PodStatus,
     };
 
     fn pod(containers: &[&str], statuses: Vec<ContainerStatus>, phase: &str) -> Pod {
@@ -427,9 +465,33 @@ mod tests {
             .is_some_and(|l| l.restarted && l.why.contains("restarted")));
         assert!(lost(None, &target(None), &started)
             .is_some_and(|l| !l.restarted && l.why.contains("deleted")));
-        let stopped = pod(&["app"], vec![], "Running");
-        assert!(lost(Some(&stopped), &target(None), &started)
-            .is_some_and(|l| !l.restarted && l.why.contains("stopped")));
+        // Exited, as the kubelet shows it before it starts the container again.
+        let exited = |policy: &str, code: i32| {
+            let mut p = pod(
+                &["app"],
+                vec![ContainerStatus {
+                    name: "app".into(),
+                    container_id: Some(format!("containerd://{ID}")),
+                    state: Some(ContainerState {
+                        terminated: Some(ContainerStateTerminated {
+                            exit_code: code,
+                            ..Default::default()
+                        }),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }],
+                "Running",
+            );
+            if let Some(s) = p.spec.as_mut() {
+                s.restart_policy = Some(policy.into());
+            }
+            lost(Some(&p), &target(None), &started)
+        };
+        assert!(exited("Always", 0).is_some_and(|l| l.restarted && l.why.contains("restarts")));
+        assert!(exited("OnFailure", 137).is_some_and(|l| l.restarted));
+        assert!(exited("OnFailure", 0).is_some_and(|l| !l.restarted && l.why.contains("stopped")));
+        assert!(exited("Never", 137).is_some_and(|l| !l.restarted && l.why.contains("stopped")));
     }
 
     #[test]

@@ -259,6 +259,30 @@ fn pod_runs(k: &Kubectl, ns: &str, node: &str, id: &str, restarts: u32) {
     ]);
 }
 
+/// Container `id` of pod web exited (killed), as the kubelet reports it before starting it again.
+fn pod_exited(k: &Kubectl, ns: &str, id: &str) {
+    let status = serde_json::json!({"status": {
+        "containerStatuses": [{
+            "name": "app", "ready": false, "restartCount": 0,
+            "image": "localhost/none:1", "imageID": "",
+            "containerID": format!("containerd://{id}"),
+            "state": {"terminated": {"exitCode": 137, "reason": "Error",
+                "startedAt": "2025-01-01T00:00:00Z", "finishedAt": "2025-01-01T00:01:00Z"}},
+        }],
+    }});
+    k.ok(&[
+        "patch",
+        "-n",
+        ns,
+        "pod",
+        "web",
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        &status.to_string(),
+    ]);
+}
+
 /// The app at the same path on the node, outside the container: `n` calls, which no probe on
 /// the container's file may count. Removed after.
 fn calls_on_the_node(built: &Built, path: &str, n: u32) {
@@ -491,8 +515,10 @@ fn restarted(env: &Env) {
     );
     wait_phase(k, &ns, "ut", "Running", Duration::from_secs(60));
     let calls = first.call(3);
-    // The container restarts: its process ends, a new one runs in a new root.
+    // The container restarts: its process ends (the kubelet says so), a new one runs in a new
+    // root.
     first.kill();
+    pod_exited(k, &ns, &first.id);
     let second = Container::start(&built, &format!("{ns}-again"), &path);
     pod_runs(k, &ns, &agent.node, &second.id, 1);
     wait_phase(k, &ns, "ut", "Completed", Duration::from_secs(60));
@@ -504,7 +530,7 @@ fn restarted(env: &Env) {
     let message = k.jsonpath(&ns, "tj/ut", ".status.message");
     assert_eq!(reason, "TargetRestarted", "{message}");
     assert!(
-        message.contains("container app of pod web restarted"),
+        message.contains("container app of pod web") && message.contains("restart"),
         "{message}"
     );
     // The maps so far.
