@@ -519,8 +519,9 @@ fn pod_log(pod: &str, container: &str) -> String {
 /// image; tests/e2e/userspace.rs has the details on each bpftrace release).
 fn user_space(cluster: &Cluster) {
     step("kubectl tracejob run pod/NAME -e 'uprobe:$container_root/app:work ...': the container's own binary");
+    // The image is FROM scratch: the app's FIFO goes in its root (there is no /tmp).
     cluster.apply(&format!(
-        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: userspace\nspec:\n  terminationGracePeriodSeconds: 1\n  containers:\n  - name: app\n    image: {}\n    imagePullPolicy: Never\n    command: [/app, /tmp/cmd]\n",
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: userspace\nspec:\n  terminationGracePeriodSeconds: 1\n  containers:\n  - name: app\n    image: {}\n    imagePullPolicy: Never\n    command: [/app, /cmd]\n",
         cluster_setting("echo $workload_image")
     ));
     cluster.k(&[
@@ -579,7 +580,7 @@ fn user_space(cluster: &Cluster) {
         .spawn()
         .expect("kubectl tracejob");
     cluster.wait_condition("userspace", "Running", 120);
-    std::fs::write(format!("/proc/{pid}/root/tmp/cmd"), "5\n").expect("write to the app's FIFO");
+    std::fs::write(format!("/proc/{pid}/root/cmd"), "5\n").expect("write to the app's FIFO");
     let deadline = Instant::now() + Duration::from_secs(60);
     while !pod_log("userspace", "app").contains("done 5") {
         assert!(
