@@ -579,6 +579,19 @@ fn user_space(cluster: &Cluster) {
         .stderr(Stdio::piped())
         .spawn()
         .expect("kubectl tracejob");
+    // The plugin creates the TraceJob: wait for it to exist before waiting on its condition.
+    let created = Instant::now() + Duration::from_secs(60);
+    while !cluster
+        .kubectl(&["get", "tracejob", "userspace"])
+        .status
+        .success()
+    {
+        assert!(
+            Instant::now() < created && child.try_wait().ok().flatten().is_none(),
+            "kubectl tracejob run pod/userspace did not create its TraceJob"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
     cluster.wait_condition("userspace", "Running", 120);
     std::fs::write(format!("/proc/{pid}/root/cmd"), "5\n").expect("write to the app's FIFO");
     let deadline = Instant::now() + Duration::from_secs(60);
