@@ -488,10 +488,15 @@ fn pod_targets(cluster: &Cluster) {
     let _ = Command::new("kill").arg(&pid).status();
     cluster.wait_condition("restarted", "Completed", 180);
     let message = cluster.field("restarted", ".status.message");
-    assert!(
-        message.contains("restarted") || message.contains("stopped"),
+    assert_eq!(
+        cluster.field(
+            "restarted",
+            ".status.conditions[?(@.type==\"Completed\")].reason"
+        ),
+        "TargetRestarted",
         "{message}"
     );
+    assert!(message.contains("restart"), "{message}");
     assert!(cluster.output("restarted").contains("@calls[workload]"));
 
     step("the target pod is deleted: the trace stops and its output is collected");
@@ -510,6 +515,155 @@ fn pod_targets(cluster: &Cluster) {
         message.contains("deleted") || message.contains("stopped"),
         "{message}"
     );
+}
+
+/// The log of container `container` of pod `pod` (namespace default), where the kubelet writes it.
+fn pod_log(pod: &str, container: &str) -> String {
+    let mut text = String::new();
+    for dir in std::fs::read_dir("/var/log/pods")
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        if dir
+            .file_name()
+            .to_string_lossy()
+            .starts_with(&format!("default_{pod}_"))
+        {
+            for log in std::fs::read_dir(dir.path().join(container))
+                .into_iter()
+                .flatten()
+                .flatten()
+            {
+                text += &std::fs::read_to_string(log.path()).unwrap_or_default();
+            }
+        }
+    }
+    text
+}
+
+/// Uprobe, uretprobe, USDT probes and user stacks in a pod's container, through
+/// `kubectl tracejob run pod/...` and `$container_root` (tests/userspace/app.c in the workload
+/// image; tests/e2e/userspace.rs has the details on each bpftrace release).
+fn user_space(cluster: &Cluster) {
+    step("kubectl tracejob run pod/NAME -e 'uprobe:$container_root/app:work ...': the container's own binary");
+    // The image is FROM scratch: the app's FIFO goes in its root (there is no /tmp).
+    cluster.apply(&format!(
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: userspace\nspec:\n  terminationGracePeriodSeconds: 1\n  containers:\n  - name: app\n    image: {}\n    imagePullPolicy: Never\n    command: [/app, /cmd]\n",
+        cluster_setting("echo $workload_image")
+    ));
+    cluster.k(&[
+        "wait",
+        "--for=condition=Ready",
+        "pod/userspace",
+        "--timeout=120s",
+    ]);
+    let id = cluster.k(&[
+        "get",
+        "pod",
+        "userspace",
+        "-o",
+        "jsonpath={.status.containerStatuses[0].containerID}",
+    ]);
+    let id = id.rsplit('/').next().unwrap_or_default().to_string();
+    let pid = std::fs::read_dir("/proc")
+        .expect("/proc")
+        .flatten()
+        .map(|p| p.file_name().to_string_lossy().into_owned())
+        .find(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "app")
+                && std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
+                    .is_ok_and(|c| c.contains(&id))
+        })
+        .unwrap_or_else(|| panic!("no app process of container {id}"));
+    let program = "uprobe:$container_root/app:work { @calls = count(); @[ustack] = count(); @start[tid] = nsecs; } \
+        uretprobe:$container_root/app:work /@start[tid]/ { @usecs = hist((nsecs - @start[tid]) / 1000); delete(@start[tid]); } \
+        usdt:$container_root/app:tracejob:work { @arg[arg0] = count(); } \
+        END { clear(@start); }";
+    let plugin_dir = release_dir();
+    let mut child = Command::new(&cluster.kubectl)
+        .env("KUBECONFIG", &cluster.kubeconfig)
+        .env(
+            "PATH",
+            format!(
+                "{}:{}",
+                plugin_dir.display(),
+                std::env::var("PATH").unwrap_or_default()
+            ),
+        )
+        .args([
+            "tracejob",
+            "run",
+            "pod/userspace",
+            "--name",
+            "userspace",
+            "--grace",
+            "5m",
+            "-e",
+            program,
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("kubectl tracejob");
+    // The plugin creates the TraceJob: wait for it to exist before waiting on its condition.
+    let created = Instant::now() + Duration::from_secs(60);
+    while !cluster
+        .kubectl(&["get", "tracejob", "userspace"])
+        .status
+        .success()
+    {
+        assert!(
+            Instant::now() < created && child.try_wait().ok().flatten().is_none(),
+            "kubectl tracejob run pod/userspace did not create its TraceJob"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    cluster.wait_condition("userspace", "Running", 120);
+    std::fs::write(format!("/proc/{pid}/root/cmd"), "5\n").expect("write to the app's FIFO");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !pod_log("userspace", "app").contains("done 5") {
+        assert!(
+            Instant::now() < deadline,
+            "the app did not make its calls: {}",
+            pod_log("userspace", "app")
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let _ = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status();
+    let mut printed = String::new();
+    let mut err = String::new();
+    use std::io::Read;
+    let _ = child
+        .stdout
+        .take()
+        .expect("stdout")
+        .read_to_string(&mut printed);
+    let _ = child
+        .stderr
+        .take()
+        .expect("stderr")
+        .read_to_string(&mut err);
+    assert!(child.wait().expect("kubectl tracejob").success(), "{err}");
+    assert!(printed.contains("@calls: 5"), "{printed}");
+    assert!(
+        printed.contains("work+0") && printed.contains("main+"),
+        "no named stack:\n{printed}"
+    );
+    for n in 1..=5 {
+        assert!(
+            printed.contains(&format!("@arg[{n}]: 1")),
+            "USDT argument {n}:\n{printed}"
+        );
+    }
+    assert!(
+        printed.lines().any(|l| l.starts_with("[16K, 32K)")),
+        "work() sleeps 18 ms:\n{printed}"
+    );
+    cluster.k(&["delete", "pod", "userspace", "--wait=false"]);
 }
 
 /// The default install denies by default: a namespace without the annotation traces nothing
@@ -788,6 +942,7 @@ fn the_daemonset_runs_traces_on_a_real_kubelet() {
     namespace_scopes(&cluster);
 
     pod_targets(&cluster);
+    user_space(&cluster);
 
     step("deleting the agent's pod mid-trace: the DaemonSet's next pod takes the trace over");
     cluster.trace("survivor", COUNT_SYSCALLS);

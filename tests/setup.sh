@@ -22,7 +22,7 @@ cache_root=${TRACEJOB_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/tracejob-agent}
 
 # The local cluster and its image (tests/cluster/up, tests/harness/build-agent-image.sh).
 cluster_packages=(ca-certificates curl openssl debootstrap buildah containerd runc
-                  containernetworking-plugins gcc libc6-dev iproute2 procps)
+                  containernetworking-plugins gcc libc6-dev iproute2 procps systemtap-sdt-dev)
 # The rest of the tests: bpftrace on the host, the aarch64 cross build run under qemu-user, and
 # the arm64 image (tests/image.rs), whose apt step runs under qemu-user-static through binfmt_misc.
 test_packages=(rsync jq make bpftrace qemu-user qemu-user-static gcc-aarch64-linux-gnu

@@ -55,8 +55,11 @@ pub enum StopReason {
     StartTimeout,
     /// The API server refuses this job's status: it cannot be reported, so it is not run on.
     StatusRejected,
-    /// The target container restarted or stopped, or its pod was deleted.
+    /// The target container stopped, or its pod was deleted.
     TargetLost,
+    /// The target container restarted: a new process, with a new root, that the probes on the
+    /// old one's files may not see.
+    TargetRestarted,
     /// The namespace may no longer trace this node (its annotation or the node's labels changed).
     Revoked,
     /// The agent could not save the run's record on the node (its state directory is full or
@@ -79,6 +82,7 @@ impl StopReason {
             }
             StopReason::StatusRejected => "the API server rejected the TraceJob's status",
             StopReason::TargetLost => "the target container is gone",
+            StopReason::TargetRestarted => "the target container restarted",
             StopReason::Revoked => "its namespace may no longer trace this node",
             StopReason::RecordNotSaved => {
                 "the agent could not save the run's record in its state directory on the node"
@@ -134,6 +138,8 @@ pub struct Wanted {
     pub stuck: bool,
     /// The target container restarted, stopped or went with its pod.
     pub target_lost: bool,
+    /// It restarted (with `target_lost`).
+    pub target_restarted: bool,
     /// The namespace may no longer trace this node.
     pub revoked: bool,
     /// A save of the run's record failed.
@@ -153,6 +159,7 @@ impl Wanted {
             status_rejected: false,
             stuck: false,
             target_lost: false,
+            target_restarted: false,
             revoked: false,
             record_unsaved: false,
             deadline: secs(job.spec.deadline, MAX_DEADLINE_SECONDS),
@@ -173,6 +180,8 @@ impl Wanted {
             Some(StopReason::StatusRejected)
         } else if self.revoked {
             Some(StopReason::Revoked)
+        } else if self.target_lost && self.target_restarted {
+            Some(StopReason::TargetRestarted)
         } else if self.target_lost {
             Some(StopReason::TargetLost)
         } else if self.output_full {
@@ -377,7 +386,12 @@ pub fn outcome(exit: &Exit, stopped: Option<StopReason>, killed: bool, errors: &
     match exit {
         Exit::Code(0) => Outcome {
             phase: Phase::Completed,
-            reason: Reason::Collected.as_str().into(),
+            // The maps are collected; the reason says they end at the restart.
+            reason: if stopped == Some(StopReason::TargetRestarted) {
+                Reason::TargetRestarted.as_str().into()
+            } else {
+                Reason::Collected.as_str().into()
+            },
             exit_code: code,
             message: match stopped {
                 Some(r) => format!("bpftrace exited 0 after SIGINT ({})", r.describe()),
@@ -413,7 +427,7 @@ pub fn outcome(exit: &Exit, stopped: Option<StopReason>, killed: bool, errors: &
 /// container was lost, why the scope was revoked, which save failed).
 pub fn explained(mut outcome: Outcome, stopped: Option<StopReason>, detail: Details) -> Outcome {
     let why = match stopped {
-        Some(StopReason::TargetLost) => detail.target_lost,
+        Some(StopReason::TargetLost | StopReason::TargetRestarted) => detail.target_lost,
         Some(StopReason::Revoked) => detail.revoked,
         Some(StopReason::RecordNotSaved) => detail.unsaved,
         _ => None,
@@ -428,7 +442,7 @@ pub fn explained(mut outcome: Outcome, stopped: Option<StopReason>, detail: Deta
 pub fn stop_message(reason: StopReason, detail: Details) -> String {
     match (reason, detail) {
         (
-            StopReason::TargetLost,
+            StopReason::TargetLost | StopReason::TargetRestarted,
             Details {
                 target_lost: Some(lost),
                 ..
@@ -629,6 +643,7 @@ mod tests {
             status_rejected: false,
             stuck: false,
             target_lost: false,
+            target_restarted: false,
             revoked: false,
             record_unsaved: false,
             deadline: Duration::from_secs(10),
@@ -1020,6 +1035,42 @@ mod tests {
             (o.phase, o.reason.as_str()),
             (Phase::Failed, "OutputNotStored")
         );
+    }
+
+    #[test]
+    fn a_restarted_target_ends_collected_as_target_restarted() {
+        let lost = Wanted {
+            target_lost: true,
+            ..wanted()
+        };
+        assert_eq!(lost.stop_reason(), Some(StopReason::TargetLost));
+        let restarted = Wanted {
+            target_restarted: true,
+            ..lost
+        };
+        assert_eq!(restarted.stop_reason(), Some(StopReason::TargetRestarted));
+        let o = outcome(&Exit::Code(0), Some(StopReason::TargetRestarted), false, "");
+        assert_eq!(
+            (o.phase, o.reason.as_str()),
+            (Phase::Completed, "TargetRestarted")
+        );
+        let d = Details {
+            target_lost: Some("container app of pod web restarted"),
+            ..Details::default()
+        };
+        let o = explained(o, Some(StopReason::TargetRestarted), d);
+        assert!(
+            o.message.ends_with(": container app of pod web restarted"),
+            "{}",
+            o.message
+        );
+        assert_eq!(
+            stop_message(StopReason::TargetRestarted, d),
+            "container app of pod web restarted"
+        );
+        // Gone, not restarted: collected, as before.
+        let o = outcome(&Exit::Code(0), Some(StopReason::TargetLost), false, "");
+        assert_eq!(o.reason, "Collected");
     }
 
     #[test]

@@ -11,6 +11,15 @@ use crate::resource::Target;
 pub const CONTAINER_PID: &str = "$container_pid";
 /// The variable for the container's cgroup v2 id, for `cgroup == $container_cgroup`.
 pub const CONTAINER_CGROUP: &str = "$container_cgroup";
+/// The variable for the container's root directory as the node sees it (through its main
+/// process: `/proc/PID/root`), for probes on the container's own files:
+/// `uprobe:$container_root/usr/bin/app:work`.
+pub const CONTAINER_ROOT: &str = "$container_root";
+
+/// The container's root as the node sees it, through process `pid`.
+pub fn root_of(pid: i32) -> String {
+    format!("/proc/{pid}/root")
+}
 
 /// The targeted container, running.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -176,25 +185,83 @@ pub fn container_id(raw: &str) -> Option<String> {
     (id.len() >= 12 && id.chars().all(|c| c.is_ascii_hexdigit())).then(|| id.to_string())
 }
 
+/// How a running trace's target was lost.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lost {
+    /// The container runs again, as another process with another root (`TargetRestarted`).
+    pub restarted: bool,
+    pub why: String,
+}
+
 /// Why a running trace's target is no longer the container it started with, if it is not.
 /// `pod` is the pod now (None: deleted).
-pub fn lost(pod: Option<&Pod>, target: &Target, started: &Running) -> Option<String> {
+pub fn lost(pod: Option<&Pod>, target: &Target, started: &Running) -> Option<Lost> {
+    let gone = |why: String| {
+        Some(Lost {
+            restarted: false,
+            why,
+        })
+    };
     let Some(pod) = pod else {
-        return Some(format!("the target pod {} was deleted", target.pod));
+        return gone(format!("the target pod {} was deleted", target.pod));
     };
     if pod.metadata.deletion_timestamp.is_some() {
-        return Some(format!("the target pod {} is being deleted", target.pod));
+        return gone(format!("the target pod {} is being deleted", target.pod));
     }
     match container(pod, target) {
         Found::Running(now) if now.id == started.id => None,
-        Found::Running(_) => Some(format!(
-            "container {} of pod {} restarted",
-            started.name, target.pod
-        )),
-        Found::NotRunning(_) | Found::Wrong(_) => Some(format!(
+        Found::Running(now) => Some(Lost {
+            restarted: true,
+            why: format!(
+                "container {} of pod {} restarted (now {}, restart {}); the maps end at the restart",
+                started.name,
+                target.pod,
+                &now.id[..12.min(now.id.len())],
+                now.restarts
+            ),
+        }),
+        // The kubelet shows the exit before the new container: one that will run again is
+        // restarting.
+        Found::NotRunning(_) if restarts(pod, &started.name) => Some(Lost {
+            restarted: true,
+            why: format!(
+                "container {} of pod {} exited and restarts (restartPolicy {}); the maps end at the restart",
+                started.name,
+                target.pod,
+                restart_policy(pod)
+            ),
+        }),
+        Found::NotRunning(_) | Found::Wrong(_) => gone(format!(
             "container {} of pod {} stopped",
             started.name, target.pod
         )),
+    }
+}
+
+fn restart_policy(pod: &Pod) -> &str {
+    pod.spec
+        .as_ref()
+        .and_then(|s| s.restart_policy.as_deref())
+        .unwrap_or("Always")
+}
+
+/// Whether the kubelet starts container `name` again after it exited: always, or on a failure
+/// when it failed (its exit code, from its state or, once waiting, its last state).
+fn restarts(pod: &Pod, name: &str) -> bool {
+    match restart_policy(pod) {
+        "Always" => true,
+        "OnFailure" => pod
+            .status
+            .as_ref()
+            .and_then(|s| s.container_statuses.as_ref())
+            .and_then(|cs| cs.iter().find(|c| c.name == name))
+            .and_then(|c| {
+                let state = c.state.as_ref().and_then(|s| s.terminated.as_ref());
+                let last = c.last_state.as_ref().and_then(|s| s.terminated.as_ref());
+                state.or(last).map(|t| t.exit_code != 0)
+            })
+            .unwrap_or(false),
+        _ => false,
     }
 }
 
@@ -253,8 +320,8 @@ fn string_end(text: &str) -> usize {
 mod tests {
     use super::*;
     use k8s_openapi::api::core::v1::{
-        Container, ContainerState, ContainerStateRunning, ContainerStateWaiting, ContainerStatus,
-        PodSpec, PodStatus,
+        Container, ContainerState, ContainerStateRunning, ContainerStateTerminated,
+        ContainerStateWaiting, ContainerStatus, PodSpec, PodStatus,
     };
 
     fn pod(containers: &[&str], statuses: Vec<ContainerStatus>, phase: &str) -> Pod {
@@ -398,10 +465,58 @@ mod tests {
             )],
             "Running",
         );
-        assert!(
-            lost(Some(&again), &target(None), &started).is_some_and(|m| m.contains("restarted"))
+        assert!(lost(Some(&again), &target(None), &started)
+            .is_some_and(|l| l.restarted && l.why.contains("restarted")));
+        assert!(lost(None, &target(None), &started)
+            .is_some_and(|l| !l.restarted && l.why.contains("deleted")));
+        // Exited, as the kubelet shows it before it starts the container again.
+        let exited = |policy: &str, code: i32| {
+            let mut p = pod(
+                &["app"],
+                vec![ContainerStatus {
+                    name: "app".into(),
+                    container_id: Some(format!("containerd://{ID}")),
+                    state: Some(ContainerState {
+                        terminated: Some(ContainerStateTerminated {
+                            exit_code: code,
+                            ..Default::default()
+                        }),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }],
+                "Running",
+            );
+            if let Some(s) = p.spec.as_mut() {
+                s.restart_policy = Some(policy.into());
+            }
+            lost(Some(&p), &target(None), &started)
+        };
+        assert!(exited("Always", 0).is_some_and(|l| l.restarted && l.why.contains("restarts")));
+        assert!(exited("OnFailure", 137).is_some_and(|l| l.restarted));
+        assert!(exited("OnFailure", 0).is_some_and(|l| !l.restarted && l.why.contains("stopped")));
+        assert!(exited("Never", 137).is_some_and(|l| !l.restarted && l.why.contains("stopped")));
+    }
+
+    #[test]
+    fn the_root_is_filled_in_before_a_path_in_a_probe_spec() {
+        let vars = [(CONTAINER_ROOT, root_of(42)), (CONTAINER_PID, "42".into())];
+        assert_eq!(
+            substitute(
+                "uprobe:$container_root/usr/bin/app:work /pid == $container_pid/ { @[ustack] = count(); }",
+                &vars
+            ),
+            "uprobe:/proc/42/root/usr/bin/app:work /pid == 42/ { @[ustack] = count(); }"
         );
-        assert!(lost(None, &target(None), &started).is_some_and(|m| m.contains("deleted")));
+        assert_eq!(
+            substitute(
+                "usdt:$container_root/lib/libfoo.so:foo:bar { printf(\"$container_root\"); } // $container_root",
+                &vars
+            ),
+            "usdt:/proc/42/root/lib/libfoo.so:foo:bar { printf(\"$container_root\"); } // $container_root"
+        );
+        // A longer name is another variable.
+        assert_eq!(substitute("$container_rootx", &vars), "$container_rootx");
     }
 
     #[test]

@@ -65,6 +65,8 @@ pub struct Record {
     pub target_name: Option<String>,
     /// Why the target was lost, if it was (the trace was stopped for it).
     pub target_lost: Option<String>,
+    /// The target was lost to a restart of its container.
+    pub target_restarted: bool,
     /// Why the namespace may no longer trace this node, if so (the trace was stopped for it).
     pub revoked: Option<String>,
     /// The program as it ran, when the agent filled in variables ($container_pid, ...).
@@ -128,6 +130,8 @@ struct OnDisk {
     target_name: Option<String>,
     #[serde(default)]
     target_lost: Option<String>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    target_restarted: bool,
     #[serde(default)]
     revoked: Option<String>,
     #[serde(default)]
@@ -153,6 +157,8 @@ enum DiskStop {
     StatusRejected,
     #[serde(rename = "TargetLost")]
     TargetLost,
+    #[serde(rename = "TargetRestarted")]
+    TargetRestarted,
     #[serde(rename = "Revoked")]
     Revoked,
     #[serde(rename = "RecordNotSaved")]
@@ -198,6 +204,7 @@ impl From<StopReason> for DiskStop {
             StopReason::StartTimeout => DiskStop::StartTimeout,
             StopReason::StatusRejected => DiskStop::StatusRejected,
             StopReason::TargetLost => DiskStop::TargetLost,
+            StopReason::TargetRestarted => DiskStop::TargetRestarted,
             StopReason::Revoked => DiskStop::Revoked,
             StopReason::RecordNotSaved => DiskStop::RecordNotSaved,
         }
@@ -215,6 +222,7 @@ impl From<DiskStop> for StopReason {
             DiskStop::StartTimeout => StopReason::StartTimeout,
             DiskStop::StatusRejected => StopReason::StatusRejected,
             DiskStop::TargetLost => StopReason::TargetLost,
+            DiskStop::TargetRestarted => StopReason::TargetRestarted,
             DiskStop::Revoked => StopReason::Revoked,
             DiskStop::RecordNotSaved => StopReason::RecordNotSaved,
         }
@@ -286,6 +294,7 @@ impl From<Record> for OnDisk {
             target_id: r.target_id,
             target_name: r.target_name,
             target_lost: r.target_lost,
+            target_restarted: r.target_restarted,
             revoked: r.revoked,
             program: r.program,
         }
@@ -311,6 +320,7 @@ impl From<OnDisk> for Record {
             target_id: d.target_id,
             target_name: d.target_name,
             target_lost: d.target_lost,
+            target_restarted: d.target_restarted,
             revoked: d.revoked,
             program: d.program,
         }
@@ -391,6 +401,7 @@ mod tests {
             target_id: Some("tid".into()),
             target_name: Some("tn".into()),
             target_lost: Some("tl".into()),
+            target_restarted: false,
             revoked: Some("rv".into()),
             program: Some("BEGIN {}".into()),
         }
@@ -434,6 +445,7 @@ mod tests {
             (StartTimeout, "StartTimeout"),
             (StatusRejected, "StatusRejected"),
             (TargetLost, "TargetLost"),
+            (TargetRestarted, "TargetRestarted"),
             (Revoked, "Revoked"),
             (RecordNotSaved, "RecordNotSaved"),
         ];

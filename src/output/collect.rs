@@ -7,7 +7,7 @@ use std::io::{self, BufReader, Read, Seek, SeekFrom};
 use std::path::Path;
 
 use crate::output::fit::{self, Contents, Output, Stored};
-use crate::output::maps::Maps;
+use crate::output::maps::{self, Maps};
 use crate::output::parse;
 
 /// Bytes of map text read into maps.json at most: larger maps could not fit a ConfigMap anyway,
@@ -32,6 +32,7 @@ pub fn collect(
         File::create(stdout)?;
     }
     let parsed = parse::parse_reader(BufReader::new(File::open(stdout)?), MAPS_TEXT_LIMIT)?;
+    let frames = parsed.maps.as_ref().map(maps::frames).unwrap_or_default();
     let maps_json = parsed
         .maps
         .map(|m| {
@@ -50,7 +51,8 @@ pub fn collect(
         maps_json: maps_json.as_deref(),
         dropped_on_node,
     };
-    let (contents, stored) = fit::fit(&out, budget)?;
+    let (contents, mut stored) = fit::fit(&out, budget)?;
+    stored.frames = frames;
     Ok(Collected { contents, stored })
 }
 

@@ -9,6 +9,7 @@ use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::Path;
 
+use crate::output::maps::Frames;
 use crate::resource::vocabulary::Reason;
 use flate2::write::GzEncoder;
 use flate2::Compression;
@@ -63,6 +64,8 @@ pub struct Stored {
     pub printf_dropped: u64,
     pub maps_dropped: u64,
     pub dropped_on_node: u64,
+    /// Stack frames in the maps' keys, and those bpftrace could not name.
+    pub frames: Frames,
 }
 
 impl Stored {
@@ -99,6 +102,12 @@ impl Stored {
                 ),
             ),
         };
+        if self.frames.bare > 0 {
+            message.push_str(&format!(
+                "; {} of {} stack frames could not be symbolized and are shown as bare addresses: no symbol covers them in the file they ran from (stripped, generated code, or the end of a frame-pointer walk), or their process had exited before bpftrace printed the maps (a user stack is symbolized through its process's /proc/PID/root while it lives)",
+                self.frames.bare, self.frames.frames
+            ));
+        }
         if self.dropped_on_node == 0 {
             return (reason, message);
         }
@@ -136,6 +145,7 @@ pub fn fit(out: &Output, budget: u64) -> io::Result<(Contents, Stored)> {
         printf_dropped: 0,
         maps_dropped: 0,
         dropped_on_node: out.dropped_on_node,
+        frames: Frames::default(),
     };
     if out.len.saturating_add(maps_json.len() as u64) <= budget {
         let mut bytes = Vec::new();
@@ -512,10 +522,28 @@ mod tests {
             printf_dropped: 0,
             maps_dropped: 0,
             dropped_on_node: 1234,
+            frames: Frames::default(),
         };
         let (reason, message) = stored.describe("cm");
         assert_eq!(reason, "Truncated");
         assert!(message.contains("1234 bytes"), "{message}");
+        // Bare stack frames are explained, whatever the reason.
+        let bare = Stored {
+            dropped_on_node: 0,
+            frames: Frames { frames: 6, bare: 2 },
+            ..stored
+        };
+        let (reason, message) = bare.describe("cm");
+        assert_eq!(reason, "Stored");
+        assert!(
+            message.contains("2 of 6 stack frames could not be symbolized"),
+            "{message}"
+        );
+        let named = Stored {
+            frames: Frames { frames: 6, bare: 0 },
+            ..bare
+        };
+        assert!(!named.describe("cm").1.contains("symbolized"));
     }
 
     #[test]

@@ -59,6 +59,42 @@ pub struct Bucket {
     pub count: u64,
 }
 
+/// Frames of the stacks in map keys (`kstack`, `ustack`), and how many of them are bare
+/// addresses: frames bpftrace could not name.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Frames {
+    pub frames: u64,
+    pub bare: u64,
+}
+
+/// Counts the frames of every stack in the maps' keys. A stack is a key printed over several
+/// lines, one frame a line: `work+0`, `work+0 (/usr/bin/app)`, or, unnamed, `0x401750` (with
+/// its module in parentheses when bpftrace shows it). Other lines of a key (`2961, `) are not
+/// frames.
+pub fn frames(maps: &Maps) -> Frames {
+    let mut count = Frames::default();
+    let keys = maps
+        .maps
+        .iter()
+        .flat_map(|m| &m.entries)
+        .filter_map(|e| e.key.as_deref())
+        .filter(|k| k.contains('\n'));
+    for key in keys {
+        for line in key.lines().map(str::trim) {
+            let word = line.split_whitespace().next().unwrap_or_default();
+            if let Some(hex) = word.strip_prefix("0x") {
+                if !hex.is_empty() && hex.chars().all(|c| c.is_ascii_hexdigit()) {
+                    count.frames = count.frames.saturating_add(1);
+                    count.bare = count.bare.saturating_add(1);
+                }
+            } else if word.contains('+') && !word.ends_with(',') {
+                count.frames = count.frames.saturating_add(1);
+            }
+        }
+    }
+    count
+}
+
 /// Renders histogram buckets exactly as bpftrace prints them: a label padded to 16 columns, the
 /// count right-aligned in 8, and a bar of up to 52 `@` scaled to the largest count.
 ///
@@ -112,4 +148,39 @@ fn bound(n: i64) -> String {
         unit += 1;
     }
     format!("{v}{}", units[unit])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stack_map(keys: &[&str]) -> Maps {
+        Maps {
+            bpftrace: None,
+            maps: vec![Map {
+                name: "@".into(),
+                entries: keys
+                    .iter()
+                    .map(|k| Entry {
+                        key: Some(k.to_string()),
+                        value: Value::Value(Scalar::Int(1)),
+                    })
+                    .collect(),
+            }],
+        }
+    }
+
+    #[test]
+    fn bare_addresses_in_stacks_are_counted_as_frames_not_named() {
+        // As 0.17 printed a container's stack after its process had exited, and while it lived.
+        let maps = stack_map(&[
+            "0x401750\n0x4017eb\n0x401601",
+            "2961, \nwork+0\nserve+107\nmain+113\n0x4016d0",
+            "work+0 (/opt/tj/app)\n0x4016d0 (/opt/tj/app)",
+        ]);
+        assert_eq!(frames(&maps), Frames { frames: 9, bare: 5 });
+        // Keys that are not stacks have no frames, whatever they look like.
+        let plain = stack_map(&["0x10", "sshd", "1, 0x2"]);
+        assert_eq!(frames(&plain), Frames::default());
+    }
 }

@@ -82,9 +82,10 @@ pub struct TraceJobSpec {
     pub node_selector: Option<LabelSelector>,
 
     /// A pod (and container) the program is about. The agent fills in $container_pid (the
-    /// container's main process, a host PID) and $container_cgroup (its cgroup v2 id, for
-    /// `cgroup == $container_cgroup`), and stops the trace if the container restarts or the pod
-    /// goes.
+    /// container's main process, a host PID), $container_cgroup (its cgroup v2 id, for
+    /// `cgroup == $container_cgroup`) and $container_root (its root as the node sees it, for
+    /// `uprobe:$container_root/usr/bin/app:fn`), and stops the trace if the container restarts
+    /// (reason TargetRestarted) or the pod goes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target: Option<Target>,
 

@@ -122,6 +122,9 @@ words! {
         Started = "Started",
         /// The maps were collected and stored.
         Collected = "Collected",
+        /// The target container restarted (a new process, a new root): the maps so far were
+        /// collected.
+        TargetRestarted = "TargetRestarted",
         /// Event: the trace completed.
         Completed = "Completed",
         /// Event: the trace failed.

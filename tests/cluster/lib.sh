@@ -12,8 +12,9 @@ node=$(hostname | tr '[:upper:]' '[:lower:]')
 kubeconfig="$cluster_dir/admin.kubeconfig"
 containerd_sock="$cluster_dir/containerd/containerd.sock"
 pause_image=localhost/tracejob-pause:1
-# A container doing one known system call at a known rate (tests/cluster/workload.c).
-workload_image=localhost/tracejob-workload:1
+# A container doing one known system call at a known rate (tests/cluster/workload.c), and /app
+# (tests/userspace/app.c) for the user-space probes.
+workload_image=localhost/tracejob-workload:2
 agent_image=localhost/tracejob-agent:dev
 bridge=tracejob0
 # The kubelet sets these on start (it will not run otherwise); down restores what was there.

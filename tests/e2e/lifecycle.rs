@@ -294,7 +294,8 @@ fn every_sample_runs_and_collects(env: &Env) {
     let agent = Agent::start(env, &format!("{ns}-node"));
     let k = &env.kubectl;
     let names = ["syscount", "rwsize", "runqlat", "biolatency"];
-    // Every sample is run: these here, podsyscount (it needs a running pod) in the cluster test.
+    // Every sample is run: these here, podsyscount (it needs a running pod) in the cluster test,
+    // podfunclatency and podprofile in userspace.rs (they need a container).
     let mut samples: Vec<String> = must(
         std::fs::read_dir(crate::support::repo_root().join("bpf-samples")),
         "bpf-samples",
@@ -309,7 +310,7 @@ fn every_sample_runs_and_collects(env: &Env) {
     .collect();
     samples.sort();
     let mut covered: Vec<String> = names.iter().map(|n| n.to_string()).collect();
-    covered.push("podsyscount".into());
+    covered.extend(["podsyscount", "podfunclatency", "podprofile"].map(String::from));
     covered.sort();
     assert_eq!(samples, covered, "a sample no test runs");
     for name in names {

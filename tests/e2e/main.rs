@@ -19,6 +19,7 @@ mod support;
 mod target;
 mod timeouts;
 mod trigger;
+mod userspace;
 mod waits;
 
 use std::sync::Arc;
@@ -66,6 +67,7 @@ fn main() -> std::process::ExitCode {
     tests.extend(trigger::tests());
     tests.extend(receiver::tests());
     tests.extend(docs::tests());
+    tests.extend(userspace::tests());
     // On the oldest supported release, a short subset: the API as the server enforces it, a
     // lifecycle, server-side node filtering, the fences, a pod target, a fan-out.
     if std::env::var_os("TRACEJOB_E2E_COMPAT").is_some() {

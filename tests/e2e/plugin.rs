@@ -48,7 +48,7 @@ pub fn tests() -> Vec<Test> {
 }
 
 /// A directory holding just the plugin, for PATH.
-fn plugin_dir() -> PathBuf {
+pub(crate) fn plugin_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_kubectl-tracejob"))
         .parent()
         .expect("the plugin's directory")
@@ -87,7 +87,7 @@ fn spawn(mut cmd: Command) -> Child {
 }
 
 /// Waits until the plugin has created TraceJob `name`, then until it reaches `phase`.
-fn wait_created(env: &Env, ns: &str, name: &str, phase: &str) {
+pub(crate) fn wait_created(env: &Env, ns: &str, name: &str, phase: &str) {
     wait_for(
         Duration::from_secs(30),
         "the plugin to create the TraceJob",
@@ -101,11 +101,11 @@ fn wait_created(env: &Env, ns: &str, name: &str, phase: &str) {
     wait_phase(&env.kubectl, ns, name, phase, Duration::from_secs(30));
 }
 
-fn interrupt(child: &Child) {
+pub(crate) fn interrupt(child: &Child) {
     let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGINT);
 }
 
-fn finish(mut child: Child) -> (Option<i32>, String, String) {
+pub(crate) fn finish(mut child: Child) -> (Option<i32>, String, String) {
     let (mut out, mut err) = (String::new(), String::new());
     if let Some(mut s) = child.stdout.take() {
         let _ = s.read_to_string(&mut out);

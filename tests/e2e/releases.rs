@@ -30,7 +30,7 @@ pub fn tests() -> Vec<Test> {
 }
 
 /// The bpftrace command for a Debian suite, built (once) by the harness script.
-fn bpftrace_of(suite: &str) -> PathBuf {
+pub(crate) fn bpftrace_of(suite: &str) -> PathBuf {
     let out = must(
         Command::new("bash")
             .arg(repo_root().join("tests/harness/build-bpftrace.sh"))

@@ -150,6 +150,7 @@ impl Actor {
             output_full: printed >= head,
             stuck,
             target_lost: run.record.target_lost.is_some(),
+            target_restarted: run.record.target_restarted,
             revoked: run.record.revoked.is_some(),
             agent_removed: *self.ctx.removed.borrow(),
             status_rejected: self.rejected.is_some(),

@@ -54,6 +54,7 @@ pub(super) fn filled_in(program: &str, c: &container::Container) -> Result<Strin
         &[
             (placing::CONTAINER_PID, c.main.to_string()),
             (placing::CONTAINER_CGROUP, cgroup),
+            (placing::CONTAINER_ROOT, placing::root_of(c.main)),
         ],
     ))
 }
@@ -224,9 +225,10 @@ impl Actor {
         let namespace = self.seen.job.namespace().unwrap_or_default();
         // The pod runs on this node: not in the store, it was deleted.
         let pod = self.ctx.stores.pod(&namespace, &watch.target.pod);
-        if let Some(why) = placing::lost(pod.as_deref(), &watch.target, &watch.started) {
-            info!(%why, "the target is gone; stopping the trace");
-            run.record.target_lost = Some(why);
+        if let Some(lost) = placing::lost(pod.as_deref(), &watch.target, &watch.started) {
+            info!(why = %lost.why, "the target is gone; stopping the trace");
+            run.record.target_lost = Some(lost.why);
+            run.record.target_restarted = lost.restarted;
             self.save(&run.record).await;
         }
     }
