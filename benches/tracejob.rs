@@ -99,6 +99,7 @@ fn tracejob(name: &str, node: &str, program: &str) -> TraceJob {
             stop: false,
             deadline: 3600,
             deadline_grace_period: 30,
+            metrics: None,
         },
     )
 }

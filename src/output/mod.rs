@@ -6,3 +6,4 @@ pub mod fit;
 pub mod maps;
 pub mod merge;
 pub mod parse;
+pub mod prom;

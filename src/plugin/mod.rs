@@ -199,6 +199,7 @@ async fn run(
             stop: false,
             deadline: seconds(args.deadline, 3600),
             deadline_grace_period: seconds(args.grace, 30),
+            metrics: None,
         },
     );
     if args.name.is_none() {

@@ -180,6 +180,7 @@ pub fn tracejob(name: &str) -> TraceJob {
             stop: false,
             deadline: 3600,
             deadline_grace_period: 30,
+            metrics: None,
         },
     );
     job.metadata.namespace = Some(NAMESPACE.into());
