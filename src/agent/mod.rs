@@ -10,6 +10,7 @@ pub mod job;
 pub mod server;
 #[cfg(test)]
 mod tests;
+pub mod trace_metrics;
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
@@ -81,6 +82,8 @@ pub struct Ctx {
     pub stores: Stores,
     /// A permit per trace running (`--max-running-traces`).
     pub slots: Arc<Semaphore>,
+    /// The traces' metrics (spec.metrics), served on `--trace-metrics-listen`.
+    pub trace_metrics: Arc<trace_metrics::Registry>,
 }
 
 /// Runs until SIGTERM or SIGINT: the process around `serve` (the health and metrics endpoint,
@@ -143,7 +146,10 @@ pub async fn serve(
     let node = config.node_name.clone();
     // Watched from the start, and listed before any TraceJob is decided.
     let stores = Stores::start(&client, &node, metrics.clone());
+    let registry = Arc::new(trace_metrics::Registry::default());
+    trace_metrics::spawn(config.trace_metrics_listen, registry.clone());
     let ctx = Arc::new(Ctx {
+        trace_metrics: registry,
         stores,
         slots: Arc::new(Semaphore::new(
             usize::try_from(config.max_running_traces).unwrap_or(usize::MAX),

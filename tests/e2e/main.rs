@@ -7,6 +7,7 @@ mod core;
 mod fanout;
 mod hostile;
 mod lifecycle;
+mod metrics;
 mod native;
 mod plugin;
 mod releases;
@@ -59,6 +60,7 @@ fn main() -> std::process::ExitCode {
     tests.extend(trigger::tests());
     tests.extend(slowdisk::tests());
     tests.extend(core::tests());
+    tests.extend(metrics::tests());
     // On the oldest supported release, a short subset: the API as the server enforces it, a
     // lifecycle, server-side node filtering, the fences, a pod target, a fan-out.
     if std::env::var_os("TRACEJOB_E2E_COMPAT").is_some() {

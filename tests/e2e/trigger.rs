@@ -47,7 +47,7 @@ const METRIC: &str = "tracejob_test_latency_seconds";
 const PROGRAM: &str = "tracepoint:raw_syscalls:sys_enter { @calls = count(); }";
 
 /// The directory holding `prometheus` and `alertmanager`, built once.
-fn binaries() -> PathBuf {
+pub fn binaries() -> PathBuf {
     let out = must(
         Command::new("bash")
             .arg(repo_root().join("tests/harness/build-prometheus.sh"))

@@ -18,6 +18,7 @@ use tracing::{debug, info, warn, Instrument};
 mod admit;
 mod claim;
 mod live;
+mod metrics;
 mod report;
 mod run;
 mod start;
@@ -143,6 +144,8 @@ struct Run {
     live: Live,
     /// The target container, looked at whenever this node's pods change while the trace runs.
     target: Option<TargetWatch>,
+    /// Its maps exported as metrics (spec.metrics).
+    metrics: Option<metrics::Exporting>,
     /// This run's place among the node's `--max-running-traces` (none: taken over beyond it, or
     /// never started).
     _slot: Option<OwnedSemaphorePermit>,

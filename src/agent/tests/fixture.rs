@@ -72,6 +72,7 @@ impl Agent {
             slots: Arc::new(Semaphore::new(
                 usize::try_from(config.max_running_traces).expect("a small number"),
             )),
+            trace_metrics: Default::default(),
             config,
         };
         Agent {
