@@ -5,7 +5,7 @@
 //! The probe's events come in order, but events of probes on other CPUs may come between them
 //! (bpftrace's per-CPU buffers before 0.2x, its ring buffer after). A map's printing is itself
 //! one block, so a line inside a dump that cannot be part of a printed map (it does not start
-//! with `@`, `[`, `(`, `]` or a space, and is not empty) is the program's and stays in the output.
+//! with `@`, `[`, `(`, `]`, a space or `, `, and is not empty) is the program's and stays in the output.
 //! A dump not ended when bpftrace ends (it printed the begin marker and was stopped before the
 //! end one) goes back into the output whole: the maps printed at exit may be in it.
 
@@ -85,7 +85,9 @@ impl Demux {
 }
 
 fn mapish(text: &[u8]) -> bool {
-    text.is_empty() || matches!(text[0], b'@' | b'[' | b'(' | b']' | b' ')
+    text.is_empty()
+        || matches!(text[0], b'@' | b'[' | b'(' | b']' | b' ')
+        || text.starts_with(b", ")
 }
 
 fn push_bounded(dump: &mut Vec<u8>, bytes: &[u8]) {

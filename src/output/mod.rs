@@ -3,6 +3,7 @@
 
 pub mod collect;
 pub mod fit;
+pub mod flame;
 pub mod maps;
 pub mod merge;
 pub mod parse;
