@@ -7,7 +7,9 @@
 //! BENCH_RUNS (default 10; 3 for the scale table) sets the runs, BENCH_FOOTPRINT_SECS (default 60)
 //! the footprint windows, BENCH_SCALE (default "100,300,1000"; empty for none) the node counts of
 //! the scale table (hollow agents: `scale`); BENCH_ONLY=scale runs the scale table alone,
-//! BENCH_ONLY=latency the start, collect and API-cost rows alone;
+//! BENCH_ONLY=latency the start, collect and API-cost rows alone; BENCH_ONLY=metrics spec.metrics'
+//! rows alone (one read of the maps at 10, 1,000 and 100,000 keys; a traced workload's rate with
+//! reads every 5 s against without);
 //! BENCH_ONLY=faults the fault scenarios during a fan-out (`scale::faults_table`: BENCH_FAULTS_N,
 //! BENCH_FAULTS); BENCH_HOLLOW_PROCESSES (default 10) the processes the hollow agents run in;
 //! BENCH_SCALE_TIMEOUT_SECS (default 300) bounds each of its waits (a wait that ran out says
@@ -19,6 +21,9 @@ mod support;
 
 #[path = "tracejob/scale.rs"]
 mod scale;
+
+#[path = "tracejob/metrics.rs"]
+mod metrics;
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read};
@@ -90,6 +95,7 @@ fn tracejob(name: &str, node: &str, program: &str) -> TraceJob {
             stop: false,
             deadline: 3600,
             deadline_grace_period: 30,
+            metrics: None,
         },
     )
 }
@@ -295,6 +301,14 @@ fn main() {
         return;
     }
     support::require_bpftrace_environment();
+    // BENCH_ONLY=metrics: spec.metrics' rows alone (real bpftrace, no cluster).
+    if std::env::var("BENCH_ONLY").as_deref() == Ok("metrics") {
+        println!("| what | min / median / max |\n|---|---|");
+        for (what, value) in metrics::rows(env_num("BENCH_RUNS", 10)) {
+            println!("| {what} | {value} |");
+        }
+        return;
+    }
     scale::raise_open_files();
     let runs = env_num("BENCH_RUNS", 10);
     let window = Duration::from_secs(env_num("BENCH_FOOTPRINT_SECS", 60));

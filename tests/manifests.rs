@@ -973,6 +973,63 @@ fn the_allow_unannotated_component_removes_only_the_default_deny() {
 }
 
 #[test]
+fn the_prometheus_component_adds_a_podmonitor_and_the_trace_metrics_port() {
+    let base = kustomize("daemonset");
+    let with = kustomize("tests/fixtures/prometheus");
+    assert_eq!(
+        with.len(),
+        base.len() + 1,
+        "one document more: the PodMonitor"
+    );
+    let monitor = with
+        .iter()
+        .find(|d| d["kind"] == "PodMonitor")
+        .expect("PodMonitor");
+    assert_eq!(monitor["apiVersion"], "monitoring.coreos.com/v1");
+    assert_eq!(monitor["metadata"]["namespace"], "tracejob-system");
+    let ports: Vec<&str> = monitor["spec"]["podMetricsEndpoints"]
+        .as_array()
+        .expect("endpoints")
+        .iter()
+        .filter_map(|e| e["port"].as_str())
+        .collect();
+    assert_eq!(ports, ["metrics", "trace-metrics"]);
+    let ds = with
+        .iter()
+        .find(|d| d["kind"] == "DaemonSet")
+        .expect("DaemonSet");
+    assert_eq!(
+        monitor["spec"]["selector"]["matchLabels"],
+        ds["spec"]["template"]["metadata"]["labels"]
+    );
+    let pod = &ds["spec"]["template"];
+    let container = &pod["spec"]["containers"][0];
+    assert!(
+        container["ports"]
+            .as_array()
+            .expect("ports")
+            .iter()
+            .any(|p| p["name"] == "trace-metrics" && p["containerPort"] == 9472),
+        "{container}"
+    );
+    // The agent's default --trace-metrics-listen is that port.
+    let args = container["args"].to_string();
+    assert!(!args.contains("--trace-metrics-listen"), "{args}");
+    let annotations = &pod["metadata"]["annotations"];
+    assert_eq!(annotations["prometheus.io/scrape"], "true");
+    assert_eq!(annotations["prometheus.io/port"], "9472");
+    assert_eq!(annotations["prometheus.io/path"], "/metrics");
+    // Nothing else changes.
+    let others = |docs: &[serde_json::Value]| -> Vec<serde_json::Value> {
+        docs.iter()
+            .filter(|d| d["kind"] != "DaemonSet" && d["kind"] != "PodMonitor")
+            .cloned()
+            .collect()
+    };
+    assert_eq!(others(&with), others(&base));
+}
+
+#[test]
 fn a_renamed_install_names_tracejob_system_nowhere() {
     let renamed = kustomize("tests/fixtures/renamed-install");
     assert_eq!(renamed.len(), kustomize("daemonset").len());

@@ -26,7 +26,7 @@ cluster_packages=(ca-certificates curl openssl debootstrap buildah containerd ru
 # The rest of the tests: bpftrace on the host, the aarch64 cross build run under qemu-user, and
 # the arm64 image (tests/image.rs), whose apt step runs under qemu-user-static through binfmt_misc.
 test_packages=(rsync jq make bpftrace qemu-user qemu-user-static gcc-aarch64-linux-gnu
-               libc6-dev-arm64-cross)
+               libc6-dev-arm64-cross chromium)
 packages=("${cluster_packages[@]}")
 [ "$profile" = try-it ] || packages+=("${test_packages[@]}")
 

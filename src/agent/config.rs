@@ -113,6 +113,11 @@ pub struct Config {
     #[arg(long, env = "LISTEN_ADDRESS", default_value = "0.0.0.0:9469")]
     pub listen: SocketAddr,
 
+    /// Address of the traces' own metrics (TraceJobs' spec.metrics), served apart from the
+    /// agent's /metrics so that trace data never slows it.
+    #[arg(long, env = "TRACE_METRICS_LISTEN", default_value = "0.0.0.0:9472")]
+    pub trace_metrics_listen: SocketAddr,
+
     /// The host's /sys/fs/cgroup as mounted in the agent's container. Each trace moves into a
     /// `tracejob-traces` cgroup there, so it outlives the agent's container and the next agent
     /// takes it over. Unset: traces stay in the agent's cgroup.

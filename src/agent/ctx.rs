@@ -12,7 +12,7 @@ use crate::cluster::writer::Writer;
 use crate::decide::budget::Budget;
 use crate::host::rundir::StateDir;
 
-use super::{Config, Metrics};
+use super::{trace_metrics, Config, Metrics};
 
 /// What every job actor shares.
 pub struct Ctx {
@@ -37,6 +37,8 @@ pub struct Ctx {
     pub slots: Arc<Semaphore>,
     /// Each namespace's permits (`--max-running-traces-per-namespace`), while it runs or waits.
     pub namespace_slots: Mutex<HashMap<String, Arc<Semaphore>>>,
+    /// The traces' metrics (spec.metrics), served on `--trace-metrics-listen`.
+    pub trace_metrics: Arc<trace_metrics::Registry>,
 }
 
 /// What the agent learnt at start, beside its configuration, client and metrics: what `Ctx::new`
@@ -52,6 +54,8 @@ pub struct Facts {
     pub stores: Stores,
     /// Becomes true when the agent exits and no agent will take the traces over.
     pub removed: watch::Receiver<bool>,
+    /// Where the traces' metrics go (served on `--trace-metrics-listen` by the agent).
+    pub trace_metrics: Arc<trace_metrics::Registry>,
 }
 
 impl Ctx {
@@ -78,6 +82,7 @@ impl Ctx {
             exe: facts.exe,
             stores: facts.stores,
             removed: facts.removed,
+            trace_metrics: facts.trace_metrics,
             config,
         }
     }

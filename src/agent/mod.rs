@@ -12,6 +12,7 @@ pub mod job;
 pub mod metrics;
 #[cfg(test)]
 mod tests;
+pub mod trace_metrics;
 
 pub use config::Config;
 pub use ctx::{Ctx, Facts};
@@ -124,6 +125,8 @@ pub async fn serve(
     let node = config.node_name.clone();
     // Watched from the start, and listed before any TraceJob is decided.
     let stores = Stores::start(&client, &node, metrics.traffic.clone());
+    let trace_metrics = Arc::new(trace_metrics::Registry::default());
+    trace_metrics::spawn(config.trace_metrics_listen, trace_metrics.clone());
     let ctx = Arc::new(Ctx::new(
         config,
         client.clone(),
@@ -134,6 +137,7 @@ pub async fn serve(
             exe,
             stores,
             removed,
+            trace_metrics,
         },
     ));
     // This node's parts of TraceJobs on several nodes, listed before any TraceJob is looked at:

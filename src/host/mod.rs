@@ -4,6 +4,7 @@
 pub mod bpftrace;
 pub mod cgroup;
 pub mod container;
+pub mod dump;
 pub mod process;
 pub mod progress;
 pub mod record;

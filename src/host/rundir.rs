@@ -67,6 +67,8 @@ pub struct RunFiles {
     pub ended: PathBuf,
     /// The agent's record of the run.
     pub record: PathBuf,
+    /// The newest dump of the maps for spec.metrics, replaced whole by the shim on each read.
+    pub metrics: PathBuf,
 }
 
 impl RunFiles {
@@ -79,6 +81,7 @@ impl RunFiles {
             started: dir.join("started.json"),
             ended: dir.join("ended.json"),
             record: dir.join("record.json"),
+            metrics: dir.join("metrics.txt"),
         }
     }
 

@@ -22,6 +22,7 @@ use nix::sys::signal::Signal;
 use serde::{Deserialize, Serialize};
 
 use crate::host::cgroup;
+use crate::host::dump::Demux;
 use crate::host::process::Identity;
 use crate::host::rundir::{self, RunFiles};
 
@@ -85,14 +86,30 @@ pub struct ShimArgs {
     /// The host's /sys/fs/cgroup: the shim joins `tracejob-traces` there before starting bpftrace.
     #[arg(long)]
     pub cgroup_root: Option<PathBuf>,
+    /// spec.metrics: seconds between reads of the maps (by `getpgid(--metrics-magic)`, which
+    /// the program's added probe answers by printing them between markers).
+    #[arg(long, requires = "metrics_magic")]
+    pub metrics_interval: Option<u64>,
+    /// The PID the added probe's filter matches.
+    #[arg(long)]
+    pub metrics_magic: Option<i32>,
     /// The program's positional parameters.
     #[arg(last = true)]
     pub args: Vec<String>,
 }
 
+/// How the shim reads a running trace's maps for spec.metrics.
+#[derive(Debug, Clone, Copy)]
+pub struct MetricsReads {
+    pub interval: std::time::Duration,
+    pub magic: i32,
+}
+
 /// Starts the shim for a run: `EXE shim ... -- ARGS`, in its own process group (a terminal's
 /// Ctrl-C or the runtime's SIGTERM to the agent does not reach it), with its own diagnostics in
 /// `shim.log`.
+// One argument per flag of the shim's command line.
+#[allow(clippy::too_many_arguments)]
 pub fn spawn(
     exe: &Path,
     files: &RunFiles,
@@ -101,6 +118,7 @@ pub fn spawn(
     args: &[String],
     max_output_bytes: u64,
     cgroup_root: Option<&Path>,
+    metrics: Option<MetricsReads>,
 ) -> io::Result<tokio::process::Child> {
     let mut cmd = Command::new(exe);
     cmd.arg("shim")
@@ -112,6 +130,12 @@ pub fn spawn(
         .arg(max_output_bytes.to_string());
     if let Some(root) = cgroup_root {
         cmd.arg("--cgroup-root").arg(root);
+    }
+    if let Some(m) = metrics {
+        cmd.arg("--metrics-interval")
+            .arg(m.interval.as_secs().max(1).to_string())
+            .arg("--metrics-magic")
+            .arg(m.magic.to_string());
     }
     cmd.arg("--")
         .args(args)
@@ -207,19 +231,28 @@ fn supervise(args: &ShimArgs, files: &RunFiles) -> Result<Ended, rundir::Error> 
     let stdout = child.stdout.take().map(|pipe| {
         let path = files.stdout.clone();
         let reached = limit_reached.clone();
+        let dumps = args
+            .metrics_magic
+            .map(|magic| (Demux::new(magic), files.metrics.clone()));
         // The soft limit: stdout's head is full, so bpftrace is asked to stop and print its maps.
         let stop = move || {
             reached.store(true, std::sync::atomic::Ordering::SeqCst);
             bpftrace.signal(Signal::SIGINT);
         };
-        std::thread::spawn(move || copy(pipe, &path, head, ring, stop))
+        std::thread::spawn(move || copy(pipe, &path, head, ring, stop, dumps))
     });
+    let ended = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    if let (Some(secs), Some(magic)) = (args.metrics_interval, args.metrics_magic) {
+        let ended = ended.clone();
+        std::thread::spawn(move || read_maps(secs, magic, &ended));
+    }
     let stderr = child.stderr.take().map(|pipe| {
         let path = files.stderr.clone();
         let (head, ring) = (STDERR_BYTES / 2, STDERR_BYTES / 2);
-        std::thread::spawn(move || copy(pipe, &path, head, ring, || {}))
+        std::thread::spawn(move || copy(pipe, &path, head, ring, || {}, None))
     });
     let status = child.wait();
+    ended.store(true, std::sync::atomic::Ordering::SeqCst);
     let kept = |copier: Option<std::thread::JoinHandle<io::Result<Kept>>>| {
         copier
             .and_then(|c| c.join().ok())
@@ -241,17 +274,33 @@ fn supervise(args: &ShimArgs, files: &RunFiles) -> Result<Ended, rundir::Error> 
     })
 }
 
+/// Has bpftrace print its maps every `secs` seconds until it has ended: the added probe fires
+/// on `getpgid(magic)` (which fails: no process has that PID).
+fn read_maps(secs: u64, magic: i32, ended: &std::sync::atomic::AtomicBool) {
+    let interval = std::time::Duration::from_secs(secs.max(1));
+    loop {
+        std::thread::sleep(interval);
+        if ended.load(std::sync::atomic::Ordering::SeqCst) {
+            return;
+        }
+        let _ = nix::unistd::getpgid(Some(nix::unistd::Pid::from_raw(magic)));
+    }
+}
+
 /// Copies `from` into `path` until end of file, within `head + ring` bytes; `on_full` runs once,
-/// when the head is full.
+/// when the head is full. With `dumps`, the maps printed for spec.metrics go to their file
+/// instead (replaced whole on each dump), and count against no limit of the output.
 fn copy(
     mut from: impl Read,
     path: &Path,
     head: u64,
     ring: u64,
     mut on_full: impl FnMut(),
+    mut dumps: Option<(Demux, PathBuf)>,
 ) -> io::Result<Kept> {
     let mut out = Bounded::create(path, head, ring)?;
     let mut buf = vec![0u8; 64 * 1024];
+    let mut output = Vec::new();
     let mut full = false;
     loop {
         let n = match from.read(&mut buf) {
@@ -260,13 +309,39 @@ fn copy(
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(e),
         };
-        out.write(&buf[..n])?;
+        match dumps.as_mut() {
+            None => out.write(&buf[..n])?,
+            Some((demux, file)) => {
+                output.clear();
+                for dump in demux.feed(&buf[..n], &mut output) {
+                    // A dump that cannot be stored is skipped: the trace goes on.
+                    if let Err(e) = replace(file, &dump) {
+                        eprintln!("tracejob-agent shim: writing the maps for metrics: {e}");
+                    }
+                }
+                out.write(&output)?;
+            }
+        }
         if !full && out.printed >= head {
             full = true;
             on_full();
         }
     }
+    if let Some((demux, _)) = dumps.as_mut() {
+        output.clear();
+        demux.finish(&mut output);
+        out.write(&output)?;
+    }
     out.finish()
+}
+
+/// Replaces `path` whole with `bytes` (readers see the old file or the new, never a part).
+fn replace(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    private(&tmp)?.write_all(bytes)?;
+    std::fs::rename(&tmp, path)
 }
 
 /// A file that keeps its first `head` bytes and then the newest `ring` bytes, in a ring file

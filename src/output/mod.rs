@@ -5,9 +5,11 @@
 
 pub mod collect;
 pub mod fit;
+pub mod flame;
 pub mod maps;
 pub mod merge;
 pub mod parse;
+pub mod prom;
 pub mod read;
 
 /// The keys of an output ConfigMap's `data` and `binaryData`.

@@ -105,7 +105,10 @@ impl Parser {
             }
         };
         let text = text.trim_end_matches(['\n', '\r']);
-        let mapish = text.is_empty() || text.starts_with(['@', '[', '(', ']', ' ']);
+        // `, comm]: 3` ends a key whose stack came first.
+        let mapish = text.is_empty()
+            || text.starts_with(['@', '[', '(', ']', ' '])
+            || (text.starts_with(", ") && matches!(self.state, State::Key { .. }));
         if !mapish {
             self.maps_start = None;
         } else if text.starts_with('@') && self.maps_start.is_none() {
@@ -117,12 +120,22 @@ impl Parser {
     fn read(&mut self, text: &str) {
         match std::mem::replace(&mut self.state, State::Idle) {
             State::Key { name, mut lines } => {
-                match text.strip_prefix("]:") {
-                    Some(v) => {
+                // A key part after the stack ends the key too: `, comm]: 3`.
+                let tail = text
+                    .strip_prefix(", ")
+                    .and_then(|t| t.rfind("]:").map(|end| (&t[..end], &t[end + 2..])));
+                match (text.strip_prefix("]:"), tail) {
+                    (Some(v), _) => {
                         let key = lines.join("\n");
                         self.value(name, Some(key), v.trim());
                     }
-                    None => {
+                    (None, Some((part, v))) => {
+                        self.count(text.len());
+                        lines.push(format!(", {part}"));
+                        let key = lines.join("\n");
+                        self.value(name, Some(key), v.trim());
+                    }
+                    (None, None) => {
                         self.count(text.len());
                         lines.push(text.trim().to_string());
                         self.state = State::Key { name, lines };
@@ -158,6 +171,12 @@ impl Parser {
             self.state = State::Key {
                 name,
                 lines: Vec::new(),
+            };
+        } else if rest.starts_with('[') && rest.trim_end().ends_with(',') && !rest.contains("]:") {
+            // Key parts before a stack: `@[comm, ` then the stack's lines.
+            self.state = State::Key {
+                name,
+                lines: vec![rest[1..].trim().to_string()],
             };
         } else if let Some(inner) = rest.strip_prefix('[') {
             if let Some(end) = inner.rfind("]:") {

@@ -70,6 +70,10 @@ pub enum Command {
         /// For a TraceJob on several nodes: each node's output apart, not merged.
         #[arg(long)]
         per_node: bool,
+        /// Draw the first map keyed by a stack (kstack, ustack, alone or with other key parts)
+        /// as a flame graph, SVG on stdout; a TraceJob on several nodes: their stacks added.
+        #[arg(long, conflicts_with = "per_node")]
+        flamegraph: bool,
     },
     /// Print a running trace's newest output (-f: and what it prints next, until it ends).
     Logs {

@@ -18,6 +18,7 @@ use k8s_openapi::api::core::v1::{ConfigMap, Pod};
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::{Api, Client, ResourceExt};
 
+use crate::output::flame;
 use crate::resource::{Phase, Target, TraceJob, TraceJobNode, TraceJobSpec};
 use cli::{Cli, Command, Format, RunArgs};
 
@@ -90,7 +91,15 @@ pub async fn main(cli: Cli) -> Result<(), Error> {
             eprintln!("tracejob {} stopping", show::safe(&name));
             Ok(())
         }
-        Command::Output { name, per_node } => {
+        Command::Output {
+            name,
+            flamegraph: true,
+            ..
+        } => {
+            let job = jobs.get(&name).await?;
+            flame_graph(&maps, &job).await
+        }
+        Command::Output { name, per_node, .. } => {
             let job = jobs.get(&name).await?;
             output(&maps, &job, cli.output, per_node).await
         }
@@ -201,6 +210,7 @@ async fn run(
             stop: false,
             deadline: seconds(args.deadline, 3600),
             deadline_grace_period: seconds(args.grace, 30),
+            metrics: None,
         },
     );
     if args.name.is_none() {
@@ -345,12 +355,38 @@ fn no_output(job: &TraceJob) -> Error {
     ))
 }
 
-async fn fan_out_output(
+/// `output --flamegraph`: the trace's stacks (each node's, added up) as an SVG on stdout.
+async fn flame_graph(maps: &Api<ConfigMap>, job: &TraceJob) -> Result<(), Error> {
+    let configmaps = if job.spec.node_selector.is_some() {
+        node_outputs(maps, job).await?
+    } else {
+        output_configmap(maps, job)
+            .await?
+            .map(|cm| vec![(String::new(), cm)])
+            .unwrap_or_default()
+    };
+    if configmaps.is_empty() {
+        return Err(no_output(job));
+    }
+    let all = configmaps
+        .iter()
+        .map(|(_, cm)| show::maps_of(cm))
+        .collect::<Result<Vec<_>, _>>()?;
+    let no_stacks = |e: flame::Error| Error::Cluster(format!("tracejob {}: {e}", job.name_any()));
+    let name = flame::stack_map(&all).ok_or_else(|| no_stacks(flame::Error::NoStacks))?;
+    let folded = flame::folded(&all, &name);
+    let title = format!("{} {name}", job.name_any());
+    let svg = flame::svg(&folded, &title).map_err(no_stacks)?;
+    std::io::stdout()
+        .write_all(&svg)
+        .map_err(|e| Error::Cluster(format!("writing the flame graph: {e}")))
+}
+
+/// Each node's output ConfigMap of a TraceJob on several nodes, by node name.
+async fn node_outputs(
     maps: &Api<ConfigMap>,
     job: &TraceJob,
-    format: Option<Format>,
-    per_node: bool,
-) -> Result<(), Error> {
+) -> Result<Vec<(String, ConfigMap)>, Error> {
     // Each node's part names its output; only the parts of this TraceJob (by UID) count.
     let parts: Api<TraceJobNode> = Api::namespaced(
         maps.clone().into_client(),
@@ -372,6 +408,16 @@ async fn fan_out_output(
             nodes.push((part.spec.node_name.clone(), owned(cm, job)?));
         }
     }
+    Ok(nodes)
+}
+
+async fn fan_out_output(
+    maps: &Api<ConfigMap>,
+    job: &TraceJob,
+    format: Option<Format>,
+    per_node: bool,
+) -> Result<(), Error> {
+    let nodes = node_outputs(maps, job).await?;
     if nodes.is_empty() {
         return Err(no_output(job));
     }

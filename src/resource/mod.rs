@@ -1,10 +1,12 @@
 //! The TraceJob API (`observe.tracejob.dev/v1alpha1`). This contract is fixed: other tools read it.
 
 pub mod crd;
+pub mod metrics;
 pub mod node;
 pub mod trigger;
 pub mod vocabulary;
 
+pub use metrics::MetricsSpec;
 pub use node::{TraceJobNode, TraceJobNodeSpec, TraceJobNodeStatus};
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector, Time};
@@ -64,6 +66,7 @@ pub const MAX_GRACE_SECONDS: i64 = 3600;
 #[x_kube(validation = Rule::new("has(self.nodeSelector) == has(oldSelf.nodeSelector) && (!has(self.nodeSelector) || self.nodeSelector == oldSelf.nodeSelector)").message("spec.nodeSelector cannot change once created; create a new TraceJob").field_path(".nodeSelector"))]
 #[x_kube(validation = Rule::new("self.program == oldSelf.program").message("spec.program cannot change once created; create a new TraceJob").field_path(".program"))]
 #[x_kube(validation = Rule::new("has(self.args) == has(oldSelf.args) && (!has(self.args) || self.args == oldSelf.args)").message("spec.args cannot change once created; create a new TraceJob").field_path(".args"))]
+#[x_kube(validation = Rule::new("has(self.metrics) == has(oldSelf.metrics) && (!has(self.metrics) || self.metrics == oldSelf.metrics)").message("spec.metrics cannot change once created; create a new TraceJob").field_path(".metrics"))]
 #[serde(rename_all = "camelCase")]
 pub struct TraceJobSpec {
     /// The node whose agent runs the trace. May be left out when spec.target names a pod: the
@@ -113,6 +116,11 @@ pub struct TraceJobSpec {
     #[serde(default = "default_grace")]
     #[schemars(range(min = 1, max = 3600))]
     pub deadline_grace_period: i64,
+
+    /// Export the maps as Prometheus metrics while the trace runs, on the agent's
+    /// --trace-metrics-listen endpoint (see MetricsSpec).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics: Option<MetricsSpec>,
 }
 
 /// A container of a pod in the TraceJob's namespace.
@@ -318,6 +326,7 @@ pub(crate) fn example() -> TraceJob {
             stop: false,
             deadline: 10,
             deadline_grace_period: 2,
+            metrics: None,
         },
     )
 }

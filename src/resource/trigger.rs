@@ -127,6 +127,9 @@ pub struct TraceTemplate {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 3600))]
     pub deadline_grace_period: Option<i64>,
+    /// Export the trace's maps as Prometheus metrics while it runs (a TraceJob's spec.metrics).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics: Option<crate::resource::MetricsSpec>,
 }
 
 /// A trigger's limits.

@@ -106,6 +106,8 @@ words! {
         /// On a fan-out: the merged output leaves nodes out (their outputs invalid, or over a
         /// limit); the message names them.
         OutputIncomplete = "OutputIncomplete",
+        /// spec.metrics: the trace has more series than `maxSeries`; the largest are exported.
+        MetricsCapped = "MetricsCapped",
     }
 }
 
@@ -203,6 +205,8 @@ words! {
         InvalidOutputs = "InvalidOutputs",
         /// This node's name cannot be a label value, so it joins no fan-out.
         NodeNameNotALabelValue = "NodeNameNotALabelValue",
+        /// spec.metrics: past `maxSeries`, the rest counted as dropped.
+        MaxSeries = "MaxSeries",
         // A TraceTrigger's suppressed alerts.
         /// The alert names no node or pod.
         NoTarget = "NoTarget",

@@ -308,6 +308,7 @@ pub fn tracejob(trigger: &TraceTrigger, alert: &Alert, on: &Where) -> TraceJob {
             stop: false,
             deadline: t.deadline,
             deadline_grace_period: t.deadline_grace_period.unwrap_or(30),
+            metrics: t.metrics.clone(),
         },
     );
     let fingerprint = fingerprint_label(&alert.fingerprint);
@@ -661,6 +662,7 @@ mod tests {
                     args: vec![],
                     deadline: 60,
                     deadline_grace_period: None,
+                    metrics: None,
                 },
                 limits: TriggerLimits::default(),
             },

@@ -311,6 +311,8 @@ fn every_sample_runs_and_collects(env: &Env) {
     samples.sort();
     let mut covered: Vec<String> = names.iter().map(|n| n.to_string()).collect();
     covered.extend(["podsyscount", "podfunclatency", "podprofile"].map(String::from));
+    // Run and drawn by trace_metrics::flamegraph_profile_*.
+    covered.push("profile".into());
     covered.sort();
     assert_eq!(samples, covered, "a sample no test runs");
     for name in names {

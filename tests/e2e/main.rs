@@ -6,6 +6,7 @@ mod api;
 mod docs;
 mod fanout;
 mod faults;
+mod flamegraph;
 mod hostile;
 mod lifecycle;
 mod metrics;
@@ -18,6 +19,7 @@ mod security;
 mod support;
 mod target;
 mod timeouts;
+mod trace_metrics;
 mod trigger;
 mod userspace;
 mod waits;
@@ -68,6 +70,8 @@ fn main() -> std::process::ExitCode {
     tests.extend(receiver::tests());
     tests.extend(docs::tests());
     tests.extend(userspace::tests());
+    tests.extend(trace_metrics::tests());
+    tests.extend(flamegraph::tests());
     // On the oldest supported release, a short subset: the API as the server enforces it, a
     // lifecycle, server-side node filtering, the fences, a pod target, a fan-out.
     if std::env::var_os("TRACEJOB_E2E_COMPAT").is_some() {

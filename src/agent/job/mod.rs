@@ -13,6 +13,7 @@ use tokio::task::JoinHandle;
 mod admit;
 mod claim;
 mod live;
+mod metrics;
 mod report;
 mod run;
 mod start;
@@ -129,6 +130,8 @@ struct Run {
     live: Live,
     /// The target container, looked at whenever this node's pods change while the trace runs.
     target: Option<TargetWatch>,
+    /// Its maps exported as metrics (spec.metrics).
+    metrics: Option<metrics::Exporting>,
     /// This run's place among the node's `--max-running-traces` and its namespace's
     /// `--max-running-traces-per-namespace` (none: taken over beyond them, or never started).
     _slot: Slot,

@@ -48,6 +48,7 @@ impl Actor {
             }
             if let Process::Tracing { .. } = run.process {
                 self.copy_live(&mut run);
+                self.read_metrics(&mut run);
             }
             if matches!(
                 run.process,
@@ -88,6 +89,7 @@ impl Actor {
                 }
             }
         }
+        self.end_metrics(&mut run).await;
         self.finish(run).await;
     }
 
@@ -109,6 +111,12 @@ impl Actor {
                 None => std::future::pending().await,
             }
         };
+        let metrics_read = async {
+            match run.metrics.as_mut().and_then(|m| m.in_flight.as_mut()) {
+                Some(handle) => handle.await.ok().flatten(),
+                None => std::future::pending().await,
+            }
+        };
         let pods_changed = async {
             match run.target.as_mut() {
                 Some(t) if run.record.target_lost.is_none() => t.pods.next().await,
@@ -126,6 +134,7 @@ impl Actor {
                 run.live.in_flight = None;
                 self.on_live_copied(run, copied);
             }
+            read = metrics_read => self.on_metrics_read(run, read),
             _ = pods_changed => {
                 if let Some(t) = run.target.as_mut() {
                     t.look = true;
@@ -184,9 +193,13 @@ impl Actor {
         }
         let Some(p) = run.record.bpftrace else { return };
         let seen = &run.progress;
-        let Some(probes) = decide::tracing(seen.line, seen.printed_after, seen.polling) else {
+        let Some(mut probes) = decide::tracing(seen.line, seen.printed_after, seen.polling) else {
             return;
         };
+        if run.metrics.is_some() {
+            // The probe added for spec.metrics is not the user's.
+            probes = probes.saturating_sub(1);
+        }
         let latency = run.since.elapsed();
         self.ctx.metrics.started.inc();
         Metrics::observe(&self.ctx.metrics.start_latency, latency);

@@ -21,6 +21,8 @@ use crate::resource::Phase;
 
 use std::sync::Arc;
 
+use super::metrics;
+
 use super::{ended, exit_of, instant_of, Actor, Live, Resolved, Run, Slot};
 use crate::resource::vocabulary::{ConditionType, Reason};
 
@@ -62,6 +64,14 @@ impl Actor {
                 }
             }
         }
+        let exporting = metrics::Exporting::new(&self.seen.job, &program, self.ctx.writer.node());
+        let reads = match metrics::instrumented(&program, self.seen.job.spec.metrics.as_ref()) {
+            Some((p, reads)) => {
+                program = p;
+                Some(reads)
+            }
+            None => None,
+        };
         let (state, r, p) = (self.ctx.state.clone(), record.clone(), program.clone());
         let created =
             tokio::task::spawn_blocking(move || state.create(&r, &p).map_err(|e| e.to_string()))
@@ -92,6 +102,7 @@ impl Actor {
             attach_known: false,
             live: Live::default(),
             target: None,
+            metrics: exporting,
             _slot: slot.unwrap_or_default(),
         };
         run.target = target_watch(&self.seen.job, &run.record, self.ctx.stores.pods.changes());
@@ -115,6 +126,7 @@ impl Actor {
                 &self.seen.job.spec.args,
                 cfg.max_output_bytes,
                 cfg.host_cgroup_root.as_deref(),
+                reads,
             )
         });
         match spawned {
@@ -285,6 +297,7 @@ impl Actor {
             attach_known: false,
             live: Live::default(),
             target: None,
+            metrics: None,
             // A trace taken over runs already: it takes a place if one is free.
             _slot: Slot {
                 _namespace: self
@@ -296,6 +309,12 @@ impl Actor {
             },
         };
         run.target = target_watch(&self.seen.job, &run.record, self.ctx.stores.pods.changes());
+        let program = run
+            .record
+            .program
+            .clone()
+            .unwrap_or_else(|| self.seen.job.spec.program.clone());
+        run.metrics = metrics::Exporting::new(&self.seen.job, &program, self.ctx.writer.node());
         // The earlier agent recorded that it traces but may have died before Running was
         // written: the status says so now.
         if let (Process::Tracing { .. }, Some(p), Some(probes)) =

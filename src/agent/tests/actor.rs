@@ -261,6 +261,7 @@ async fn leave_running(agent: &Agent, job: &TraceJob, run_id: &str) -> tokio::pr
         &[],
         config.max_output_bytes,
         None,
+        None,
     )
     .expect("the shim starts");
     let started = tokio::time::timeout(PATIENCE, async {

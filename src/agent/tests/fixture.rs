@@ -54,6 +54,7 @@ impl Agent {
                 stores: Stores::fixed(NODE, vec![node()], vec![namespace()], pods),
                 // Its sender gone, this stays false: the agent is never removed from the node.
                 removed: watch::channel(false).1,
+                trace_metrics: Default::default(),
             },
         );
         Agent {
@@ -162,6 +163,7 @@ pub fn tracejob(name: &str) -> TraceJob {
             stop: false,
             deadline: 3600,
             deadline_grace_period: 30,
+            metrics: None,
         },
     );
     job.metadata.namespace = Some(NAMESPACE.into());

@@ -13,6 +13,8 @@ pub struct Agent {
     pub proc: Option<Proc>,
     /// Where the agent serves /healthz, /readyz and /metrics.
     pub port: u16,
+    /// Where the agent serves the traces' metrics (spec.metrics).
+    pub metrics_port: u16,
     kubeconfig: PathBuf,
     envs: Vec<(String, String)>,
     _tmp: tempfile::TempDir,
@@ -76,6 +78,7 @@ impl Agent {
             log: tmp.path().join("agent.log"),
             proc: None,
             port: super::control_plane::free_port(),
+            metrics_port: super::control_plane::free_port(),
             kubeconfig: kubeconfig.to_path_buf(),
             envs: envs
                 .iter()
@@ -105,6 +108,8 @@ impl Agent {
             .arg(&self.state_dir)
             .arg("--listen")
             .arg(format!("127.0.0.1:{}", self.port))
+            .arg("--trace-metrics-listen")
+            .arg(format!("127.0.0.1:{}", self.metrics_port))
             .args(extra)
             .env("KUBECONFIG", &self.kubeconfig)
             .env("RUST_LOG", "tracejob_agent=debug,info")
