@@ -238,7 +238,6 @@ fn agent_role_grants_only_what_the_agent_uses() {
         "observe.tracejob.dev/tracejobs/status:patch",
         "observe.tracejob.dev/tracejobnodes:get",
         "observe.tracejob.dev/tracejobnodes:list",
-        "observe.tracejob.dev/tracejobnodes:watch",
         "observe.tracejob.dev/tracejobnodes:create",
         "observe.tracejob.dev/tracejobnodes:patch",
         "observe.tracejob.dev/tracejobnodes/status:patch",
