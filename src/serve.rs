@@ -158,6 +158,22 @@ pub async fn serve(listener: TcpListener, app: Router, limits: Limits) -> std::i
     }
 }
 
+/// Serves a component's /healthz, /readyz (`not_ready` until `ready`) and /metrics (its
+/// `registry`) on `addr`, in the background, with the default limits.
+pub fn spawn_probes(
+    addr: SocketAddr,
+    ready: Arc<AtomicBool>,
+    not_ready: &'static str,
+    registry: Arc<Registry>,
+) {
+    let app = probes(Probes {
+        ready,
+        not_ready,
+        metrics: metrics_of(registry),
+    });
+    spawn(addr, app, Limits::default());
+}
+
 /// Serves `app` in the background (its failure is logged: the process goes on).
 pub fn spawn(addr: SocketAddr, app: Router, limits: Limits) {
     tokio::spawn(async move {

@@ -66,15 +66,11 @@ pub async fn run(config: Config) -> Result<(), Error> {
     let exe = std::env::current_exe().map_err(Error::Exe)?;
     let metrics = Metrics::new();
     let ready = Arc::new(AtomicBool::new(false));
-    let probes = serve::Probes {
-        ready: ready.clone(),
-        not_ready: "TraceJobs not listed yet\n",
-        metrics: serve::metrics_of(metrics.registry()),
-    };
-    serve::spawn(
+    serve::spawn_probes(
         config.listen,
-        serve::probes(probes),
-        serve::Limits::default(),
+        ready.clone(),
+        "TraceJobs not listed yet\n",
+        metrics.registry(),
     );
     let client = client::connect(metrics.traffic.clone()).await?;
     // Polled first once the agent serves: until then SIGTERM ends the process at once.

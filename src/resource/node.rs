@@ -178,23 +178,44 @@ pub fn invalid_part(job: &TraceJob, part: &TraceJobNode) -> Option<String> {
             part_name(&job_name, node)
         ));
     }
-    let labels = part.labels();
-    if labels.get(Label::TraceJob.as_str()) != Some(&job_name)
-        || labels.get(Label::Node.as_str()) != Some(node)
-    {
-        return Some(format!("{name} is not labelled with its TraceJob and node"));
+    match written_for(part, job, node) {
+        Written::Yes => None,
+        Written::NotLabelled => Some(format!("{name} is not labelled with its TraceJob and node")),
+        Written::NotOwned => Some(format!(
+            "{name} does not have this TraceJob as its one (controller) owner"
+        )),
     }
-    match part.owner_references() {
+}
+
+/// Whether an object (a part, or a node's output) is as `node`'s agent writes it for `job`.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Written {
+    Yes,
+    /// Not labelled with the TraceJob's name and the node.
+    NotLabelled,
+    /// Its owners are not exactly the TraceJob, as controller, by UID.
+    NotOwned,
+}
+
+/// Whether `object` is labelled with `job`'s name and `node`, and owned by `job` alone (its
+/// controller, by UID): what every object a node's agent writes for a fan-out carries.
+pub fn written_for<K: ResourceExt>(object: &K, job: &TraceJob, node: &str) -> Written {
+    let job_name = job.name_any();
+    let labels = object.labels();
+    if labels.get(Label::TraceJob.as_str()) != Some(&job_name)
+        || labels.get(Label::Node.as_str()).map(String::as_str) != Some(node)
+    {
+        return Written::NotLabelled;
+    }
+    match object.owner_references() {
         [o] if o.controller == Some(true)
             && o.kind == TraceJob::kind(&())
             && o.name == job_name
             && job.uid().is_some_and(|uid| o.uid == uid) =>
         {
-            None
+            Written::Yes
         }
-        _ => Some(format!(
-            "{name} does not have this TraceJob as its one (controller) owner"
-        )),
+        _ => Written::NotOwned,
     }
 }
 

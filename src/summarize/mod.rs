@@ -132,15 +132,11 @@ pub async fn run(config: Config) -> Result<(), Error> {
     });
     let metrics = Metrics::new();
     let ready = Arc::new(AtomicBool::new(false));
-    let probes = serve::Probes {
-        ready: ready.clone(),
-        not_ready: "not started yet\n",
-        metrics: serve::metrics_of(metrics.registry()),
-    };
-    serve::spawn(
+    serve::spawn_probes(
         config.listen,
-        serve::probes(probes),
-        serve::Limits::default(),
+        ready.clone(),
+        "not started yet\n",
+        metrics.registry(),
     );
     let client = client::connect(metrics.traffic.clone()).await?;
     let elector = lease::Elector::new(

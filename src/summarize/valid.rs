@@ -2,10 +2,10 @@
 //! agents wrote (the parts themselves are sorted by `decide::status::sort_parts`).
 
 use k8s_openapi::api::core::v1::ConfigMap;
-use kube::{Resource, ResourceExt};
+use kube::ResourceExt;
 
 use crate::cluster::writer::output_name;
-use crate::resource::vocabulary::Label;
+use crate::resource::node::{written_for, Written};
 use crate::resource::{TraceJob, TraceJobNode};
 
 /// Why a ConfigMap is not the output of `part` (a valid part of `job`) that its node's agent
@@ -29,21 +29,10 @@ pub fn invalid_output(job: &TraceJob, part: &TraceJobNode, cm: &ConfigMap) -> Op
             "{name} is not named as node {node}'s output of run {run}"
         ));
     }
-    let labels = cm.labels();
-    if labels.get(Label::Node.as_str()) != Some(node)
-        || labels.get(Label::TraceJob.as_str()) != Some(&job_name)
-    {
-        return Some(format!("{name} is not labelled as node {node}'s output"));
-    }
-    match cm.owner_references() {
-        [o] if o.controller == Some(true)
-            && o.kind == TraceJob::kind(&())
-            && o.name == job_name
-            && job.uid().is_some_and(|uid| o.uid == uid) =>
-        {
-            None
-        }
-        _ => Some(format!(
+    match written_for(cm, job, node) {
+        Written::Yes => None,
+        Written::NotLabelled => Some(format!("{name} is not labelled as node {node}'s output")),
+        Written::NotOwned => Some(format!(
             "{name} does not have this TraceJob as its one (controller) owner"
         )),
     }
@@ -53,6 +42,7 @@ pub fn invalid_output(job: &TraceJob, part: &TraceJobNode, cm: &ConfigMap) -> Op
 mod tests {
     use super::*;
     use crate::resource::node::controller;
+    use crate::resource::vocabulary::Label;
     use crate::resource::TraceJobNodeStatus;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
     use std::collections::BTreeMap;

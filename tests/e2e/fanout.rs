@@ -2,7 +2,6 @@
 //! matches; each reports in a TraceJobNode of its own, the summarizer keeps the TraceJob's summary
 //! and stores the merged maps, and `kubectl tracejob output` shows them.
 
-use std::process::Command;
 use std::time::Duration;
 
 use nix::sys::signal::Signal;
@@ -84,29 +83,9 @@ fn wait_entries(k: &Kubectl, ns: &str, name: &str, want: &[(&str, &str)]) {
     });
 }
 
-/// `kubectl tracejob ARGS` (the plugin, through kubectl) in namespace `ns`: stdout.
+/// `kubectl tracejob ARGS` in namespace `ns`: stdout, as text.
 fn plugin(env: &Env, ns: &str, args: &[&str]) -> String {
-    let dir = std::path::PathBuf::from(env!("CARGO_BIN_EXE_kubectl-tracejob"));
-    let path = format!(
-        "{}:{}",
-        dir.parent().expect("dir").display(),
-        std::env::var("PATH").unwrap_or_default()
-    );
-    let out = must(
-        Command::new(&env.kubectl.path)
-            .env("KUBECONFIG", &env.kubectl.kubeconfig)
-            .env("PATH", path)
-            .args(["tracejob", "-n", ns])
-            .args(args)
-            .output(),
-        "kubectl tracejob",
-    );
-    assert!(
-        out.status.success(),
-        "kubectl tracejob {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    String::from_utf8_lossy(&crate::support::plugin_stdout(env, ns, args)).into_owned()
 }
 
 /// The histogram buckets of `map` as maps.json has them.

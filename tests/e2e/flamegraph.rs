@@ -24,30 +24,7 @@ pub fn tests() -> Vec<Test> {
     ]
 }
 
-/// `kubectl tracejob ARGS` (the plugin, through kubectl) in namespace `ns`: stdout.
-fn plugin(env: &Env, ns: &str, args: &[&str]) -> Vec<u8> {
-    let dir = PathBuf::from(env!("CARGO_BIN_EXE_kubectl-tracejob"));
-    let path = format!(
-        "{}:{}",
-        dir.parent().expect("dir").display(),
-        std::env::var("PATH").unwrap_or_default()
-    );
-    let out = must(
-        Command::new(&env.kubectl.path)
-            .env("KUBECONFIG", &env.kubectl.kubeconfig)
-            .env("PATH", path)
-            .args(["tracejob", "-n", ns])
-            .args(args)
-            .output(),
-        "kubectl tracejob",
-    );
-    assert!(
-        out.status.success(),
-        "kubectl tracejob {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out.stdout
-}
+use crate::support::plugin_stdout as plugin;
 
 /// Keeps a CPU busy in the kernel (reads of /dev/zero) until dropped, so there are stacks.
 struct Busy(

@@ -243,3 +243,28 @@ pub const SCOPE: &str = "observe.tracejob.dev/node-selector";
 /// A selector of every node but protected ones: those without a label no node has, naming no
 /// protected label.
 pub const EVERY_NODE_BUT_PROTECTED: &str = "!observe.tracejob.dev/untraceable";
+
+/// `kubectl tracejob ARGS` (the plugin, through kubectl) in namespace `ns`: stdout.
+pub fn plugin_stdout(env: &Env, ns: &str, args: &[&str]) -> Vec<u8> {
+    let dir = std::path::PathBuf::from(env!("CARGO_BIN_EXE_kubectl-tracejob"));
+    let path = format!(
+        "{}:{}",
+        dir.parent().expect("dir").display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let out = must(
+        Command::new(&env.kubectl.path)
+            .env("KUBECONFIG", &env.kubectl.kubeconfig)
+            .env("PATH", path)
+            .args(["tracejob", "-n", ns])
+            .args(args)
+            .output(),
+        "kubectl tracejob",
+    );
+    assert!(
+        out.status.success(),
+        "kubectl tracejob {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
