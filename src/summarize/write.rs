@@ -137,13 +137,14 @@ async fn merged_output(
 ) -> Result<(String, Vec<String>, &'static str, Vec<String>), Error> {
     let ns = job.namespace().unwrap_or_default();
     let api: Api<ConfigMap> = Api::namespaced(ctx.client.clone(), &ns);
-    let wanted: HashMap<String, &TraceJobNode> = parts
-        .iter()
-        .filter_map(|p| {
-            let r = p.status.as_ref()?.output_ref.as_ref()?;
-            Some((r.name.clone(), p))
-        })
-        .collect();
+    // By output name: several parts may name one output (a part written past the fence), and
+    // the output is merged once, for the part whose node wrote it.
+    let mut wanted: HashMap<String, Vec<&TraceJobNode>> = HashMap::new();
+    for p in parts {
+        if let Some(r) = p.status.as_ref().and_then(|s| s.output_ref.as_ref()) {
+            wanted.entry(r.name.clone()).or_default().push(p);
+        }
+    }
     let mut left_out = Vec::new();
     let selector = format!("{}={},!{}", Label::TraceJob, job.name_any(), Label::Merged);
     // Small pages (each output up to a ConfigMap's 1 MiB), each merged and let go before the
@@ -158,11 +159,20 @@ async fn merged_output(
         let page = api.list(&params).await?;
         let mut ours = Vec::new();
         for cm in page.items {
-            if let Some(part) = wanted.get(&cm.name_any()) {
+            let claims = wanted
+                .get(&cm.name_any())
+                .map(Vec::as_slice)
+                .unwrap_or_default();
+            let mut owner = None;
+            for part in claims {
                 match super::valid::invalid_output(job, part, &cm) {
-                    None => ours.push((part.spec.node_name.clone(), cm)),
+                    None => owner = owner.or(Some(part.spec.node_name.clone())),
+                    // Another part naming it is reported, whoever wrote it.
                     Some(why) => left_out.push(why),
                 }
+            }
+            if let Some(node) = owner {
+                ours.push((node, cm));
             }
         }
         if !ours.is_empty() {

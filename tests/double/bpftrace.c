@@ -6,6 +6,7 @@
  * does comes from lines of the program file of the form `// double: KEY[=VALUE]`:
  *   attach=N         print "Attaching N probes..." once started (default 1)
  *   attach=never     never attach: print "still compiling" on stderr and sleep (not polling)
+ *   attach-delay-ms=N take N ms to attach (as a large program compiles), then attach
  *   sigint=ignore    ignore SIGINT (only SIGKILL ends it)
  *   sigint=second    act only on the second SIGINT (as a stuck bpftrace 0.17 was seen to)
  *   print-binary     once attached, print bytes that are not UTF-8, then go on
@@ -83,6 +84,7 @@ int main(int argc, char **argv) {
 	}
 	int attach = 1, never = 0, ignore = 0, binary = 0, flood = 0, flood_err = 0, code = 0;
 	long long exit_after = -1, exit_delay = 0, flood_after_stop = 0, every = 0, idle = 20;
+	long long attach_delay = 0;
 	char maps[4096] = "@x: 1";
 	char record[4096] = "";
 	char line[8192];
@@ -94,6 +96,8 @@ int main(int argc, char **argv) {
 		d[strcspn(d, "\n")] = 0;
 		if (strcmp(d, "attach=never") == 0)
 			never = 1;
+		else if (strncmp(d, "attach-delay-ms=", 16) == 0)
+			attach_delay = atoll(d + 16);
 		else if (strncmp(d, "attach=", 7) == 0)
 			attach = atoi(d + 7);
 		else if (strcmp(d, "sigint=ignore") == 0)
@@ -155,6 +159,11 @@ int main(int argc, char **argv) {
 			if (interrupted)
 				return 0;
 		}
+	}
+	if (attach_delay > 0) {
+		struct timespec t = {attach_delay / 1000, (attach_delay % 1000) * 1000000};
+		while (nanosleep(&t, &t) != 0 && !interrupted)
+			;
 	}
 	char attached[64];
 	snprintf(attached, sizeof attached, "Attaching %d probe%s...\n", attach, attach == 1 ? "" : "s");

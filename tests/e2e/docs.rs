@@ -494,7 +494,7 @@ fn fan_out_commands(env: &Env) {
     for n in &nodes {
         assert!(
             out.lines()
-                .any(|l| l.starts_with(&format!("wide-{n} ")) && l.contains("Completed")),
+                .any(|l| l.starts_with(&format!("wide.{n} ")) && l.contains("Completed")),
             "{n}'s part not listed:\n{out}"
         );
     }

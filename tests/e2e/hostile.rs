@@ -265,7 +265,14 @@ fn same_name_again(env: &Env) {
 
 fn twenty_jobs_at_once(env: &Env) {
     let ns = env.namespace("twenty");
-    let agent = Agent::start(env, &format!("{ns}-node"));
+    // Twenty traces of one namespace at once: past its default share of the node (8).
+    let agent = Agent::start_with(
+        env,
+        &format!("{ns}-node"),
+        &env.cp.kubeconfig,
+        &["--max-running-traces-per-namespace", "32"],
+        &[],
+    );
     let k = &env.kubectl;
     let all: String = (0..20)
         .map(|i| {

@@ -242,6 +242,21 @@ spec:
         "refuse-final-status",
     ]);
     k.ok(&["delete", "validatingadmissionpolicy", "refuse-final-status"]);
+    // The API server drops a deleted policy from its cache a moment later: the next agent starts
+    // once a final status is accepted again (else its first write is refused for good).
+    wait_for(Duration::from_secs(30), "the policy to be gone", || {
+        let r = k.run(&[
+            "patch",
+            "-n",
+            "refused",
+            "tj/probe",
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            r#"{"status":{"phase":"Failed"}}"#,
+        ]);
+        r.ok.then_some(())
+    });
     agent.restart(&[]);
     wait_phase(k, "refused", "r", "Completed", Duration::from_secs(60));
     assert!(output(k, "refused", "r", "output").contains("@syscalls["));

@@ -297,7 +297,13 @@ fn healthz_while_traces_start_and_stop(env: &Env) {
         env,
         &format!("{ns}-node"),
         &disk.mountpoint.join("state"),
-        &["--bpftrace", &double],
+        // Ten traces of one namespace at once: past its default share of the node (8).
+        &[
+            "--bpftrace",
+            &double,
+            "--max-running-traces-per-namespace",
+            "32",
+        ],
     );
     // It opens its state directory before it serves: seconds on this disk.
     wait_for(Duration::from_secs(30), "the agent's /healthz", || {

@@ -285,6 +285,10 @@ fn summarizer_counts_valid_parts(env: &Env) {
     // Forged parts, as an admin could write them past the fence: a part of node F labelled for
     // node A, and a part of node E with a second owner.
     let (node_e, node_f) = (format!("{ns}-e"), format!("{ns}-f"));
+    // The second owner exists: the garbage collector removes an owner reference that names
+    // nothing (and would make this part valid again before the summarizer looks).
+    k.ok(&["create", "configmap", "x", "-n", &ns]);
+    let x_uid = k.jsonpath(&ns, "configmap/x", ".metadata.uid");
     for (name, node, label, extra_owner) in [
         (format!("wide.{node_f}"), &node_f, &node_a, false),
         (format!("wide.{node_e}"), &node_e, &node_e, true),
@@ -299,7 +303,7 @@ fn summarizer_counts_valid_parts(env: &Env) {
                 .expect("owners")
                 .push(serde_json::json!({
                     "apiVersion": "v1", "kind": "ConfigMap", "name": "x",
-                    "uid": "00000000-0000-4000-8000-000000000000"
+                    "uid": x_uid
                 }));
         }
         k.apply(&ns, &part.to_string());

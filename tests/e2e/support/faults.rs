@@ -182,9 +182,9 @@ impl Outcome {
 
 /// The program each node runs: the double, idle until stopped, then (after `exit_delay_ms`)
 /// printing `@c: 2`, and recording each start in `record`.
-fn program(record: &Path, exit_delay_ms: u64) -> String {
+fn program(record: &Path, exit_delay_ms: u64, attach_delay_ms: u64) -> String {
     format!(
-        "// double: idle-ms=1000\n// double: record={}\n// double: exit-delay-ms={exit_delay_ms}\n// double: maps=@c: 2\nBEGIN {{ @c = count(); @c = count(); }}\n",
+        "// double: idle-ms=1000\n// double: record={}\n// double: exit-delay-ms={exit_delay_ms}\n// double: attach-delay-ms={attach_delay_ms}\n// double: maps=@c: 2\nBEGIN {{ @c = count(); @c = count(); }}\n",
         record.display()
     )
 }
@@ -321,7 +321,13 @@ pub fn run(
                 "nodeSelector": {"matchLabels": {"pool": pool}},
                 // While they store: each node's bpftrace takes 5 s to end after its SIGINT (as
                 // bpftrace 0.17 can), so the API server is down before any node stores.
-                "program": program(&record, if fault == Fault::ApiDownWhileStoring { 5000 } else { 0 }),
+                // While they start: each takes 3 s to attach, so parts appear (Pending) before any
+                // node runs, and the API server goes down between the two.
+                "program": program(
+                    &record,
+                    if fault == Fault::ApiDownWhileStoring { 5000 } else { 0 },
+                    if fault == Fault::ApiDownWhileStarting { 3000 } else { 0 },
+                ),
                 "deadlineGracePeriod": 300,
             },
         })),
