@@ -1484,7 +1484,7 @@ fn warm_up(b: &Bench) {
         let part: TraceJobNode = must(
             serde_json::from_value(serde_json::json!({
                 "apiVersion": "observe.tracejob.dev/v1alpha1", "kind": "TraceJobNode",
-                "metadata": {"name": "warm-up"},
+                "metadata": {"name": "warm-up.no-such-node"},
                 "spec": {"nodeName": "no-such-node", "traceJob": "warm-up"},
             })),
             "TraceJobNode",
