@@ -859,7 +859,11 @@ fn the_daemonset_runs_traces_on_a_real_kubelet() {
         down: false,
     };
     assert!(out.status.success(), "try-it failed:\n{stdout}\n{stderr}");
-    eprintln!("try-it took {:?}", started.elapsed());
+    eprintln!("try-it took {:?}:", started.elapsed());
+    // Its steps' times, for the log of a slow run.
+    for line in stderr.lines().filter(|l| l.contains("... done in")) {
+        eprintln!("  {line}");
+    }
     // The histogram of the biolatency sample, from its ConfigMap, over the disk I/O try-it made.
     assert!(stdout.contains("@usecs:"), "no histogram:\n{stdout}");
     let buckets: u64 = stdout
