@@ -253,7 +253,10 @@ struct Control {
 
 impl Control {
     fn start() -> Control {
-        let listener = must(std::net::TcpListener::bind("127.0.0.1:0"), "bind the control");
+        let listener = must(
+            std::net::TcpListener::bind("127.0.0.1:0"),
+            "bind the control",
+        );
         let port = must(listener.local_addr(), "the control's address").port();
         // It lives as long as the test binary: a thread blocked in accept costs nothing.
         std::thread::spawn(move || {
