@@ -92,12 +92,12 @@ fn node_limits(env: &Env) {
         &[],
     );
     let job = |name: &str| {
-        serde_json::json!({
-            "apiVersion": "observe.tracejob.dev/v1alpha1", "kind": "TraceJob",
-            "metadata": {"name": name},
-            "spec": {"nodeName": agent.node, "program": "tracepoint:raw_syscalls:sys_enter { @calls = count(); }"}
-        })
-        .to_string()
+        tracejob_yaml(
+            name,
+            &agent.node,
+            "tracepoint:raw_syscalls:sys_enter { @calls = count(); }",
+            "",
+        )
     };
     k.apply(&ns, &job("first"));
     wait_phase(k, &ns, "first", "Running", Duration::from_secs(30));

@@ -608,12 +608,12 @@ fn fair_shares_of_a_node(env: &Env) {
         &[],
     );
     let job = |name: &str| {
-        serde_json::json!({
-            "apiVersion": "observe.tracejob.dev/v1alpha1", "kind": "TraceJob",
-            "metadata": {"name": name},
-            "spec": {"nodeName": agent.node, "program": "tracepoint:raw_syscalls:sys_enter { @calls = count(); }"}
-        })
-        .to_string()
+        tracejob_yaml(
+            name,
+            &agent.node,
+            "tracepoint:raw_syscalls:sys_enter { @calls = count(); }",
+            "",
+        )
     };
     k.apply(&greedy, &job("first"));
     wait_phase(k, &greedy, "first", "Running", Duration::from_secs(60));

@@ -228,9 +228,22 @@ pub fn substitute(text: &str, values: &[(&str, &str)]) -> String {
 }
 
 /// `bash -euo pipefail -c SCRIPT`: a block runs as a reader pastes it, stopping at the first
-/// failing command.
+/// failing command, in the reader's environment: without what cargo sets for a test (a reader's
+/// shell has no CARGO_MANIFEST_DIR; ring's build script tracks it, so a `cargo build` in a block
+/// would rebuild ring, rustls, kube and the agent, and the next build outside again).
 pub fn bash(script: &str) -> Command {
     let mut cmd = Command::new("bash");
     cmd.args(["-euo", "pipefail", "-c", script]);
+    for (name, _) in std::env::vars_os() {
+        let set_by_cargo = name.to_str().is_some_and(|n| {
+            (n.starts_with("CARGO_") && n != "CARGO_TARGET_DIR" && n != "CARGO_HOME")
+                || n == "CARGO"
+                || n == "LD_LIBRARY_PATH"
+                || n == "RUST_RECURSION_COUNT"
+        });
+        if set_by_cargo {
+            cmd.env_remove(name);
+        }
+    }
     cmd
 }
