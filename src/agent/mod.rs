@@ -162,6 +162,14 @@ pub async fn serve(
             "the watches of this node's Node, the Namespaces or this node's pods have not listed yet (see the 'watching failed' lines: the agent's RBAC?); going on without them"
         ),
     }
+    // The runs an earlier agent left, read before any actor of this one writes a record: only
+    // those can be orphans (a run this agent starts before both watches have listed is not).
+    let left = {
+        let state = ctx.state.clone();
+        tokio::task::spawn_blocking(move || state.records())
+            .await
+            .unwrap_or_default()
+    };
     let updates =
         crate::cluster::watch::updates(Api::all(client.clone()), &node, metrics.traffic.clone());
     tokio::pin!(updates);
@@ -173,6 +181,7 @@ pub async fn serve(
         jobs: HashMap::new(),
         finished: HashMap::new(),
         synced: HashMap::new(),
+        left,
     };
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<String>();
     tokio::pin!(shutdown);
@@ -248,6 +257,8 @@ struct Dispatcher {
     finished: HashMap<String, Source>,
     /// The watches that have listed TraceJobs at least once, and every UID they listed then.
     synced: HashMap<Source, HashSet<String>>,
+    /// The runs on disk at the agent's start, until both watches have listed once.
+    left: Vec<rundir::Record>,
 }
 
 impl Dispatcher {
@@ -337,21 +348,14 @@ impl Dispatcher {
     }
 
     /// Runs left by an earlier agent whose TraceJob was deleted while no agent ran: end them
-    /// (the state directory is read, and the files removed, on blocking threads).
-    fn end_orphans(&self, existing: &HashSet<String>) {
-        let state = self.ctx.state.clone();
-        let existing = existing.clone();
-        tokio::spawn(async move {
-            let records = {
-                let state = state.clone();
-                tokio::task::spawn_blocking(move || state.records()).await
-            };
-            for record in records.unwrap_or_default() {
-                if crate::decide::job::is_orphan(&record.uid, &existing) {
-                    tokio::spawn(end_orphan(state.clone(), record));
-                }
+    /// (their files are removed on blocking threads).
+    fn end_orphans(&mut self, existing: &HashSet<String>) {
+        for record in std::mem::take(&mut self.left) {
+            let live = self.jobs.contains_key(&record.uid);
+            if crate::decide::job::is_orphan(&record.uid, existing, live) {
+                tokio::spawn(end_orphan(self.ctx.state.clone(), record));
             }
-        });
+        }
     }
 }
 

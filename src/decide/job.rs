@@ -513,10 +513,11 @@ pub fn joins(job: &TraceJob, has_part: bool) -> bool {
         || !(job.spec.stop || job.phase().is_some_and(|p| p.is_final()))
 }
 
-/// Whether a run in the state directory is an orphan: its TraceJob (by UID) is in none of the
-/// watches' lists, so it was deleted while no agent ran, and the run is ended and removed.
-pub fn is_orphan(uid: &str, listed: &std::collections::HashSet<String>) -> bool {
-    !listed.contains(uid)
+/// Whether a run an earlier agent left in the state directory is an orphan: its TraceJob (by
+/// UID) is in none of the watches' first lists and no actor of this agent has it, so it was
+/// deleted while no agent ran, and the run is ended and removed.
+pub fn is_orphan(uid: &str, listed: &std::collections::HashSet<String>, has_actor: bool) -> bool {
+    !listed.contains(uid) && !has_actor
 }
 
 /// The Event that reports an outcome: (warning, reason, note).
@@ -1133,8 +1134,10 @@ mod tests {
     #[test]
     fn orphans_are_runs_no_watch_listed() {
         let listed: std::collections::HashSet<String> = ["a".to_string()].into();
-        assert!(!is_orphan("a", &listed));
-        assert!(is_orphan("b", &listed));
+        assert!(!is_orphan("a", &listed, false));
+        assert!(is_orphan("b", &listed, false));
+        // Created after a watch listed, and already taken by an actor: not an orphan.
+        assert!(!is_orphan("b", &listed, true));
     }
 
     #[test]

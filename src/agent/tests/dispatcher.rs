@@ -11,6 +11,7 @@ use tokio::sync::mpsc;
 use super::fixture::{tracejob, unassigned, Agent, PATIENCE};
 use crate::agent::Dispatcher;
 use crate::cluster::watch::{Source, Update};
+use crate::host::rundir::Record;
 
 /// A TraceJob deleted while the watch was disconnected brings no deletion event: the watch's
 /// relist that follows does not list it (`Update::Synced` without its UID), and that is how its
@@ -26,6 +27,7 @@ async fn a_relist_that_misses_a_tracejob_tells_its_actor_it_was_deleted() {
         jobs: HashMap::new(),
         finished: HashMap::new(),
         synced: HashMap::new(),
+        left: Vec::new(),
     };
     let (done, mut ended) = mpsc::unbounded_channel();
 
@@ -94,6 +96,7 @@ async fn a_relist_of_one_watch_keeps_the_other_watchs_ended_jobs() {
         jobs: HashMap::new(),
         finished: Default::default(),
         synced: HashMap::new(),
+        left: Vec::new(),
     };
     let (done, _ended) = mpsc::unbounded_channel();
     let mut job = unassigned("ended", "elsewhere");
@@ -125,4 +128,60 @@ async fn a_relist_of_one_watch_keeps_the_other_watchs_ended_jobs() {
     // Deleted while the watch was down: its own watch's relist forgets it.
     dispatcher.handle(Update::Synced(Source::Unassigned, HashSet::new()), &done);
     assert!(dispatcher.finished.is_empty(), "{:?}", dispatcher.finished);
+}
+
+/// Once both watches have listed, the runs an earlier agent left whose TraceJob is in neither
+/// list are ended and removed; a run this agent started in between (its TraceJob created after
+/// the first watch listed and before the second did) is not one of them. It was: its files were
+/// removed under its actor, which then could neither save its record nor read its output.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_started_between_the_first_lists_is_not_an_orphan() {
+    let agent = Agent::new(vec![]);
+    let state = agent.ctx.state.clone();
+    let record = |name: &str, uid: &str| Record {
+        namespace: "unknown".into(),
+        name: name.into(),
+        uid: uid.into(),
+        run_id: uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, name.as_bytes()).to_string(),
+        ..Default::default()
+    };
+    // Left by an earlier agent; its TraceJob was deleted while no agent ran.
+    let orphan = record("orphan", "orphan-uid");
+    state.create(&orphan, "BEGIN {}").expect("a run");
+    let mut dispatcher = Dispatcher {
+        ctx: agent.ctx.clone(),
+        ready: Arc::new(AtomicBool::new(false)),
+        parts: Default::default(),
+        jobs: HashMap::new(),
+        finished: HashMap::new(),
+        synced: HashMap::new(),
+        left: state.records(),
+    };
+    let (done, _ended) = mpsc::unbounded_channel();
+
+    // This node's watch lists (nothing), then a TraceJob is created and its actor (waiting
+    // quietly: its namespace is unknown to the stores) has its run on disk.
+    dispatcher.handle(Update::Synced(Source::Node, HashSet::new()), &done);
+    let mut job = tracejob("new");
+    job.metadata.namespace = Some("unknown".into());
+    job.metadata.creation_timestamp = None;
+    let uid = job.uid().expect("a uid");
+    dispatcher.handle(Update::Seen(job), &done);
+    let live = record("new", &uid);
+    state.create(&live, "BEGIN {}").expect("a run");
+
+    // The other watch's first list: the orphan goes, the new run stays.
+    dispatcher.handle(Update::Synced(Source::Unassigned, HashSet::new()), &done);
+    tokio::time::timeout(PATIENCE, async {
+        while state.load(&orphan.run_id).is_some() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("the orphan's run is removed");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(
+        state.load(&live.run_id).is_some(),
+        "the new run's files were removed under its actor"
+    );
 }
