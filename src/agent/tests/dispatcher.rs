@@ -13,6 +13,19 @@ use crate::agent::Dispatcher;
 use crate::cluster::watch::{Source, Update};
 use crate::host::rundir::Record;
 
+/// `agent`'s dispatcher, not ready yet, with `left` the runs on disk at its start.
+fn dispatcher(agent: &Agent, left: Vec<Record>) -> Dispatcher {
+    Dispatcher {
+        ctx: agent.ctx.clone(),
+        ready: Arc::new(AtomicBool::new(false)),
+        parts: Default::default(),
+        jobs: HashMap::new(),
+        finished: HashMap::new(),
+        synced: HashMap::new(),
+        left,
+    }
+}
+
 /// A TraceJob deleted while the watch was disconnected brings no deletion event: the watch's
 /// relist that follows does not list it (`Update::Synced` without its UID), and that is how its
 /// actor is told it was deleted. Only that watch's jobs are concerned: the relist of this node's
@@ -20,15 +33,7 @@ use crate::host::rundir::Record;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_relist_that_misses_a_tracejob_tells_its_actor_it_was_deleted() {
     let mut agent = Agent::new(vec![]);
-    let mut dispatcher = Dispatcher {
-        ctx: agent.ctx.clone(),
-        ready: Arc::new(AtomicBool::new(false)),
-        parts: Default::default(),
-        jobs: HashMap::new(),
-        finished: HashMap::new(),
-        synced: HashMap::new(),
-        left: Vec::new(),
-    };
+    let mut dispatcher = dispatcher(&agent, Vec::new());
     let (done, mut ended) = mpsc::unbounded_channel();
 
     // Two TraceJobs whose actors wait without a word to the API server: one of this node, in a
@@ -89,15 +94,7 @@ async fn a_relist_that_misses_a_tracejob_tells_its_actor_it_was_deleted() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_relist_of_one_watch_keeps_the_other_watchs_ended_jobs() {
     let agent = Agent::new(vec![]);
-    let mut dispatcher = Dispatcher {
-        ctx: agent.ctx.clone(),
-        ready: Arc::new(AtomicBool::new(false)),
-        parts: Default::default(),
-        jobs: HashMap::new(),
-        finished: Default::default(),
-        synced: HashMap::new(),
-        left: Vec::new(),
-    };
+    let mut dispatcher = dispatcher(&agent, Vec::new());
     let (done, _ended) = mpsc::unbounded_channel();
     let mut job = unassigned("ended", "elsewhere");
     job.metadata.namespace = Some("unknown".into());
@@ -148,15 +145,7 @@ async fn a_run_started_between_the_first_lists_is_not_an_orphan() {
     // Left by an earlier agent; its TraceJob was deleted while no agent ran.
     let orphan = record("orphan", "orphan-uid");
     state.create(&orphan, "BEGIN {}").expect("a run");
-    let mut dispatcher = Dispatcher {
-        ctx: agent.ctx.clone(),
-        ready: Arc::new(AtomicBool::new(false)),
-        parts: Default::default(),
-        jobs: HashMap::new(),
-        finished: HashMap::new(),
-        synced: HashMap::new(),
-        left: state.records(),
-    };
+    let mut dispatcher = dispatcher(&agent, state.records());
     let (done, _ended) = mpsc::unbounded_channel();
 
     // This node's watch lists (nothing), then a TraceJob is created and its actor (waiting
