@@ -210,10 +210,8 @@ fn the_image_builds_for_arm64() {
         missing.push("qemu-aarch64 in binfmt_misc with the F flag (tests/setup.sh)".to_string());
     }
     if !missing.is_empty() {
-        let why = format!("the arm64 image needs {}", missing.join(", and "));
-        assert!(std::env::var("CI").as_deref() != Ok("true"), "{why}");
-        eprintln!("skipped: {why}");
-        return;
+        // Missing parts fail the test: tests/setup.sh and tests/run provide them.
+        panic!("the arm64 image needs {}", missing.join(", and "));
     }
     let storage = cache_root().join("images-arm64");
     let s = storage.as_path();
