@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use super::{configmap, denied, fan_out_yaml, install, AGENT_SA, RUN};
 use crate::support::outputs::output;
-use crate::support::parts::{apply_status, part_yaml};
+use crate::support::parts::{apply_status, part_names, part_yaml};
 use crate::support::tokens::bound_token;
 use crate::support::tracejobs::{stop, tracejob_yaml, SYSCOUNT};
 use crate::support::wait::wait_phase;
@@ -616,16 +616,7 @@ fn agent_token_cannot_write_another_nodes_tracejobnode(env: &Env) {
         ),
         node_b
     );
-    let parts = k.ok(&[
-        "get",
-        "tjn",
-        "-n",
-        &ns,
-        "-o",
-        "jsonpath={.items[*].metadata.name}",
-    ]);
-    let mut parts: Vec<&str> = parts.split_whitespace().collect();
-    parts.sort();
+    let parts = part_names(k, &ns);
     let mut expected = vec![own.as_str(), theirs.as_str()];
     expected.sort();
     assert_eq!(parts, expected, "a forged TraceJobNode exists");

@@ -4,8 +4,8 @@
 
 use std::time::Duration;
 
-use super::{cluster_role, denied, fan_out_yaml, install, ANNOTATION};
-use crate::support::parts::{apply_status, part_yaml};
+use super::{cluster_role, denied, fan_out_yaml, install, node_output, ANNOTATION};
+use crate::support::parts::{apply_status, part_names, part_yaml};
 use crate::support::tokens::bound_token;
 use crate::support::tracejobs::{stop, tracejob_yaml};
 use crate::support::wait::wait_phase;
@@ -167,16 +167,7 @@ fn parts_named_for_their_node(env: &Env) {
     );
     assert!(r.ok, "{}", r.stderr);
 
-    let parts = k.ok(&[
-        "get",
-        "tjn",
-        "-n",
-        &ns,
-        "-o",
-        "jsonpath={.items[*].metadata.name}",
-    ]);
-    let mut parts: Vec<&str> = parts.split_whitespace().collect();
-    parts.sort();
+    let parts = part_names(k, &ns);
     let q_part = format!("p.{node_q}");
     let n_part = format!("p-q.{node_n}");
     let mut expected = vec![
@@ -187,23 +178,6 @@ fn parts_named_for_their_node(env: &Env) {
     ];
     expected.sort();
     assert_eq!(parts, expected);
-}
-
-/// An output ConfigMap as the agent of `node` writes it for TraceJob `owner` (uid `uid`).
-fn node_output(name: &str, ns: &str, node: &str, owner: &str, uid: &str, text: &str) -> String {
-    serde_json::json!({
-        "apiVersion": "v1", "kind": "ConfigMap",
-        "metadata": {
-            "name": name, "namespace": ns,
-            "labels": {"observe.tracejob.dev/node": node, "observe.tracejob.dev/tracejob": owner},
-            "ownerReferences": [{
-                "apiVersion": "observe.tracejob.dev/v1alpha1", "kind": "TraceJob",
-                "name": owner, "uid": uid, "controller": true
-            }]
-        },
-        "data": {"output": text}
-    })
-    .to_string()
 }
 
 /// Parts that no agent writes today (a second part of a node, a part with two owners, named

@@ -43,6 +43,11 @@ const RUN: &str = "0b6c1f1e";
 /// A ConfigMap labelled for `node` and owned by TraceJob `owner` (uid `uid`): with `name`
 /// `OWNER-output-RUN`, an output as the agent of `node` writes it.
 fn configmap(name: &str, ns: &str, node: &str, owner: &str, uid: &str) -> String {
+    node_output(name, ns, node, owner, uid, "forged")
+}
+
+/// `configmap` holding `text` as its output.
+fn node_output(name: &str, ns: &str, node: &str, owner: &str, uid: &str, text: &str) -> String {
     serde_json::json!({
         "apiVersion": "v1", "kind": "ConfigMap",
         "metadata": {
@@ -53,7 +58,7 @@ fn configmap(name: &str, ns: &str, node: &str, owner: &str, uid: &str) -> String
                 "name": owner, "uid": uid, "controller": true
             }]
         },
-        "data": {"output": "forged"}
+        "data": {"output": text}
     })
     .to_string()
 }

@@ -66,3 +66,18 @@ pub fn part_yaml(
     }
     part.to_string()
 }
+
+/// The names of the TraceJobNodes in `ns`, sorted.
+pub fn part_names(k: &Kubectl, ns: &str) -> Vec<String> {
+    let names = k.ok(&[
+        "get",
+        "tjn",
+        "-n",
+        ns,
+        "-o",
+        "jsonpath={.items[*].metadata.name}",
+    ]);
+    let mut names: Vec<String> = names.split_whitespace().map(String::from).collect();
+    names.sort();
+    names
+}
