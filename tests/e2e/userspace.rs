@@ -12,6 +12,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::support::outputs::output;
+use crate::support::pods::patch_status;
 use crate::support::tracejobs::{sample_yaml, stop};
 use crate::support::wait::wait_phase;
 use crate::support::{must, repo_root, wait_for, Agent, Env, Kubectl, Proc, Test};
@@ -248,17 +249,7 @@ fn pod_runs(k: &Kubectl, ns: &str, node: &str, id: &str, restarts: u32) {
             "state": {"running": {"startedAt": "2025-01-01T00:00:00Z"}},
         }],
     }});
-    k.ok(&[
-        "patch",
-        "-n",
-        ns,
-        "pod",
-        "web",
-        "--subresource=status",
-        "--type=merge",
-        "-p",
-        &status.to_string(),
-    ]);
+    patch_status(k, ns, "web", &status);
 }
 
 /// Container `id` of pod web exited (killed), as the kubelet reports it before starting it again.
@@ -272,17 +263,7 @@ fn pod_exited(k: &Kubectl, ns: &str, id: &str) {
                 "startedAt": "2025-01-01T00:00:00Z", "finishedAt": "2025-01-01T00:01:00Z"}},
         }],
     }});
-    k.ok(&[
-        "patch",
-        "-n",
-        ns,
-        "pod",
-        "web",
-        "--subresource=status",
-        "--type=merge",
-        "-p",
-        &status.to_string(),
-    ]);
+    patch_status(k, ns, "web", &status);
 }
 
 /// The app at the same path on the node, outside the container: `n` calls, which no probe on

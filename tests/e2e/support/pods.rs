@@ -70,6 +70,11 @@ pub fn report_running(k: &Kubectl, ns: &str, pod: &str, container: &str, id: &st
             "state": {"running": {"startedAt": "2025-01-01T00:00:00Z"}},
         }],
     }});
+    patch_status(k, ns, pod, &status);
+}
+
+/// Merges `status` (`{"status": {...}}`) into pod `pod`'s status, as the kubelet writes it.
+pub fn patch_status(k: &Kubectl, ns: &str, pod: &str, status: &serde_json::Value) {
     k.ok(&[
         "patch",
         "-n",
