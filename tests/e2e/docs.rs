@@ -14,9 +14,7 @@ use crate::support::control_plane::free_port;
 use crate::support::docs::{self, bash, substitute};
 use crate::support::host::disk_io;
 use crate::support::pods::{report_running, FakeContainer};
-use crate::support::{
-    must, register_node, repo_root, wait_for, Agent, Env, Proc, Summarizer, Test,
-};
+use crate::support::{must, pool, repo_root, wait_for, Agent, Env, Proc, Summarizer, Test};
 
 pub fn tests() -> Vec<Test> {
     vec![
@@ -216,11 +214,7 @@ fn quick_start_with_the_plugin(env: &Env) {
         &ns,
         "observe.tracejob.dev/node-selector-",
     ]);
-    let nodes: Vec<String> = (1..=2).map(|i| format!("{ns}-n{i}")).collect();
-    for n in &nodes {
-        register_node(env, n, &[("pool", &ns)]);
-    }
-    let _agents: Vec<Agent> = nodes.iter().map(|n| Agent::start(env, n)).collect();
+    let (nodes, _agents) = pool(env, &ns, 2);
     let _summarizer = Summarizer::of(env, &ns);
     let reader = Reader::new(env, &ns, &nodes[0]);
 
@@ -471,11 +465,7 @@ fn trigger_quick_start(env: &Env) {
 fn fan_out_commands(env: &Env) {
     let mut blocks = docs::blocks("docs_fan_out_commands");
     let ns = env.namespace("docs-wide");
-    let nodes: Vec<String> = (1..=2).map(|i| format!("{ns}-n{i}")).collect();
-    for n in &nodes {
-        register_node(env, n, &[("pool", &ns)]);
-    }
-    let _agents: Vec<Agent> = nodes.iter().map(|n| Agent::start(env, n)).collect();
+    let (nodes, _agents) = pool(env, &ns, 2);
     let _summarizer = Summarizer::of(env, &ns);
     let reader = Reader::new(env, &ns, &nodes[0]);
     let k = &env.kubectl;

@@ -7,7 +7,7 @@ use std::time::Duration;
 use nix::sys::signal::Signal;
 
 use crate::support::tracejobs::stop;
-use crate::support::{must, register_node, wait_for, Agent, Env, Kubectl, Summarizer, Test};
+use crate::support::{must, pool, register_node, wait_for, Agent, Env, Kubectl, Summarizer, Test};
 
 pub fn tests() -> Vec<Test> {
     vec![
@@ -293,11 +293,7 @@ fn runs_on_matching_nodes_and_merges(env: &Env) {
 fn summary_writer_fails_over(env: &Env) {
     let ns = env.namespace("fanout-failover");
     let k = &env.kubectl;
-    let names: Vec<String> = (1..=2).map(|i| format!("{ns}-n{i}")).collect();
-    for n in &names {
-        register_node(env, n, &[("pool", &ns)]);
-    }
-    let _agents: Vec<Agent> = names.iter().map(|n| Agent::start(env, n)).collect();
+    let (_, _agents) = pool(env, &ns, 2);
     let mut writers = [
         Summarizer::start(env, &ns, "summarizer", "one"),
         Summarizer::start(env, &ns, "summarizer", "two"),
@@ -353,11 +349,7 @@ fn summary_writer_fails_over(env: &Env) {
 fn plugin_run_nodes(env: &Env) {
     let ns = env.namespace("fanout-plugin");
 
-    let names: Vec<String> = (1..=2).map(|i| format!("{ns}-n{i}")).collect();
-    for n in &names {
-        register_node(env, n, &[("pool", &ns)]);
-    }
-    let _agents: Vec<Agent> = names.iter().map(|n| Agent::start(env, n)).collect();
+    let (names, _agents) = pool(env, &ns, 2);
     let _summarizer = Summarizer::of(env, &ns);
     let selector = format!("pool={ns}");
     let out = plugin(

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use crate::support::tracejobs::stop;
 use crate::support::wait::wait_phase;
-use crate::support::{must, register_node, wait_for, Agent, Env, Summarizer, Test};
+use crate::support::{must, pool, wait_for, Agent, Env, Summarizer, Test};
 use crate::trace_metrics::{entries, maps_json};
 
 pub fn tests() -> Vec<Test> {
@@ -234,11 +234,7 @@ fn flamegraph_profile(env: &Env) {
 fn flamegraph_fanout(env: &Env) {
     let ns = env.namespace("flame-fan");
     let k = &env.kubectl;
-    let names: Vec<String> = (1..=2).map(|i| format!("{ns}-n{i}")).collect();
-    for n in &names {
-        register_node(env, n, &[("pool", &ns)]);
-    }
-    let _agents: Vec<Agent> = names.iter().map(|n| Agent::start(env, n)).collect();
+    let (_, _agents) = pool(env, &ns, 2);
     let _summarizer = Summarizer::of(env, &ns);
     let job = serde_json::json!({
         "apiVersion": "observe.tracejob.dev/v1alpha1", "kind": "TraceJob",

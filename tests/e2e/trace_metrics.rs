@@ -9,7 +9,7 @@ use crate::support::outputs::output;
 use crate::support::tracejobs::stop;
 use crate::support::wait::wait_phase;
 use crate::support::{
-    control_plane::free_port, must, register_node, wait_for, Agent, Env, Proc, Summarizer, Test,
+    control_plane::free_port, must, pool, wait_for, Agent, Env, Proc, Summarizer, Test,
 };
 
 pub fn tests() -> Vec<Test> {
@@ -316,11 +316,7 @@ fn biolatency_in_prometheus(env: &Env) {
 fn fanout_sum_by_le(env: &Env) {
     let ns = env.namespace("metrics-fan");
     let k = &env.kubectl;
-    let names: Vec<String> = (1..=3).map(|i| format!("{ns}-n{i}")).collect();
-    for n in &names {
-        register_node(env, n, &[("pool", &ns)]);
-    }
-    let agents: Vec<Agent> = names.iter().map(|n| Agent::start(env, n)).collect();
+    let (_, agents) = pool(env, &ns, 3);
     let _summarizer = Summarizer::of(env, &ns);
     let ports: Vec<u16> = agents.iter().map(|a| a.metrics_port).collect();
     let prom = Prometheus::start(&ports);

@@ -201,6 +201,17 @@ impl HealthProbe {
     }
 }
 
+/// A pool of `count` nodes for a fan-out, `NS-n1` ... labelled `pool=NS`, each with its agent
+/// running: the node names and the agents.
+pub fn pool(env: &Env, ns: &str, count: usize) -> (Vec<String>, Vec<Agent>) {
+    let names: Vec<String> = (1..=count).map(|i| format!("{ns}-n{i}")).collect();
+    for n in &names {
+        register_node(env, n, &[("pool", ns)]);
+    }
+    let agents = names.iter().map(|n| Agent::start(env, n)).collect();
+    (names, agents)
+}
+
 /// Creates a Node object named `node` with `labels`, unless one exists.
 pub fn register_node(env: &Env, node: &str, labels: &[(&str, &str)]) {
     let labels: serde_json::Map<String, serde_json::Value> = labels

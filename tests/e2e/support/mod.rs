@@ -23,7 +23,7 @@ use std::process::{Child, Command};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-pub use agent::{register_node, Agent};
+pub use agent::{pool, register_node, Agent};
 pub use control_plane::ControlPlane;
 pub use double::{bpftrace_double, double_agent, double_program};
 pub use kubectl::Kubectl;
