@@ -59,6 +59,21 @@ struct Cluster {
 }
 
 impl Cluster {
+    /// `kubectl tracejob` on this cluster, the release build's plugin first on PATH.
+    fn plugin(&self) -> Command {
+        let mut cmd = Command::new(&self.kubectl);
+        cmd.env("KUBECONFIG", &self.kubeconfig).env(
+            "PATH",
+            format!(
+                "{}:{}",
+                release_dir().display(),
+                std::env::var("PATH").unwrap_or_default()
+            ),
+        );
+        cmd.arg("tracejob");
+        cmd
+    }
+
     fn kubectl(&self, args: &[&str]) -> Output {
         run(Command::new(&self.kubectl)
             .env("KUBECONFIG", &self.kubeconfig)
@@ -452,28 +467,16 @@ fn pod_targets(cluster: &Cluster) {
     );
 
     step("kubectl tracejob run pod/NAME: the pod's node traces its container");
-    let plugin_dir = release_dir();
-    let out = run(Command::new(&cluster.kubectl)
-        .env("KUBECONFIG", &cluster.kubeconfig)
-        .env(
-            "PATH",
-            format!(
-                "{}:{}",
-                plugin_dir.display(),
-                std::env::var("PATH").unwrap_or_default()
-            ),
-        )
-        .args([
-            "tracejob",
-            "run",
-            "pod/workload",
-            "-e",
-            by_comm,
-            "--deadline",
-            "3s",
-            "--grace",
-            "5m",
-        ]));
+    let out = run(cluster.plugin().args([
+        "run",
+        "pod/workload",
+        "-e",
+        by_comm,
+        "--deadline",
+        "3s",
+        "--grace",
+        "5m",
+    ]));
     let printed = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
@@ -580,19 +583,9 @@ fn user_space(cluster: &Cluster) {
         uretprobe:$container_root/app:work /@start[tid]/ { @usecs = hist((nsecs - @start[tid]) / 1000); delete(@start[tid]); } \
         usdt:$container_root/app:tracejob:work { @arg[arg0] = count(); } \
         END { clear(@start); }";
-    let plugin_dir = release_dir();
-    let mut child = Command::new(&cluster.kubectl)
-        .env("KUBECONFIG", &cluster.kubeconfig)
-        .env(
-            "PATH",
-            format!(
-                "{}:{}",
-                plugin_dir.display(),
-                std::env::var("PATH").unwrap_or_default()
-            ),
-        )
+    let mut child = cluster
+        .plugin()
         .args([
-            "tracejob",
             "run",
             "pod/userspace",
             "--name",
