@@ -755,16 +755,28 @@ fn ensure_nodes(b: &Bench, pool: &str, n: usize) {
     });
 }
 
-/// The API server's own counters: requests by (verb, resource, subresource, code), and watch
-/// events and their bytes by kind.
-fn apiserver_counters(b: &Bench) -> BTreeMap<String, f64> {
+/// The API server's own metrics (its /metrics text; empty if it could not be read).
+fn apiserver_metrics(b: &Bench) -> String {
     let req = must(
         axum::http::Request::get("/metrics").body(Vec::new()),
         "request",
     );
-    let text =
-        b.rt.block_on(b.client.request_text(req))
-            .unwrap_or_default();
+    b.rt.block_on(b.client.request_text(req))
+        .unwrap_or_default()
+}
+
+/// The label `k`'s value in a series' labels (`a="1",b="2"}`); empty if it has none.
+fn label(labels: &str, k: &str) -> String {
+    labels
+        .split(',')
+        .find_map(|kv| kv.strip_prefix(&format!("{k}=\"")))
+        .map(|v| v.trim_end_matches(['"', '}']).to_string())
+        .unwrap_or_default()
+}
+
+/// The API server's own counters, from its metrics: requests by (verb, resource, subresource,
+/// code), and watch events and their bytes by kind.
+fn apiserver_counters(text: &str) -> BTreeMap<String, f64> {
     let mut m = BTreeMap::new();
     for line in text.lines().filter(|l| !l.starts_with('#')) {
         let Some((series, value)) = line.rsplit_once(' ') else {
@@ -776,13 +788,7 @@ fn apiserver_counters(b: &Bench) -> BTreeMap<String, f64> {
         let Some((name, labels)) = series.split_once('{') else {
             continue;
         };
-        let label = |k: &str| -> String {
-            labels
-                .split(',')
-                .find_map(|kv| kv.strip_prefix(&format!("{k}=\"")))
-                .map(|v| v.trim_end_matches(['"', '}']).to_string())
-                .unwrap_or_default()
-        };
+        let label = |k: &str| label(labels, k);
         let key = match name {
             "apiserver_request_total" => {
                 let sub = label("subresource");
@@ -821,15 +827,8 @@ fn apiserver_counters(b: &Bench) -> BTreeMap<String, f64> {
 }
 
 /// The API server's histogram of its mutating requests' latency (POST, PUT, PATCH, DELETE; all
-/// resources): cumulative count by upper bound (`le`, seconds).
-fn mutating_latency(b: &Bench) -> BTreeMap<String, f64> {
-    let req = must(
-        axum::http::Request::get("/metrics").body(Vec::new()),
-        "request",
-    );
-    let text =
-        b.rt.block_on(b.client.request_text(req))
-            .unwrap_or_default();
+/// resources), from its metrics: cumulative count by upper bound (`le`, seconds).
+fn mutating_latency(text: &str) -> BTreeMap<String, f64> {
     let mut m: BTreeMap<String, f64> = BTreeMap::new();
     for line in text.lines() {
         let Some(rest) = line.strip_prefix("apiserver_request_duration_seconds_bucket{") else {
@@ -838,13 +837,7 @@ fn mutating_latency(b: &Bench) -> BTreeMap<String, f64> {
         let Some((labels, value)) = rest.rsplit_once(' ') else {
             continue;
         };
-        let label = |k: &str| {
-            labels
-                .split(',')
-                .find_map(|kv| kv.strip_prefix(&format!("{k}=\"")))
-                .map(|v| v.trim_end_matches(['"', '}']).to_string())
-                .unwrap_or_default()
-        };
+        let label = |k: &str| label(labels, k);
         if !["POST", "PUT", "PATCH", "DELETE"].contains(&label("verb").as_str()) {
             continue;
         }
@@ -1078,8 +1071,8 @@ fn fanout_run(b: &Bench, n: usize, run: usize, limit: Duration) -> Option<FanRun
     std::thread::sleep(Duration::from_secs(3));
     let apiserver = b.env.cp.apiserver_pid().expect("the API server runs");
     let before = usage_all(&hollow, real.as_ref());
-    let counters0 = apiserver_counters(b);
-    let latency0 = mutating_latency(b);
+    let metrics0 = apiserver_metrics(b);
+    let (counters0, latency0) = (apiserver_counters(&metrics0), mutating_latency(&metrics0));
     let etcd0 = etcd_db(b);
     let (busy0, etcd_pid) = (machine_busy(), etcd_pid());
     let etcd_cpu0 = cpu_seconds(etcd_pid);
@@ -1181,8 +1174,9 @@ fn fanout_run(b: &Bench, n: usize, run: usize, limit: Duration) -> Option<FanRun
     let (hollow_cpu, children) = (hollow_cpu1 - hollow_cpu0, children1 - children0);
     let summ_cpu = cpu_seconds(summ.pid()) - summ_cpu0;
     let used = usage_all(&hollow, real.as_ref()).since(&before);
-    let counters1 = apiserver_counters(b);
-    let p99 = quantile(&mutating_latency(b), &latency0, 0.99);
+    let metrics1 = apiserver_metrics(b);
+    let counters1 = apiserver_counters(&metrics1);
+    let p99 = quantile(&mutating_latency(&metrics1), &latency0, 0.99);
     let closed: f64 = counters1
         .iter()
         .filter(|(k, _)| k.starts_with("terminated watchers"))
