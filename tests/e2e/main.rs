@@ -24,7 +24,8 @@ mod trigger;
 mod userspace;
 mod waits;
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use libtest_mimic::{Arguments, Trial};
 use support::{ControlPlane, Env, Test};
@@ -47,6 +48,17 @@ const COMPAT: [&str; 16] = [
     "target_without_node_name_is_taken_by_the_pods_node_only",
     "fanout_selector_runs_on_matching_nodes_and_merges",
     "native_live_output_before_stop",
+];
+
+/// The longest tests (the runner names the slowest at the end), started first so that none of
+/// them starts last and sets the run's length alone.
+const SLOW_FIRST: [&str; 6] = [
+    "slowdisk_healthz_answers_within_100ms_at_p99_while_10_traces_start_and_stop",
+    "faults_api_server_down_while_nodes_start",
+    "security_receiver_outlives_300_large_tracejobs_labelled_by_a_tenant",
+    "faults_api_server_down_while_nodes_store",
+    "security_summarizer_merges_eight_32mib_outputs_in_its_memory_limit",
+    "faults_watches_expire_after_compaction",
 ];
 
 fn main() -> std::process::ExitCode {
@@ -78,6 +90,19 @@ fn main() -> std::process::ExitCode {
         tests.retain(|t| COMPAT.contains(&t.name));
         assert_eq!(tests.len(), COMPAT.len(), "a compatibility test is missing");
     }
+    for name in SLOW_FIRST {
+        assert!(
+            tests.iter().any(|t| t.name == name),
+            "SLOW_FIRST names {name}, which is not a test"
+        );
+    }
+    // A stable sort: the slow ones first, in SLOW_FIRST's order, the others as listed above.
+    tests.sort_by_key(|t| {
+        SLOW_FIRST
+            .iter()
+            .position(|name| *name == t.name)
+            .unwrap_or(SLOW_FIRST.len())
+    });
     if args.list {
         let trials = tests
             .iter()
@@ -92,17 +117,36 @@ fn main() -> std::process::ExitCode {
         .ok()
         .and_then(|v| v.parse().ok())
         .or(Some(4)));
+    // How long each test took, so the slowest are named at the end (they set the run's length).
+    let took: Arc<Mutex<Vec<(Duration, &'static str)>>> = Arc::default();
     let trials = tests
         .into_iter()
         .map(|t| {
             let env = env.clone();
+            let took = took.clone();
             Trial::test(t.name, move || {
+                let started = Instant::now();
                 (t.run)(&env);
+                if let Ok(mut took) = took.lock() {
+                    took.push((started.elapsed(), t.name));
+                }
                 Ok(())
             })
         })
         .collect();
     let conclusion = libtest_mimic::run(&args, trials);
+    if let Ok(mut took) = took.lock() {
+        took.sort_unstable_by(|a, b| b.cmp(a));
+        let all: Duration = took.iter().map(|(d, _)| *d).sum();
+        eprintln!(
+            "the slowest end-to-end tests (of {}, {:.0} s in all):",
+            took.len(),
+            all.as_secs_f64()
+        );
+        for (d, name) in took.iter().take(12) {
+            eprintln!("  {:6.1} s  {name}", d.as_secs_f64());
+        }
+    }
     // The last reference: the control plane ends here.
     drop(env);
     if conclusion.num_passed + conclusion.num_failed == 0 {
