@@ -1,9 +1,10 @@
 //! kubectl, run the way a user runs it: the one built with the test control plane (the same
 //! release, inside kubectl's version-skew policy), unless TRACEJOB_KUBECTL names another.
 
-use std::io::Write;
+use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc::{channel, Receiver};
 
 use super::must;
 
@@ -11,6 +12,20 @@ use super::must;
 pub struct Kubectl {
     pub path: PathBuf,
     pub kubeconfig: PathBuf,
+}
+
+/// `kubectl get -w`: a jsonpath of one object, a line each time it changes (the first one now),
+/// until the watch ends (the object deleted, the server gone). kubectl ends with the value.
+pub struct Watch {
+    child: Child,
+    pub lines: Receiver<String>,
+}
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 pub struct Run {
@@ -90,5 +105,31 @@ impl Kubectl {
     /// A jsonpath of one object, empty when the field is absent.
     pub fn jsonpath(&self, ns: &str, what: &str, path: &str) -> String {
         self.ok(&["get", "-n", ns, what, "-o", &format!("jsonpath={{{path}}}")])
+    }
+
+    /// Watches a jsonpath of one object (see [`Watch`]).
+    pub fn watch(&self, ns: &str, what: &str, path: &str) -> Watch {
+        let mut child = must(
+            Command::new(&self.path)
+                .args(["get", "-w", "-n", ns, what, "-o"])
+                .arg(format!("jsonpath={{{path}}}{{\"\\n\"}}"))
+                .env("KUBECONFIG", &self.kubeconfig)
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null())
+                .spawn(),
+            "spawn kubectl get -w",
+        );
+        let (send, lines) = channel();
+        if let Some(out) = child.stdout.take() {
+            std::thread::spawn(move || {
+                for line in BufReader::new(out).lines().map_while(Result::ok) {
+                    if send.send(line).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+        Watch { child, lines }
     }
 }

@@ -1,9 +1,13 @@
 //! Waiting for a TraceJob's phase, with what the agent's processes show when it does not come.
 
-use std::time::Duration;
+use std::sync::mpsc::RecvTimeoutError;
+use std::time::{Duration, Instant};
 
 use crate::support::Kubectl;
 
+/// Waits by watching the TraceJob, as `kubectl get -w` does: one kubectl for the whole wait,
+/// told of each change. (A kubectl every 100 ms, 2,000 of them a run, cost the machine more CPU
+/// than the agents under test.) A watch that ends (the API server restarted) is started again.
 pub fn wait_phase(k: &Kubectl, ns: &str, name: &str, phase: &str, timeout: Duration) {
     let what = format!("tj/{name} to reach {phase}");
     // Ending a trace includes the kernel detaching its probes (see api::TEST_GRACE).
@@ -12,28 +16,40 @@ pub fn wait_phase(k: &Kubectl, ns: &str, name: &str, phase: &str, timeout: Durat
     } else {
         timeout
     };
-    let deadline = std::time::Instant::now() + timeout;
-    loop {
-        let now = k.jsonpath(ns, &format!("tj/{name}"), ".status.phase");
-        if now == phase {
-            return;
-        }
-        let terminal = now == "Completed" || now == "Failed";
-        assert!(
-            !terminal,
-            "tj/{name} ended {now}, not {phase}: {}",
-            k.jsonpath(ns, &format!("tj/{name}"), ".status.message")
-        );
-        if std::time::Instant::now() >= deadline {
-            // What bpftrace is doing, in the kernel too, for a trace that does not end.
-            let pid = k.jsonpath(ns, &format!("tj/{name}"), ".status.pid");
-            panic!(
-                "timed out after {timeout:?} waiting for {what} (phase {now:?}); {}",
-                process_report(&pid)
+    let deadline = Instant::now() + timeout;
+    let object = format!("tj/{name}");
+    let mut now = String::new();
+    while Instant::now() < deadline {
+        let watch = k.watch(ns, &object, ".status.phase");
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match watch.lines.recv_timeout(left) {
+                Ok(line) => now = line,
+                Err(RecvTimeoutError::Timeout) => break,
+                Err(RecvTimeoutError::Disconnected) => {
+                    std::thread::sleep(Duration::from_millis(100));
+                    break;
+                }
+            }
+            if now == phase {
+                return;
+            }
+            let terminal = now == "Completed" || now == "Failed";
+            assert!(
+                !terminal,
+                "tj/{name} ended {now}, not {phase}: {}",
+                k.jsonpath(ns, &object, ".status.message")
             );
         }
-        std::thread::sleep(Duration::from_millis(100));
     }
+    // What bpftrace is doing, in the kernel too, for a trace that does not end.
+    let pid = k
+        .run(&["get", "-n", ns, &object, "-o", "jsonpath={.status.pid}"])
+        .stdout;
+    panic!(
+        "timed out after {timeout:?} waiting for {what} (phase {now:?}); {}",
+        process_report(&pid)
+    );
 }
 
 /// State, wait channel, system call and kernel stack of process `pid`, from /proc.
