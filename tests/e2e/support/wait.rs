@@ -7,8 +7,10 @@ use crate::support::Kubectl;
 
 /// Waits by watching the TraceJob, as `kubectl get -w` does: one kubectl for the whole wait,
 /// told of each change. (A kubectl every 100 ms, 2,000 of them a run, cost the machine more CPU
-/// than the agents under test.) A watch that ends (the API server restarted) is started again.
+/// than the agents under test.) A watch that ends (the API server restarted) is started again,
+/// and after `QUIET` without news the phase is read as well: a wait never rests on one watch.
 pub fn wait_phase(k: &Kubectl, ns: &str, name: &str, phase: &str, timeout: Duration) {
+    const QUIET: Duration = Duration::from_secs(2);
     let what = format!("tj/{name} to reach {phase}");
     // Ending a trace includes the kernel detaching its probes (see api::TEST_GRACE).
     let timeout = if phase == "Completed" || phase == "Failed" {
@@ -18,37 +20,61 @@ pub fn wait_phase(k: &Kubectl, ns: &str, name: &str, phase: &str, timeout: Durat
     };
     let deadline = Instant::now() + timeout;
     let object = format!("tj/{name}");
+    let read = |path: &str| {
+        k.run(&[
+            "get",
+            "-n",
+            ns,
+            &object,
+            "-o",
+            &format!("jsonpath={{{path}}}"),
+        ])
+    };
+    let mut watch = None;
     let mut now = String::new();
-    while Instant::now() < deadline {
-        let watch = k.watch(ns, &object, ".status.phase");
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match watch.lines.recv_timeout(left) {
-                Ok(line) => now = line,
-                Err(RecvTimeoutError::Timeout) => break,
-                Err(RecvTimeoutError::Disconnected) => {
-                    std::thread::sleep(Duration::from_millis(100));
-                    break;
+    loop {
+        let lines = &watch
+            .get_or_insert_with(|| k.watch(ns, &object, ".status.phase"))
+            .lines;
+        let left = deadline.saturating_duration_since(Instant::now());
+        match lines.recv_timeout(left.min(QUIET)) {
+            Ok(line) => now = line,
+            Err(RecvTimeoutError::Timeout) => {
+                let read = read(".status.phase");
+                if read.ok {
+                    if read.stdout != now {
+                        eprintln!(
+                            "wait_phase: tj/{name} is {}, its watch said {now:?}",
+                            read.stdout
+                        );
+                    }
+                    now = read.stdout;
                 }
             }
-            if now == phase {
-                return;
+            Err(RecvTimeoutError::Disconnected) => {
+                watch = None;
+                std::thread::sleep(Duration::from_millis(100));
             }
-            let terminal = now == "Completed" || now == "Failed";
-            assert!(
-                !terminal,
-                "tj/{name} ended {now}, not {phase}: {}",
-                k.jsonpath(ns, &object, ".status.message")
-            );
+        }
+        if now == phase {
+            return;
+        }
+        let terminal = now == "Completed" || now == "Failed";
+        assert!(
+            !terminal,
+            "tj/{name} ended {now}, not {phase}: {}",
+            read(".status.message").stdout
+        );
+        if Instant::now() >= deadline {
+            break;
         }
     }
     // What bpftrace is doing, in the kernel too, for a trace that does not end.
-    let pid = k
-        .run(&["get", "-n", ns, &object, "-o", "jsonpath={.status.pid}"])
-        .stdout;
+    let pid = read(".status.pid");
     panic!(
-        "timed out after {timeout:?} waiting for {what} (phase {now:?}); {}",
-        process_report(&pid)
+        "timed out after {timeout:?} waiting for {what} (phase {now:?}) {}; {}",
+        pid.stderr,
+        process_report(&pid.stdout)
     );
 }
 
