@@ -42,12 +42,6 @@ pub fn wait_phase(k: &Kubectl, ns: &str, name: &str, phase: &str, timeout: Durat
             Err(RecvTimeoutError::Timeout) => {
                 let read = read(".status.phase");
                 if read.ok {
-                    if read.stdout != now {
-                        eprintln!(
-                            "wait_phase: tj/{name} is {}, its watch said {now:?}",
-                            read.stdout
-                        );
-                    }
                     now = read.stdout;
                 }
             }
