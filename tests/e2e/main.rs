@@ -51,9 +51,10 @@ const COMPAT: [&str; 16] = [
 ];
 
 /// The longest tests (the runner names the slowest at the end), started first so that none of
-/// them starts last and sets the run's length alone.
-const SLOW_FIRST: [&str; 6] = [
-    "slowdisk_healthz_answers_within_100ms_at_p99_while_10_traces_start_and_stop",
+/// them starts last and sets the run's length alone. Not the slow-disk test (85 s): it measures
+/// the agent's /healthz latency, which these five (API servers restarted, 20 agents, large
+/// objects) disturb; in its place among the others it starts once they are done.
+const SLOW_FIRST: [&str; 5] = [
     "faults_api_server_down_while_nodes_start",
     "security_receiver_outlives_300_large_tracejobs_labelled_by_a_tenant",
     "faults_api_server_down_while_nodes_store",
