@@ -52,11 +52,16 @@ impl Kubectl {
         }
     }
 
+    /// kubectl with `args`, against this kubeconfig.
+    fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(&self.path);
+        cmd.args(args).env("KUBECONFIG", &self.kubeconfig);
+        cmd
+    }
+
     pub fn run_with_stdin(&self, args: &[&str], stdin: &str) -> Run {
         let mut child = must(
-            Command::new(&self.path)
-                .args(args)
-                .env("KUBECONFIG", &self.kubeconfig)
+            self.command(args)
                 .stdin(Stdio::piped())
                 .stdout(Stdio::piped())
                 .stderr(Stdio::piped())
@@ -110,10 +115,8 @@ impl Kubectl {
     /// Watches a jsonpath of one object (see [`Watch`]).
     pub fn watch(&self, ns: &str, what: &str, path: &str) -> Watch {
         let mut child = must(
-            Command::new(&self.path)
-                .args(["get", "-w", "-n", ns, what, "-o"])
+            self.command(&["get", "-w", "-n", ns, what, "-o"])
                 .arg(format!("jsonpath={{{path}}}{{\"\\n\"}}"))
-                .env("KUBECONFIG", &self.kubeconfig)
                 .stdin(Stdio::null())
                 .stdout(Stdio::piped())
                 .stderr(Stdio::null())
