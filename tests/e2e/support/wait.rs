@@ -6,8 +6,8 @@ use std::time::{Duration, Instant};
 use crate::support::Kubectl;
 
 /// Waits by watching the TraceJob, as `kubectl get -w` does: one kubectl for the whole wait,
-/// told of each change. (A kubectl every 100 ms, 2,000 of them a run, cost the machine more CPU
-/// than the agents under test.) A watch that ends (the API server restarted) is started again,
+/// told of each change. (kubectl is the tests' largest user of CPU; a kubectl every 100 ms added
+/// some 440 calls a run.) A watch that ends (the API server restarted) is started again,
 /// and after `QUIET` without news the phase is read as well: a wait never rests on one watch.
 pub fn wait_phase(k: &Kubectl, ns: &str, name: &str, phase: &str, timeout: Duration) {
     const QUIET: Duration = Duration::from_secs(2);
