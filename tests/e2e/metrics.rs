@@ -23,8 +23,10 @@ fn metrics_follow_a_lifecycle(env: &Env) {
     let ns = env.namespace("metrics");
     let agent = Agent::start(env, &format!("{ns}-node"));
     let k = &env.kubectl;
-    wait_for(Duration::from_secs(20), "/metrics to answer", || {
-        (agent.get("/metrics").0 == 200).then_some(())
+    // Ready, as a scrape would wait for: /metrics answers from the process's first moment, but the
+    // bpftrace version is learnt (by running it) only after that, before the TraceJobs are listed.
+    wait_for(Duration::from_secs(20), "/readyz to answer 200", || {
+        (agent.get("/readyz").0 == 200).then_some(())
     });
     assert_eq!(agent.metric("tracejob_traces_started_total"), 0.0);
     // The release the agent runs, as bpftrace itself reports it.
