@@ -109,7 +109,18 @@ impl Kubectl {
 
     /// A jsonpath of one object, empty when the field is absent.
     pub fn jsonpath(&self, ns: &str, what: &str, path: &str) -> String {
-        self.ok(&["get", "-n", ns, what, "-o", &format!("jsonpath={{{path}}}")])
+        let r = self.try_jsonpath(ns, what, path);
+        assert!(
+            r.ok,
+            "kubectl get -n {ns} {what} -o jsonpath={{{path}}} failed: {}",
+            r.stderr
+        );
+        r.stdout
+    }
+
+    /// The same, a failure returned (the API server restarting, say) instead of failing the test.
+    pub fn try_jsonpath(&self, ns: &str, what: &str, path: &str) -> Run {
+        self.run(&["get", "-n", ns, what, "-o", &format!("jsonpath={{{path}}}")])
     }
 
     /// Watches a jsonpath of one object (see [`Watch`]).

@@ -20,16 +20,7 @@ pub fn wait_phase(k: &Kubectl, ns: &str, name: &str, phase: &str, timeout: Durat
     };
     let deadline = Instant::now() + timeout;
     let object = format!("tj/{name}");
-    let read = |path: &str| {
-        k.run(&[
-            "get",
-            "-n",
-            ns,
-            &object,
-            "-o",
-            &format!("jsonpath={{{path}}}"),
-        ])
-    };
+    let read = |path: &str| k.try_jsonpath(ns, &object, path);
     let mut watch = None;
     let mut now = String::new();
     loop {
